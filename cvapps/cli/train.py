@@ -1,0 +1,59 @@
+"""``cvapps train``, ``cvapps val`` and ``cvapps summary``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train any task from a YAML config. Writes OUT/last.pt, OUT/best.pt, "
+                                   "OUT/metrics.csv and loss/metric plots. Resume with train.resume=true.")
+    p.add_argument("config", help="YAML config, e.g. configs/classify_shapes.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("val", help="evaluate a checkpoint on a dataset's val split",
+                       description="Evaluate a checkpoint: accuracy and per-class precision/recall "
+                                   "(classification), mIoU (segmentation), COCO mAP (detection). "
+                                   "Plots go to --out (default: the checkpoint's folder).")
+    p.add_argument("checkpoint", help="a cvapps checkpoint (.pt)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=path/to/dataset")
+    p.add_argument("--out", help="folder for plots and the metrics JSON")
+    p.set_defaults(func=cmd_val)
+
+    p = sub.add_parser("summary", help="layer table with output shapes and parameter counts",
+                       description="Print a torchinfo table (output shape and parameters of every layer) "
+                                   "for a config or a checkpoint.")
+    p.add_argument("source", help="a YAML config or a cvapps checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--depth", type=int, default=4, help="module nesting depth to show (default 4)")
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cvapps.config import load_config
+    from cvapps.engine.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    from cvapps.engine.evaluate import evaluate_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    metrics = evaluate_checkpoint(args.checkpoint, args.overrides, out)
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cvapps.engine.summary import summarize
+
+    print(summarize(args.source, args.overrides, depth=args.depth))
+    return 0

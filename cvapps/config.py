@@ -1,0 +1,175 @@
+"""Typed configs: one small tree per task, loaded from YAML with dotted ``key=value`` overrides.
+
+Every task config has the sections ``model``, ``data``, ``train``, ``augment`` and the keys
+``task`` and ``out``; a task adds its own model keys by subclassing :class:`ModelConfig` (see
+``cvapps/tasks/*.py``). Unknown keys and wrong types are :class:`~cvapps.errors.ConfigError`
+naming the key, e.g. ``config error: train.lr: should be a number, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cvapps.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    arch: str = Field(description="architecture of the task (e.g. classifier, fcn8s, faster_rcnn, yolo)")
+    backbone: str = Field("tiny", description="name in the backbone registry (cvapps summary --backbones)")
+    backbone_weights: str | None = Field(None, description="torchvision-format .pth state dict for the backbone")
+    pretrained: bool = Field(False, description="torchvision ImageNet weights by name (needs network or hub cache)")
+    weights: str | None = Field(None, description="a cvapps checkpoint whose weights start this model (fine-tuning)")
+    freeze: int = Field(0, description="freeze the first N backbone stages; -1 freezes the whole backbone")
+    in_channels: int = Field(3, ge=1, le=4, description="1 for grayscale models such as the MNIST convnet")
+
+
+class DataConfig(Section):
+    root: str = Field(description="dataset root folder")
+    imgsz: int = Field(224, ge=8, description="network input size (square); images are resized/letterboxed to it")
+    names: list[str] | None = Field(None, description="class names; default: from the dataset")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the dataset has no val split")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    device: str = Field("auto", description="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    grad_clip: float | None = Field(10.0, description="max gradient norm; null disables")
+    resume: bool = Field(False, description="continue from OUT/last.pt")
+    seed: int = 0
+    max_bad_steps: int = Field(5, ge=1, description="consecutive NaN/inf losses before training stops")
+    val_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+
+
+# ±0.1 rad rotation, ±20% zoom and horizontal flips, as in the cats-vs-dogs course convnet.
+DEFAULT_TRAIN_AUGMENT: list[dict[str, dict[str, Any]]] = [
+    {"HorizontalFlip": {"p": 0.5}},
+    {"Affine": {"rotate": [-5.73, 5.73], "scale": [0.8, 1.2], "p": 0.7}},
+    {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5}},
+]
+
+
+class AugmentConfig(Section):
+    train: list[dict[str, dict[str, Any]]] = Field(
+        default_factory=lambda: [dict(t) for t in DEFAULT_TRAIN_AUGMENT],
+        description="albumentations transforms as [{Name: {param: value}}]; geometry to imgsz is appended",
+    )
+
+
+class TaskConfig(Section):
+    task: str
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    out: str = Field("runs/exp", description="output folder for checkpoints, metrics and plots")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "data.names=[a, b]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"config error: override {item!r} is not key=value (e.g. train.lr=0.01)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config error: override {item!r} conflicts with another override")
+        node[leaf] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config error: {path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {path}: expected a mapping of keys at the top level")
+    return data
+
+
+def validate(config_class: type[TaskConfig], raw: dict[str, Any], source: str = "config") -> TaskConfig:
+    """Build ``config_class`` from ``raw``; the first problem becomes a one-line ConfigError."""
+    try:
+        return config_class.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_class, source)) from None
+
+
+def _describe(exc: ValidationError, config_class: type[BaseModel], source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(config_class, err["loc"][:-1])
+        hint = f" (known keys here: {', '.join(known)})" if known else ""
+        return f"config error: {key}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"config error: {key}: required key is missing in {source}"
+    got = err.get("input")
+    return f"config error: {key}: {err['msg'].lower()}, got {got!r}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
+    """Read a YAML config, apply dotted overrides, and validate it against its task's schema."""
+    from cvapps.tasks import get_task
+
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides or []))
+    task = get_task(raw.get("task"))
+    return validate(task.config_class, raw, str(path))
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> TaskConfig:
+    """Like :func:`load_config` for a dict (e.g. the config stored in a checkpoint)."""
+    from cvapps.tasks import get_task
+
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    return validate(get_task(raw.get("task")).config_class, raw)

@@ -1,0 +1,1 @@
+"""Datasets, the shared augmentation pipeline, the sample-data generator and dataset checks."""

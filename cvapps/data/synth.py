@@ -1,0 +1,295 @@
+"""Deterministic synthetic "shapes" dataset: circles, squares and triangles on textured backgrounds.
+
+``generate_shapes(out)`` writes one folder that serves every task of cvapps::
+
+    out/
+      images/{train,val}/shapes_000000.jpg   detection/segmentation images (imgsz x imgsz, BGR JPEG)
+      annotations/{train,val}.json           COCO: bbox [x,y,w,h], polygon segmentation, area
+      masks/{train,val}/shapes_000000.png    uint8 labels: 0 background, 1..3 class, 255 ignore band
+      labels/{train,val}/shapes_000000.txt   YOLO txt "cls xc yc w h" (normalised, cls 0-based)
+      data.yaml                              ultralytics dataset file (paths relative to this file)
+      classify/{train,val}/<class>/<class>_0000.png   single-shape crops (classification ROOT)
+      video/shapes.mp4, video/shapes.json    bouncing shapes + per-frame ground-truth boxes
+
+Classes are ``CLASS_NAMES``: mask value / COCO category id = index + 1, YOLO id = index.
+Geometry lives in COCO pixel coordinates (pixel i covers [i, i+1)); cv2 puts pixel centres on
+integers, so polygons are shifted by -0.5 when drawn, which makes pycocotools' rasterisation of
+the polygon and the PNG mask agree except on the 255 boundary band. Same seed -> identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cvapps.errors import CvappsError
+
+CLASS_NAMES = ("circle", "square", "triangle")
+_SPLITS = ("train", "val")
+_OWN = {"images", "annotations", "masks", "labels", "classify", "video", "data.yaml", "README.md"}
+_SHIFT = 4  # cv2 fixed-point bits: polygons are drawn with 1/16-pixel precision
+_JPEG_QUALITY = 85  # ~4 KB per 160x160 image keeps the shipped copy small
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _encode(img: np.ndarray, ext: str, params: tuple[int, ...] = ()) -> bytes:
+    ok, buf = cv2.imencode(ext, img, list(params))
+    if not ok:
+        raise CvappsError(f"could not encode a {ext} image")
+    return buf.tobytes()
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, lines: bool = True) -> np.ndarray:
+    """Muted background (float32 HxWx3): linear gradient + smooth blobs + a few faint lines."""
+    base = rng.uniform(70, 190) + rng.uniform(-25, 25, 3)  # greyish, so saturated shapes stand out
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    ang = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(ang) * xx + np.sin(ang) * yy
+    img = base.astype(np.float32) + ramp[..., None] * rng.uniform(-45, 45, 3).astype(np.float32)
+    blobs = rng.normal(0, 14, (4, 4, 3)).astype(np.float32)
+    img += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_CUBIC)
+    if lines:
+        layer = np.zeros_like(img)
+        for _ in range(int(rng.integers(2, 6))):
+            p1, p2 = rng.uniform(0, [w, h], (2, 2)).astype(int)
+            col = tuple(float(v) for v in rng.uniform(-22, 22, 3))
+            cv2.line(layer, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])), col, 1, cv2.LINE_AA)
+        img += layer
+    return img
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator, sigma: float = 3.0) -> np.ndarray:
+    """Add low-amplitude sensor noise and clip to uint8."""
+    noise = rng.normal(0, sigma, img.shape).astype(np.float32)
+    return np.clip(img.astype(np.float32) + noise, 0, 255).round().astype(np.uint8)
+
+
+def _colour(rng: np.random.Generator, bg: np.ndarray) -> tuple[int, int, int]:
+    """A saturated BGR colour far (L2 > 90) from the background colour ``bg``."""
+    best, best_d = None, -1.0
+    for _ in range(20):
+        hsv = np.array([[[rng.integers(0, 180), rng.integers(170, 256), rng.integers(140, 256)]]], np.uint8)
+        bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+        d = float(np.linalg.norm(bgr - bg))
+        if d > best_d:
+            best, best_d = bgr, d
+        if d > 90:
+            break
+    return tuple(int(v) for v in best)
+
+
+def _polygon(cls: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
+    """Vertices (N, 2) in COCO coordinates; every shape fits in the box [cx-r, cx+r] x [cy-r, cy+r]."""
+    if cls == 0:  # 32-gon: the COCO polygon of a circle
+        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    elif cls == 1:  # axis-aligned square of side 2r (its box is the circle's box)
+        return np.array([[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]])
+    else:  # equilateral triangle, random rotation
+        t = rot + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
+    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+
+
+def _pts(poly: np.ndarray) -> list[np.ndarray]:
+    return [np.round((poly - 0.5) * (1 << _SHIFT)).astype(np.int32)]
+
+
+def _draw(img: np.ndarray, poly: np.ndarray, colour: tuple[int, int, int]) -> None:
+    cv2.fillPoly(img, _pts(poly), colour, cv2.LINE_AA, shift=_SHIFT)  # soft edges on the image only
+
+
+def _raster(poly: np.ndarray, h: int, w: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, _pts(poly), 1, cv2.LINE_8, shift=_SHIFT)  # hard edges: crisp masks
+    return m
+
+
+def _box(poly: np.ndarray) -> np.ndarray:
+    lo, hi = poly.min(0), poly.max(0)
+    return np.concatenate([lo, hi - lo])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _scene(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """One detection image, its label mask and its shapes (drawn in list order)."""
+    bg = _texture(rng, imgsz, imgsz)
+    img = np.clip(bg, 0, 255).astype(np.uint8)
+    mask = np.zeros((imgsz, imgsz), np.uint8)
+    shapes: list[dict] = []
+    for _ in range(int(rng.integers(1, 5))):
+        for _try in range(50):  # rejection sampling; give up on this shape if the image is full
+            cls = int(rng.integers(0, 3))
+            r = rng.uniform(0.18, 0.45) * imgsz / 2
+            cx, cy = rng.uniform(r + 1, imgsz - 1 - r, 2)
+            poly = _polygon(cls, cx, cy, r, rng.uniform(0, 2 * np.pi)).round(2)
+            box, m = _box(poly), _raster(poly, imgsz, imgsz)
+            # "non-overlapping-ish": box IoU < 0.3 and pixel overlap <= 10% of the smaller shape
+            if all(_iou(box, s["box"]) < 0.3 and (m & s["m"]).sum() <= 0.1 * min(m.sum(), s["m"].sum())
+                   for s in shapes):
+                break
+        else:
+            continue
+        x, y, bw, bh = (int(v) for v in (box + [0, 0, 1, 1]).clip(0, imgsz))
+        _draw(img, poly, _colour(rng, bg[y:y + bh, x:x + bw].reshape(-1, 3).mean(0)))
+        cv2.fillPoly(mask, _pts(poly), cls + 1, cv2.LINE_8, shift=_SHIFT)
+        cv2.polylines(mask, _pts(poly), True, 255, 1, cv2.LINE_8, shift=_SHIFT)  # VOC-style ignore band
+        shapes.append({"cls": cls, "poly": poly, "box": box, "m": m})
+    return _finish(img, rng), mask, shapes
+
+
+def _crop(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
+    """One classification crop: a single shape, 45-80% of the crop, randomly offset."""
+    bg = _texture(rng, size, size)
+    img = np.clip(bg, 0, 255).astype(np.uint8)
+    r = rng.uniform(0.45, 0.80) * size / 2
+    slack = max(size / 2 - r - 1, 0.0)
+    cx, cy = size / 2 + rng.uniform(-slack, slack, 2)
+    _draw(img, _polygon(cls, cx, cy, r, rng.uniform(0, 2 * np.pi)), _colour(rng, bg.reshape(-1, 3).mean(0)))
+    return img  # no pixel noise: lossless PNG of noise would triple the size; augmentation can add it
+
+
+def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, int], fps: int, bar: tqdm) -> list[dict]:
+    """Bouncing shapes over a slowly panning, cross-fading texture; returns per-frame boxes."""
+    w, h = size
+    pan = 24  # the background window drifts by up to this many pixels
+    tex_a, tex_b = (_texture(rng, h + 2 * pan, w + 2 * pan) for _ in range(2))
+    objs = []
+    for _ in range(int(rng.integers(2, 4))):
+        r = rng.uniform(0.12, 0.22) * min(w, h)
+        ang = rng.uniform(0, 2 * np.pi)
+        objs.append({"cls": int(rng.integers(0, 3)), "r": r, "p": rng.uniform([r + 1, r + 1], [w - 1 - r, h - 1 - r]),
+                     "v": rng.uniform(1.0, 3.0) * np.array([np.cos(ang), np.sin(ang)]),
+                     "rot": rng.uniform(0, 2 * np.pi), "spin": rng.uniform(-0.03, 0.03),
+                     "col": _colour(rng, tex_a.reshape(-1, 3).mean(0))})
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")  # cv2 picks the container from the suffix
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise CvappsError(f"{path}: cv2.VideoWriter cannot write mp4v video")
+    gt: list[dict] = []
+    try:
+        for f in range(frames):
+            ph = 2 * np.pi * f / max(frames, 1)
+            ox, oy = (int(round(pan * (1 + np.sin(k * ph)))) for k in (1, 2))  # smooth Lissajous drift
+            a = 0.5 - 0.5 * np.cos(ph)
+            frame = np.clip((1 - a) * tex_a + a * tex_b, 0, 255)[oy:oy + h, ox:ox + w].astype(np.uint8)
+            boxes, cats = [], []
+            for o in objs:
+                poly = _polygon(o["cls"], o["p"][0], o["p"][1], o["r"], o["rot"]).round(2)
+                _draw(frame, poly, o["col"])
+                boxes.append([round(float(v), 2) for v in _box(poly)])
+                cats.append(o["cls"] + 1)
+                o["p"] = o["p"] + o["v"]
+                o["rot"] += o["spin"]
+                for k, lim in ((0, w), (1, h)):  # bounce off the walls (circumscribed circle stays inside)
+                    if not o["r"] + 1 <= o["p"][k] <= lim - 1 - o["r"]:
+                        o["v"][k] = -o["v"][k]
+                        o["p"][k] = np.clip(o["p"][k], o["r"] + 1, lim - 1 - o["r"])
+            writer.write(_finish(frame, rng, sigma=1.5))
+            gt.append({"frame": f, "boxes": boxes, "category_ids": cats, "track_ids": list(range(1, len(objs) + 1))})
+            bar.update()
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    return gt
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write into anything but an empty folder or a previous shapes dataset."""
+    if out.exists() and not out.is_dir():
+        raise CvappsError(f"{out}: exists and is not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN and not p.name.endswith(".tmp"))
+        if foreign:
+            raise CvappsError(f"{out}: not empty and not a shapes dataset (has {', '.join(foreign[:3])}); "
+                              "pick an empty or new folder")
+
+
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Drop files of an earlier, larger run so the folder holds exactly this run's files."""
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix in {".jpg", ".png", ".txt"} and p.name not in keep:
+            p.unlink()
+
+
+def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, imgsz: int = 160,
+                    n_crops_per_class: tuple[int, int] = (60, 20), crop_size: int = 64,
+                    video_frames: int = 240, video_size: tuple[int, int] = (320, 240), fps: int = 24,
+                    seed: int = 0, progress: bool = True) -> Path:
+    """Write the shapes dataset (layout in the module docstring) under ``out`` and return it."""
+    out = Path(out)
+    if n_train < 1 or n_val < 0 or imgsz < 32 or crop_size < 16 or video_frames < 1 or min(video_size) < 32:
+        raise CvappsError("generate_shapes: need n_train >= 1, n_val >= 0, imgsz >= 32, crop_size >= 16, "
+                          "video_frames >= 1 and video sides >= 32")
+    _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {"train": n_train, "val": n_val}
+    total = n_train + n_val + len(CLASS_NAMES) * sum(n_crops_per_class) + video_frames
+    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)]
+    with tqdm(total=total, desc="shapes", unit="file", disable=not progress) as bar:
+        for split_id, split in enumerate(_SPLITS):
+            images, anns, stems = [], [], set()
+            for i in range(counts[split]):
+                rng = np.random.default_rng([seed, split_id, i])  # per-image stream: files independent
+                img, mask, shapes = _scene(rng, imgsz)
+                stem = f"shapes_{i:06d}"
+                stems.add(stem)
+                _atomic_write(out / "images" / split / f"{stem}.jpg",
+                              _encode(img, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY)))
+                _atomic_write(out / "masks" / split / f"{stem}.png", _encode(mask, ".png"))
+                images.append({"id": i + 1, "file_name": f"{stem}.jpg", "width": imgsz, "height": imgsz})
+                lines = []
+                for s in shapes:
+                    x, y, bw, bh = (float(v) for v in s["box"].round(2))
+                    anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": s["cls"] + 1,
+                                 "bbox": [x, y, bw, bh], "area": float(s["m"].sum()), "iscrowd": 0,
+                                 "segmentation": [[float(v) for v in s["poly"].ravel()]]})
+                    lines.append(f"{s['cls']} {(x + bw / 2) / imgsz:.6f} {(y + bh / 2) / imgsz:.6f} "
+                                 f"{bw / imgsz:.6f} {bh / imgsz:.6f}\n")
+                _atomic_write(out / "labels" / split / f"{stem}.txt", "".join(lines).encode())
+                bar.update()
+            for sub, ext in (("images", ".jpg"), ("masks", ".png"), ("labels", ".txt")):
+                (out / sub / split).mkdir(parents=True, exist_ok=True)
+                _prune(out / sub / split, {s + ext for s in stems})
+            coco = {"info": {"description": f"cvapps synthetic shapes ({split})", "version": "1.0", "seed": seed},
+                    "licenses": [], "images": images, "categories": cats, "annotations": anns}
+            _atomic_write(out / "annotations" / f"{split}.json", json.dumps(coco).encode())
+            for c, name in enumerate(CLASS_NAMES):
+                folder, keep = out / "classify" / split / name, set()
+                for i in range(n_crops_per_class[split_id]):
+                    rng = np.random.default_rng([seed, 100 + split_id, c, i])
+                    keep.add(f"{name}_{i:04d}.png")
+                    _atomic_write(folder / f"{name}_{i:04d}.png", _encode(_crop(rng, c, crop_size), ".png"))
+                    bar.update()
+                folder.mkdir(parents=True, exist_ok=True)
+                _prune(folder, keep)
+        # No "path:" key: ultralytics then resolves train/val against this file's folder, whereas
+        # "path: ." would resolve against the current working directory.
+        names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
+        _atomic_write(out / "data.yaml", f"train: images/train\nval: images/val\nnames:\n{names}".encode())
+        (out / "video").mkdir(exist_ok=True)
+        gt = _video(out / "video" / "shapes.mp4", np.random.default_rng([seed, 200]), video_frames,
+                    tuple(video_size), fps, bar)
+        _atomic_write(out / "video" / "shapes.json", json.dumps(gt).encode())
+    return out

@@ -1,0 +1,1 @@
+"""One training loop, one predictor and one evaluation entry for every task."""

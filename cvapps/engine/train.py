@@ -1,0 +1,265 @@
+"""The one training loop: it builds what the task says, sums the loss dict the model returns,
+evaluates, and writes ``last.pt``/``best.pt``/``metrics.csv``/plots into ``cfg.out``.
+
+Nothing here knows which task it trains: datasets, model, collate and metrics come from the
+:class:`~cvapps.tasks.base.Task`, so classification, FCN, Faster R-CNN and YOLO share this code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cvapps.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from cvapps.config import TaskConfig, TrainConfig
+from cvapps.engine.device import images_to_device, resolve_device
+from cvapps.errors import CvappsError
+from cvapps.tasks import get_task
+from cvapps.tasks.base import DatasetSplits, Task
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_metric: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases: decaying them only hurts (standard practice).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=tc.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
+        if tc.scheduler == "none":
+            return warm
+        progress = min(1.0, step / max(1, total_steps))
+        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loader(task: Task, dataset, cfg: TaskConfig, *, shuffle: bool, device: torch.device,
+                sampler=None, batch: int | None = None) -> DataLoader:
+    workers = cfg.data.workers
+    return DataLoader(
+        dataset, batch_size=batch or cfg.train.batch, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, collate_fn=task.collate, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, drop_last=False,
+        generator=torch.Generator().manual_seed(cfg.train.seed) if shuffle else None,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``cfg``'s task end to end; returns where the checkpoints are and the metric history."""
+    from cvapps.engine import distributed as dist
+
+    task = get_task(cfg.task)
+    ctx = dist.setup(cfg.train.device)
+    device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
+    log = log if ctx.is_main else (lambda msg: None)
+    torch.manual_seed(cfg.train.seed + ctx.rank)
+    out = Path(cfg.out)
+
+    splits = task.build_datasets(cfg)
+    model = task.build_model(cfg, splits.class_names).to(device)
+    if cfg.model.weights and not cfg.train.resume:
+        init_from_checkpoint(model, cfg.model.weights, log)
+    train_sampler = dist.train_sampler(splits.train, ctx, cfg.train.seed)
+    train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device, sampler=train_sampler)
+    val_loader = make_loader(task, splits.val, cfg, shuffle=False, device=device)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, cfg.train.epochs * max(1, len(train_loader)))
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best, history = 0, -math.inf, []
+    if cfg.train.resume:
+        start_epoch, best, history = _resume(out / "last.pt", cfg, model, optimizer, scheduler, scaler, log)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"{task.name}: {len(splits.train)} train / {len(splits.val)} val images, "
+            f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
+            + (f", {ctx.world_size} processes" if ctx.enabled else ""))
+    ddp_model = dist.wrap(model, ctx)
+
+    bad_steps = 0
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        ddp_model.train()
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and ctx.is_main),
+                   leave=True, dynamic_ncols=True)
+        for step, (images, targets) in enumerate(bar):
+            if len(images) == 0:
+                continue
+            x = images_to_device(images, device)
+            y = task.targets_to(targets, device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                losses = ddp_model(x, y)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                log(f"warning: non-finite loss at epoch {epoch + 1} step {step + 1}; step skipped "
+                    f"({bad_steps}/{cfg.train.max_bad_steps})")
+                if bad_steps >= cfg.train.max_bad_steps:
+                    raise CvappsError(
+                        f"training stopped: {bad_steps} non-finite losses in a row (try a lower train.lr); "
+                        f"the last good checkpoint is {out / 'last.pt'}")
+                continue
+            bad_steps = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            seen += len(images)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(images)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+        row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                                 "time_s": round(time.perf_counter() - t0, 2)}
+        row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
+        last_epoch = epoch + 1 == cfg.train.epochs
+        if ctx.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
+            metrics = task.evaluate(model, splits, val_loader, device)
+            row.update({f"val/{k}": v for k, v in metrics.items()})
+        history.append(row)
+        score = row.get(f"val/{task.primary_metric}")
+        improved = score is not None and score > best
+        if improved:
+            best = score
+        if ctx.is_main:
+            state = _checkpoint(cfg, task, model, splits, epoch + 1, row,
+                                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "scaler": scaler.state_dict(), "best": best, "history": history})
+            save_checkpoint(out / "last.pt", state)
+            if improved:
+                save_checkpoint(out / "best.pt", {**state, "train_state": None})
+            write_metrics_csv(out / "metrics.csv", history)
+            from cvapps.engine.plots import plot_history
+
+            plot_history(history, out)
+            shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("val/") and
+                              isinstance(v, float) and "/" not in k.split("/", 1)[1])
+            log(f"epoch {epoch + 1}: loss {row.get('train/loss', float('nan')):.4f}" + (f", {shown}" if shown else ""))
+        dist.barrier(ctx)
+    if ctx.is_main and not (out / "best.pt").exists() and (out / "last.pt").exists():
+        # No evaluation ran an improvement (e.g. every epoch resumed); keep the contract: best.pt exists.
+        save_checkpoint(out / "best.pt", {**load_checkpoint(out / "last.pt"), "train_state": None})
+    dist.cleanup(ctx)
+    if ctx.is_main:
+        log(f"done: best {task.primary_metric} {best:.4f}; checkpoints in {out}")
+    return TrainResult(out, best, history)
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _checkpoint(cfg: TaskConfig, task: Task, model: nn.Module, splits: DatasetSplits, epoch: int,
+                metrics: dict[str, Any], train_state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "config": cfg.model_dump(mode="json"),
+        "class_names": list(splits.class_names),
+        "category_ids": getattr(splits, "category_ids", None) or getattr(splits.val_extra, "category_ids", None),
+        "preprocessing": {"imgsz": cfg.data.imgsz, "resize": task.resize_mode, "in_channels": cfg.model.in_channels},
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "epoch": epoch,
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "train_state": train_state,
+    }
+
+
+def _resume(path: Path, cfg: TaskConfig, model, optimizer, scheduler, scaler, log) -> tuple[int, float, list]:
+    if not path.exists():
+        raise CvappsError(f"train.resume=true but {path} does not exist; train once without resume first")
+    ckpt = load_checkpoint(path, cfg.task)
+    state = ckpt.get("train_state")
+    if not state:
+        raise CvappsError(f"{path} holds no optimizer state to resume from")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    log(f"resuming from {path} after epoch {ckpt['epoch']}")
+    return int(ckpt["epoch"]), float(state["best"]), list(state.get("history", []))
+
+
+def init_from_checkpoint(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+    """Start from another checkpoint's weights; tensors whose shape differs (class-dependent
+    layers after a change of ``num_classes``) keep their fresh initialisation, and we say so."""
+    from cvapps.backbones.weights import read_state_dict
+
+    state = load_checkpoint(path)["model"] if _is_cvapps(path) else read_state_dict(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reinit = [k for k in own if k in state and own[k].shape != state[k].shape]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    model.load_state_dict(fits, strict=False)
+    log(f"loaded {len(fits)} tensors from {path}")
+    if reinit:
+        log(f"re-initialised {len(reinit)} class-dependent tensors (different class count): {', '.join(reinit[:4])}"
+            + (" ..." if len(reinit) > 4 else ""))
+    if missing:
+        log(f"note: {len(missing)} tensors not in {path} keep their initialisation: {', '.join(missing[:3])}")
+
+
+def _is_cvapps(path: str) -> bool:
+    try:
+        load_checkpoint(path)
+        return True
+    except CvappsError:
+        return False
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys and not isinstance(row[k], (list, dict))]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in keys})
+    atomic_write_text(path, buf.getvalue())

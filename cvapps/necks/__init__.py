@@ -1,0 +1,1 @@
+"""Necks between backbone and heads: FPN (torchvision) and PAN (YOLO)."""

@@ -1,0 +1,82 @@
+"""What every task provides, so one training loop, one evaluator entry and one predictor serve all.
+
+A task's model obeys one signature: ``model(images, targets=None)`` where ``images`` is a float
+tensor ``(B, C, H, W)`` in [0, 1] (RGB, already resized/letterboxed to ``data.imgsz``; the model
+normalises it itself). In ``model.train()`` mode with targets it returns a dict of scalar losses
+that the loop sums; in ``model.eval()`` mode it returns raw predictions in network-input pixels,
+which :meth:`Task.postprocess` maps back to the original images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from cvapps.config import TaskConfig
+from cvapps.data.letterbox import LetterboxMeta, letterbox
+
+
+@dataclass
+class DatasetSplits:
+    """train/val datasets yield ``(image uint8 CHW tensor, target)``; None items are skipped bad files."""
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    # Optional extras a task needs to evaluate (e.g. COCO ground truth of the val split).
+    val_extra: Any = None
+
+
+class Task:
+    """Base class of the four task modules (one instance each, no state)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[TaskConfig]]
+    primary_metric: ClassVar[str]          # key in evaluate()'s dict that picks best.pt
+    resize_mode: ClassVar[str] = "letterbox"  # or "stretch" (classification)
+
+    # --- building ---------------------------------------------------------------------------
+    def build_model(self, cfg: TaskConfig, class_names: list[str]) -> nn.Module:
+        raise NotImplementedError
+
+    def build_datasets(self, cfg: TaskConfig) -> DatasetSplits:
+        raise NotImplementedError
+
+    def collate(self, batch: Sequence) -> tuple[torch.Tensor, Any]:
+        """Stack images (uint8) and gather targets; drop None items (unreadable files)."""
+        batch = [b for b in batch if b is not None]
+        if not batch:
+            return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
+        images = torch.stack([b[0] for b in batch])
+        return images, [b[1] for b in batch]
+
+    def targets_to(self, targets: Any, device: torch.device) -> Any:
+        """Move one batch's targets to the device (tensors, or lists of dicts of tensors)."""
+        if isinstance(targets, torch.Tensor):
+            return targets.to(device, non_blocking=True)
+        if isinstance(targets, list):
+            return [self.targets_to(t, device) for t in targets]
+        if isinstance(targets, dict):
+            return {k: self.targets_to(v, device) for k, v in targets.items()}
+        return targets
+
+    # --- evaluating ---------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, splits: DatasetSplits, loader, device: torch.device,
+                 out_dir: Path | None = None) -> dict[str, float]:
+        """Metrics on the val split; with ``out_dir``, also write plots (confusion matrix, PR curve)."""
+        raise NotImplementedError
+
+    # --- predicting ---------------------------------------------------------------------------
+    def preprocess(self, image_bgr: np.ndarray, imgsz: int, in_channels: int = 3) -> tuple[np.ndarray, LetterboxMeta]:
+        """One BGR uint8 image -> network-input RGB (or gray) uint8 HxWxC and its letterbox meta."""
+        return letterbox(image_bgr, imgsz, self.resize_mode, in_channels)
+
+    def postprocess(self, outputs: Any, metas: list[LetterboxMeta], **options: Any) -> list[Any]:
+        """Raw eval outputs of a batch -> one prediction per image, in original image pixels."""
+        raise NotImplementedError

@@ -1,0 +1,139 @@
+"""Image classification: shared backbone -> global pool -> dropout -> linear head.
+
+Transfer learning = ``model.backbone_weights`` (or ``pretrained``) + ``model.freeze``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from cvapps.config import ModelConfig, TaskConfig
+from cvapps.data.augment import SamplePipeline, build_augment
+from cvapps.data.folders import ClassFolderDataset, scan_class_folders, stratified_split
+from cvapps.data.letterbox import LetterboxMeta
+from cvapps.errors import DataError
+from cvapps.heads.classifier import ClassifierHead
+from cvapps.structures import Classification
+from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.tasks.common import Normalize, backbone_from_config
+
+
+class ClassifyModelConfig(ModelConfig):
+    arch: Literal["classifier"] = "classifier"
+    pool: Literal["avg", "flatten"] = Field("avg", description="avg: global average pool; flatten: fixed-size Dense input")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    hidden: list[int] = Field(default_factory=list, description="Dense+ReLU widths before the output layer")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ClassifyConfig(TaskConfig):
+    task: Literal["classify"] = "classify"
+    model: ClassifyModelConfig = Field(default_factory=ClassifyModelConfig)
+
+
+class Classifier(nn.Module):
+    """images (B, C, H, W) in [0, 1] -> logits (B, K); with targets (B,) in training -> {"loss_cls"}."""
+
+    def __init__(self, backbone: nn.Module, head: ClassifierHead, in_channels: int = 3, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.normalize = Normalize(in_channels)
+        self.backbone = backbone
+        self.head = head
+        self.feature = backbone.feature_info[-1].name
+        self.label_smoothing = label_smoothing
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None):
+        features = self.backbone(self.normalize(images))
+        logits = self.head(features[self.feature])
+        if self.training and targets is not None:
+            return {"loss_cls": F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)}
+        return logits
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    config_class = ClassifyConfig
+    primary_metric = "accuracy"
+    resize_mode = "stretch"
+
+    def build_model(self, cfg: ClassifyConfig, class_names: list[str]) -> nn.Module:
+        mc, size = cfg.model, cfg.data.imgsz
+        backbone = backbone_from_config(mc, check_size=size)
+        info = backbone.feature_info[-1]
+        in_hw = (1, 1)
+        if mc.pool == "flatten":
+            with torch.no_grad():
+                was = backbone.training
+                backbone.eval()
+                fmap = backbone(torch.zeros(1, mc.in_channels, size, size))[info.name]
+                backbone.train(was)
+            in_hw = tuple(fmap.shape[-2:])
+        head = ClassifierHead(info.channels, len(class_names), mc.pool, mc.dropout, mc.hidden, in_hw)
+        return Classifier(backbone, head, mc.in_channels, mc.label_smoothing)
+
+    def build_datasets(self, cfg: ClassifyConfig) -> DatasetSplits:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise DataError(f"data.root not found: {root}")
+        train_dir = root / "train" if (root / "train").is_dir() else root
+        train_samples, names = scan_class_folders(train_dir, cfg.data.names)
+        if (root / "val").is_dir():
+            val_samples, _ = scan_class_folders(root / "val", names)
+        else:
+            train_samples, val_samples = stratified_split(train_samples, cfg.data.val_fraction, cfg.train.seed)
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        train = ClassFolderDataset(train_samples, SamplePipeline(**fit, augment=build_augment(cfg.augment.train)))
+        val = ClassFolderDataset(val_samples, SamplePipeline(**fit))
+        return DatasetSplits(train, val, names)
+
+    def collate(self, batch: Sequence):
+        images, labels = super().collate(batch)
+        return images, torch.as_tensor(labels, dtype=torch.int64)
+
+    @torch.no_grad()
+    def evaluate(self, model, splits, loader, device, out_dir: Path | None = None) -> dict[str, float]:
+        from cvapps.engine.device import images_to_device
+
+        was = model.training
+        model.eval()
+        k = len(splits.class_names)
+        matrix = np.zeros((k, k), dtype=np.int64)
+        for images, labels in loader:
+            if len(images) == 0:
+                continue
+            pred = model(images_to_device(images, device)).argmax(1).cpu().numpy()
+            np.add.at(matrix, (labels.numpy(), pred), 1)
+        model.train(was)
+        metrics = classification_metrics(matrix, splits.class_names)
+        if out_dir is not None:
+            from cvapps.engine.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(matrix, splits.class_names, Path(out_dir) / "confusion_matrix.png")
+        return metrics
+
+    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], topk: int = 3, **_) -> list[Classification]:
+        probs = outputs.float().softmax(1).cpu()
+        k = min(topk, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        return [Classification(int(i[0]), float(v[0]), list(zip(i.tolist(), v.tolist()))) for v, i in zip(values, indices)]
+
+
+def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """accuracy, and precision/<class>, recall/<class> from a (true, predicted) confusion matrix."""
+    total = matrix.sum()
+    metrics = {"accuracy": float(np.trace(matrix) / total) if total else 0.0}
+    for i, name in enumerate(class_names):
+        predicted, actual = matrix[:, i].sum(), matrix[i].sum()
+        metrics[f"precision/{name}"] = float(matrix[i, i] / predicted) if predicted else 0.0
+        metrics[f"recall/{name}"] = float(matrix[i, i] / actual) if actual else 0.0
+    return metrics
+
+
+TASK = ClassifyTask()

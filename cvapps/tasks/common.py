@@ -1,0 +1,34 @@
+"""Pieces every task model shares: input normalisation and the backbone built from config."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cvapps.backbones import Backbone, build_backbone
+from cvapps.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """(B, C, H, W) float in [0, 1] -> (x - mean) / std with ImageNet statistics (their mean for gray).
+
+    Inside the model, so checkpoints, ONNX exports and every predictor agree on preprocessing.
+    """
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,) * in_channels
+        std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,) * in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def backbone_from_config(mc: ModelConfig, check_size: int = 64, **kwargs) -> Backbone:
+    return build_backbone(mc.backbone, in_channels=mc.in_channels, weights=mc.backbone_weights,
+                          pretrained=mc.pretrained, freeze=mc.freeze, check_size=check_size, **kwargs)

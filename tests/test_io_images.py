@@ -1,0 +1,242 @@
+"""Tests for cvapps.io.images: robust reading of good and broken files, EXIF, bit depth, writing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvapps.errors import CvappsError, ImageReadError
+from cvapps.io.images import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    VIDEO_EXTENSIONS,
+    _jpeg_truncated,
+    read_image,
+    read_image_rgb,
+    write_image,
+)
+from fault_corpus import (
+    EXPECTED_REASONS,
+    exif_base,
+    exif_expected,
+    make_fault_corpus,
+    sixteen_bit_values,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bool]]:
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_fault_corpus(root)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_constants() -> None:
+    assert MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS == 89_478_485
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"} == IMAGE_EXTENSIONS
+    assert ".mp4" in VIDEO_EXTENSIONS and ".ts" in VIDEO_EXTENSIONS
+    assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+
+
+def test_corpus_readable_status_and_reasons(corpus: tuple[Path, dict[str, bool]]) -> None:
+    root, expected = corpus
+    assert set(EXPECTED_REASONS) == {k for k, ok in expected.items() if not ok}
+    for name, readable in expected.items():
+        path = root / name
+        if readable:
+            img = read_image(path)
+            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
+            assert img.flags["C_CONTIGUOUS"], name
+        else:
+            with pytest.raises(ImageReadError) as info:
+                read_image(path)
+            assert EXPECTED_REASONS[name] in info.value.reason, (name, info.value.reason)
+            assert info.value.path == str(path)
+            assert str(info.value) == f"{path}: {info.value.reason}"
+
+
+def test_reading_never_modifies_files(corpus: tuple[Path, dict[str, bool]]) -> None:
+    root, expected = corpus
+    before = _hashes(root)
+    for name in expected:
+        try:
+            read_image(root / name)
+            read_image_rgb(root / name)
+        except ImageReadError:
+            pass
+    assert _hashes(root) == before
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_image("/no/such/dir/picture.jpg")
+
+
+def test_directory_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="not a file"):
+        read_image(tmp_path)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied(corpus: tuple[Path, dict[str, bool]], orientation: int) -> None:
+    root, _ = corpus
+    got = read_image_rgb(root / f"exif_{orientation}.jpg")
+    want = exif_expected(orientation, exif_base())
+    assert got.shape == want.shape
+    # Quality-100 4:4:4 JPEG of solid 8x8 blocks: only rounding noise is allowed.
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "webp"])
+def test_exif_orientation_other_formats(tmp_path: Path, fmt: str) -> None:
+    base = exif_base()
+    for orientation in (3, 6, 7):
+        img = Image.fromarray(base)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.{fmt}"
+        img.save(path, exif=exif.tobytes(), **({"lossless": True} if fmt == "webp" else {}))
+        got = read_image_rgb(path)
+        np.testing.assert_array_equal(got, exif_expected(orientation, base))
+
+
+def test_sixteen_bit_png_scaled_not_clipped(corpus: tuple[Path, dict[str, bool]]) -> None:
+    root, _ = corpus
+    got = read_image(root / "sixteen_bit.png")
+    want = (sixteen_bit_values() >> 8).astype(np.uint8)
+    for c in range(3):
+        np.testing.assert_array_equal(got[:, :, c], want)
+    assert got.min() == 0 and got.max() == 255
+
+
+def test_sixteen_bit_tiff_and_rgb(tmp_path: Path) -> None:
+    ramp = sixteen_bit_values()
+    cv2.imwrite(str(tmp_path / "g16.tif"), ramp)
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.tif")[:, :, 1], ramp >> 8)
+    bgr16 = np.dstack([ramp, ramp[::-1], np.full_like(ramp, 40000)])
+    cv2.imwrite(str(tmp_path / "c16.png"), bgr16)
+    np.testing.assert_array_equal(read_image(tmp_path / "c16.png"), (bgr16 >> 8).astype(np.uint8))
+
+
+def test_colour_modes(corpus: tuple[Path, dict[str, bool]]) -> None:
+    root, _ = corpus
+    good = read_image(root / "good.png")
+    gray = read_image(root / "gray.png")
+    assert (gray[:, :, 0] == gray[:, :, 1]).all() and (gray[:, :, 1] == gray[:, :, 2]).all()
+    np.testing.assert_array_equal(gray[:, :, 0], good[:, :, 2])  # gray.png was the red channel
+    # RGBA: alpha dropped, colour kept where opaque (composite over black would also pass here).
+    rgba = np.asarray(Image.open(root / "rgba.png"))
+    got = read_image_rgb(root / "rgba.png")
+    opaque = rgba[:, :, 3] == 254  # last column
+    np.testing.assert_array_equal(got[opaque], rgba[:, :, :3][opaque])
+    pal = np.asarray(Image.open(root / "palette.png").convert("RGB"))
+    np.testing.assert_array_equal(read_image_rgb(root / "palette.png"), pal)
+    cmyk = np.asarray(Image.open(root / "cmyk.jpg").convert("RGB")).astype(int)
+    assert np.abs(read_image_rgb(root / "cmyk.jpg").astype(int) - cmyk).max() <= 3
+    one = read_image_rgb(root / "one_pixel.png")
+    assert one.shape == (1, 1, 3) and one[0, 0].tolist() == [10, 200, 30]
+    assert read_image(root / "nested" / "inner.jpg").shape == (32, 48, 3)
+
+
+def test_good_jpeg_matches_pil(corpus: tuple[Path, dict[str, bool]]) -> None:
+    root, _ = corpus
+    pil = np.asarray(Image.open(root / "good.jpg").convert("RGB")).astype(int)
+    assert np.abs(read_image_rgb(root / "good.jpg").astype(int) - pil).max() <= 3
+
+
+def test_la_png_and_pil_fallback_format(tmp_path: Path) -> None:
+    gray = np.tile(np.arange(64, dtype=np.uint8) * 4, (16, 1))
+    Image.fromarray(gray).convert("LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png")[:, :, 0], gray)
+    # ICO: OpenCV cannot decode it, PIL can -> the fallback path returns the same layout.
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8, :8] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "icon.ico", sizes=[(16, 16)])
+    got = read_image_rgb(tmp_path / "icon.ico")
+    assert got.shape == (16, 16, 3)
+    assert got[0, 0].tolist() == [255, 0, 0] and got[15, 15].tolist() == [0, 0, 0]
+
+
+def test_truncated_jpeg_variants(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (5, 5), 1.0)
+    for progressive in (False, True):
+        Image.fromarray(img).save(tmp_path / "full.jpg", quality=90, progressive=progressive)
+        data = (tmp_path / "full.jpg").read_bytes()
+        for cut in (len(data) // 10, len(data) // 2, len(data) - 2):
+            (tmp_path / "cut.jpg").write_bytes(data[:cut])
+            with pytest.raises(ImageReadError, match="truncated or corrupt image data"):
+                read_image(tmp_path / "cut.jpg")
+        # Bytes after the EOI (camera trailers) are fine.
+        (tmp_path / "trailer.jpg").write_bytes(data + b"\x00" * 100 + b"TRAILER" * 20)
+        assert read_image(tmp_path / "trailer.jpg").shape == (120, 160, 3)
+
+
+def test_jpeg_truncation_check_ignores_thumbnail_eoi() -> None:
+    # SOI, an APP1 holding a whole thumbnail (with its own SOS and EOI), then the main scan.
+    thumb = b"\xff\xd8\xff\xda\x00\x02" + b"\x11" * 10 + b"\xff\xd9"
+    head = b"\xff\xd8\xff\xe1" + thumb
+    main = b"\xff\xda\x00\x02" + b"\x22" * 50
+    assert _jpeg_truncated(head + main)
+    assert not _jpeg_truncated(head + main + b"\xff\xd9")
+    assert _jpeg_truncated(b"\xff\xd8\xff\xe0\x00\x10JFIF")  # cut before any scan
+
+
+def test_bomb_refused_from_header_quickly(corpus: tuple[Path, dict[str, bool]]) -> None:
+    import time
+
+    root, _ = corpus
+    assert (root / "bomb.png").stat().st_size < 1_000_000
+    t0 = time.perf_counter()
+    with pytest.raises(ImageReadError, match=r"image too large \(10000 x 9000 pixels > 89478485\)"):
+        read_image(root / "bomb.png")
+    assert time.perf_counter() - t0 < 0.5  # no 90-Mpx decode happened
+
+
+def test_huge_bomb_over_pil_hard_limit(tmp_path: Path) -> None:
+    Image.new("1", (20000, 10000)).save(tmp_path / "huge.png")  # 2x+ limit: PIL raises in open()
+    with pytest.raises(ImageReadError, match=r"image too large \(200000000 pixels > 89478485\)"):
+        read_image(tmp_path / "huge.png")
+
+
+def test_write_image_roundtrip_atomic(tmp_path: Path) -> None:
+    img = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    out = tmp_path / "a" / "b" / "out.png"
+    write_image(out, img)
+    np.testing.assert_array_equal(read_image(out), img)
+    write_image(out, img[::-1])  # overwrite in place
+    np.testing.assert_array_equal(read_image(out), img[::-1])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.png"]  # no temp files left
+    mode = stat.S_IMODE(out.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    write_image(tmp_path / "x.JPG", img)
+    assert read_image(tmp_path / "x.JPG").shape == (20, 30, 3)
+    write_image(tmp_path / "g.bmp", img[:, :, 0])
+    assert read_image(tmp_path / "g.bmp").shape == (20, 30, 3)
+
+
+def test_write_image_errors(tmp_path: Path) -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(CvappsError, match="unknown image extension '.gif'"):
+        write_image(tmp_path / "x.gif", img)
+    with pytest.raises(CvappsError, match="unknown image extension"):
+        write_image(tmp_path / "noext", img)
+    with pytest.raises(CvappsError, match="expected HxW or HxWx3"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+    assert list(tmp_path.iterdir()) == []
