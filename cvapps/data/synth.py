@@ -234,7 +234,7 @@ def _prune(folder: Path, keep: set[str]) -> None:
 
 
 def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, imgsz: int = 160,
-                    n_crops_per_class: tuple[int, int] = (60, 20), crop_size: int = 64,
+                    n_crops_per_class: tuple[int, int] = (200, 40), crop_size: int = 64,
                     video_frames: int = 240, video_size: tuple[int, int] = (320, 240), fps: int = 24,
                     seed: int = 0, progress: bool = True) -> Path:
     """Write the shapes dataset (layout in the module docstring) under ``out`` and return it."""
