@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -29,6 +31,9 @@ from fault_corpus import (
     make_fault_corpus,
     sixteen_bit_values,
 )
+
+# read_image filters this warning itself, but pytest resets warning filters for every test.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +213,13 @@ def test_bomb_refused_from_header_quickly(corpus: tuple[Path, dict[str, bool]]) 
 
 
 def test_huge_bomb_over_pil_hard_limit(tmp_path: Path) -> None:
-    Image.new("1", (20000, 10000)).save(tmp_path / "huge.png")  # 2x+ limit: PIL raises in open()
+    # Just a PNG header claiming 20000x10000 (over 2x the limit, where PIL raises in open()).
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 20000, 10000, 1, 0, 0, 0, 0)
+    iend = b"IEND"
+    png = b"\x89PNG\r\n\x1a\n"
+    for chunk in (ihdr, iend):
+        png += struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    (tmp_path / "huge.png").write_bytes(png)
     with pytest.raises(ImageReadError, match=r"image too large \(200000000 pixels > 89478485\)"):
         read_image(tmp_path / "huge.png")
 

@@ -244,9 +244,8 @@ class FakeCapture:
         return self.read()[0]
 
     def get(self, prop_id: int) -> float:
-        return {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_WIDTH: 4, cv2.CAP_PROP_FRAME_HEIGHT: 4}.get(
-            prop_id, 0.0
-        )
+        props = {cv2.CAP_PROP_FPS: 25.0, cv2.CAP_PROP_FRAME_WIDTH: 4, cv2.CAP_PROP_FRAME_HEIGHT: 4}
+        return props.get(prop_id, 0.0)
 
     def release(self) -> None:
         self.released = True
@@ -328,7 +327,7 @@ def test_reconnect_resumes_after_outage() -> None:
         # connection 1: 3 frames; connection 2 refused; connection 3: 3 frames; then gone.
         return FakeCapture(counter, fail_after=3, opened=len(opens) in (1, 3))
 
-    with StreamSource("rtsp://c", capture_factory=factory, buffer=True, reconnect_s=1.0) as src:
+    with StreamSource("rtsp://c", capture_factory=factory, buffer=True, reconnect_s=0.6) as src:
         indices = [f.index for f in src]
     assert indices == list(range(6))
 
@@ -341,9 +340,11 @@ def test_stream_cannot_open_at_start() -> None:
         return FakeCapture([0], opened=False)
 
     t0 = time.monotonic()
+    url = "rtsp://admin:secret@10.0.0.5:554/s"
     with pytest.raises(CvappsError, match=r"^cannot open stream URL: rtsp://admin:\*\*\*@10.0.0.5:554/s$"):
-        StreamSource("rtsp://admin:secret@10.0.0.5:554/s", capture_factory=factory, reconnect_s=0.6)
-    assert 0.5 < time.monotonic() - t0 < 1.5 and len(attempts) == 2
+        StreamSource(url, capture_factory=factory, reconnect_s=0.6)
+    assert 0.5 < time.monotonic() - t0 < 1.5
+    assert len(attempts) == 3  # at 0 s, after 0.5 s, and a last one at the 0.6 s deadline
 
 
 def test_webcam_open_failure_message() -> None:
@@ -355,7 +356,8 @@ def test_webcam_open_failure_message() -> None:
 
 def test_webcam_with_fake_capture() -> None:
     counter = [0]
-    src = WebcamSource(0, capture_factory=lambda idx: FakeCapture(counter, fail_after=3), reconnect_s=0.0)
+    factory = lambda idx: FakeCapture(counter, fail_after=3)  # noqa: E731
+    src = WebcamSource(0, capture_factory=factory, reconnect_s=0.0)
     with src:
         frames = list(src)
     assert src.name == "webcam0" and src.is_live and len(frames) >= 1
@@ -421,10 +423,11 @@ def test_open_source_dispatch(video: Path, monkeypatch: pytest.MonkeyPatch) -> N
             raise CvappsError("recorded")
 
     monkeypatch.setattr("cvapps.io.sources.StreamSource", Recorder)
-    for url in ("rtsp://h/s", "RTSPS://h/s", "http://h/live", "https://h/stream.m3u8", "udp://@:5000", "tcp://h:1"):
+    urls = ["rtsp://h/s", "RTSPS://h/s", "http://h/live", "https://h/s.m3u8", "udp://@:5000", "tcp://h:1"]
+    for url in urls:
         with pytest.raises(CvappsError, match="recorded"):
             open_source(url, buffer=True)
-    assert [u for u, _ in made] == ["rtsp://h/s", "RTSPS://h/s", "http://h/live", "https://h/stream.m3u8", "udp://@:5000", "tcp://h:1"]
+    assert [u for u, _ in made] == urls
     assert all(b is True for _, b in made)
     # An http URL to a video file is a (non-live) video; here it cannot be fetched.
     with pytest.raises(CvappsError, match="cannot open video: http://127.0.0.1:9/clip.mp4"):
@@ -434,3 +437,11 @@ def test_open_source_dispatch(video: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_redact_url() -> None:
     assert redact_url("rtsp://u:p@h:554/x?y=1") == "rtsp://u:***@h:554/x?y=1"
     assert redact_url("rtsp://h/x") == "rtsp://h/x"
+
+
+def test_folder_symlink_cycle_terminates(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "a.png"), np.zeros((2, 2, 3), np.uint8))
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    with open_source(tmp_path) as src:
+        assert [Path(f.source).name for f in src] == ["a.png"]

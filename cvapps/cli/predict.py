@@ -1,9 +1,18 @@
-"""``cvapps classify`` (and the segment/detect commands their task modules add)."""
+"""``cvapps classify`` (and the segment/detect commands their task modules add).
+
+``add_common(parser)`` adds the options every predict command shares (source, model, output,
+batching, device, stride, shard, live buffering, preview and the generic outputs);
+``common_sinks(args, predictor, draw)`` builds the generic outputs those options ask for and
+``run_common(args, predictor, sinks, options)`` runs the source with them and prints the timing
+report; ``exit_code(report)`` is 0, or 128 + signal when Ctrl-C/SIGTERM stopped the run early.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -13,7 +22,88 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no timing report")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="process only items I, I+N, I+2N, ... (0-based I); run N processes with I=0..N-1 "
+                        "to split a folder or video")
+    p.add_argument("--buffer", action="store_true",
+                   help="live sources (webcam, stream URL): keep every frame instead of only the newest")
+    p.add_argument("--reconnect", type=float, default=10.0, metavar="SECONDS",
+                   help="live sources: keep reconnecting a stalled stream this long before finishing (default 10)")
+    p.add_argument("--save-video", action="store_true",
+                   help="write OUT/<source name>.mp4 with the predictions drawn (same fps and size as the input)")
+    p.add_argument("--save-images", action="store_true", help="write each annotated frame to OUT/annotated/")
+    p.add_argument("--save-jsonl", action="store_true",
+                   help="write OUT/predictions.jsonl, one JSON object per frame")
+    p.add_argument("--show", action="store_true", help="preview window (needs a display)")
+    p.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                   help="serve a live MJPEG preview page at http://HOST:PORT/ (default host 127.0.0.1)")
+
+
+def _source_stem(source: str) -> str:
+    name = Path(str(source).split("?")[0].rstrip("/")).stem
+    return name or "stream"
+
+
+def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None = None) -> list[Any]:
+    """Sinks for --save-video, --save-images, --save-jsonl, --show and --serve (in that order)."""
+    from cvapps.io.sinks import AnnotatedImages, make_drawer
+    from cvapps.io.video import JsonLinesSink, VideoWriterSink
+
+    draw = draw or make_drawer(predictor.class_names)
+    out = Path(args.out)
+    root = args.source if Path(str(args.source)).is_dir() else None
+    sinks: list[Any] = []
+    if getattr(args, "save_video", False):
+        sinks.append(VideoWriterSink(out / f"{_source_stem(args.source)}.mp4", draw))
+    if getattr(args, "save_images", False):
+        sinks.append(AnnotatedImages(out / "annotated", draw, root=root))
+    if getattr(args, "save_jsonl", False):
+        sinks.append(JsonLinesSink(out / "predictions.jsonl", predictor.class_names, root=root))
+    if getattr(args, "show", False) or getattr(args, "serve", None):
+        from cvapps.io.preview import MJPEGServer, PreviewWindow
+
+        if args.show:
+            sinks.append(PreviewWindow(draw))
+        if args.serve:
+            server = MJPEGServer(args.serve, draw)
+            print(f"serving the live preview at {server.url}", file=sys.stderr)
+            sinks.append(server)
+    return sinks
+
+
+def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], options: dict[str, Any] | None = None) -> Any:
+    """Run SOURCE through ``predictor`` into ``sinks`` with the common options; print the reports.
+
+    Returns the :class:`~cvapps.engine.runner.RunReport`. Outputs are valid even when the run was
+    stopped by Ctrl-C/SIGTERM (``report.interrupted``).
+    """
+    from cvapps.engine.runner import run_source
+
+    report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
+                        vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
+                        buffer=True if getattr(args, "buffer", False) else None,
+                        reconnect_s=getattr(args, "reconnect", 10.0))
+    if not args.quiet:
+        print(report.timing_report(), file=sys.stderr)
+    return report
+
+
+def print_written(sinks: list[Any]) -> None:
+    """``wrote PATH`` for each sink with a ``path`` that exists (files only appear complete)."""
+    for sink in sinks:
+        path = getattr(sink, "path", None)
+        if path is not None and Path(path).exists():
+            print(f"wrote {path}")
+
+
+def exit_code(report: Any) -> int:
+    """0 for a complete run; 128 + signal number when a signal stopped it (outputs are still valid)."""
+    import signal
+
+    if report.interrupted:
+        return 128 + int(getattr(signal, report.interrupted, signal.SIGINT))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,13 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from cvapps.engine.predict import Predictor
-    from cvapps.engine.runner import run_source
     from cvapps.io.sinks import ClassificationCSV
 
     predictor = Predictor.from_checkpoint(args.model, "classify", device=args.device, batch=args.batch)
     csv_sink = ClassificationCSV(Path(args.out) / "predictions.csv", predictor.class_names, args.topk)
-    report = run_source(predictor, args.source, [csv_sink], progress=not args.quiet,
-                        options={"topk": args.topk}, vid_stride=args.vid_stride)
+    sinks = [csv_sink, *common_sinks(args, predictor)]
+    report = run_common(args, predictor, sinks, {"topk": args.topk})
+    print_written(sinks)
     print(f"{report.summary()}; predicted: {csv_sink.summary() or 'nothing'}")
-    print(f"wrote {csv_sink.path}")
-    return 0
+    return exit_code(report)

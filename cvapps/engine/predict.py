@@ -7,8 +7,11 @@ maps outputs back with the task's postprocess. Per-stage wall time is kept in ``
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -22,6 +25,24 @@ from cvapps.structures import Frame
 from cvapps.tasks.base import Task
 
 
+@dataclass
+class _Batch:
+    """frames, their uint8 (B, C, H, W) network-input tensor and letterbox metas (one per frame)."""
+
+    frames: list[Frame]
+    images: torch.Tensor
+    metas: list[Any]
+    device_images: torch.Tensor | None = None  # CUDA only: copy in flight on the side stream
+    ready: Any = None  # CUDA only: event recorded after that copy
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
 class Predictor:
     """Runs a task model on frames.
 
@@ -31,8 +52,9 @@ class Predictor:
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
-                 category_ids: list[int] | None = None) -> None:
+                 category_ids: list[int] | None = None, prefetch: int = 2) -> None:
         self.task, self.class_names = task, list(class_names)
+        self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
         self.imgsz = int(preprocessing["imgsz"])
         self.in_channels = int(preprocessing.get("in_channels", 3))
@@ -42,16 +64,20 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Side stream for host-to-device copies, so they overlap compute (see _prepare).
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.timings: dict[str, float] = defaultdict(float)
         self.count = 0
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, task: str | tuple[str, ...] | None = None, *,
                         device: str = "auto", batch: int = 8) -> "Predictor":
-        """Build the model a cvapps checkpoint describes and load its weights."""
+        """Build the model a cvapps checkpoint describes and load its weights (``.onnx``: :meth:`from_onnx`)."""
         from cvapps.config import config_from_dict
         from cvapps.tasks import get_task
 
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, task, device=device, batch=batch)
         ckpt = load_checkpoint(path, task)
         cfg = config_from_dict(ckpt["config"], ["model.pretrained=false", "model.backbone_weights=null", "model.weights=null"])
         task_obj = get_task(ckpt["task"])
@@ -60,28 +86,129 @@ class Predictor:
         return cls(task_obj, model, ckpt["class_names"], ckpt["preprocessing"], device, batch,
                    category_ids=ckpt.get("category_ids"))
 
-    def _run(self, frames: list[Frame], options: dict[str, Any]) -> list[Any]:
+    @classmethod
+    def from_onnx(cls, path: str | Path, task: str | tuple[str, ...] | None = None, *,
+                  device: str = "auto", batch: int = 8) -> "Predictor":
+        """Run a ``cvapps export`` ONNX model (onnxruntime) through the same pre/postprocessing."""
+        from cvapps.engine.onnx_model import OnnxModel
+        from cvapps.errors import CheckpointError
+        from cvapps.tasks import get_task
+
+        dev = resolve_device(device)
+        model = OnnxModel(path, dev)
+        meta = model.meta
+        wanted = (task,) if isinstance(task, str) else task
+        if wanted and meta["task"] not in wanted:
+            raise CheckpointError(f"{path} is a {meta['task']!r} model; this command needs {' or '.join(map(repr, wanted))}")
+        return cls(get_task(meta["task"]), model, meta["class_names"], meta["preprocessing"], dev, batch,
+                   half=False, category_ids=meta.get("category_ids"))
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _prepare(self, frames: list[Frame]) -> _Batch:
+        """Preprocess on the CPU: letterbox/resize each frame, stack to uint8 (B, C, H, W).
+
+        On CUDA the batch is pinned and copied on a side stream right here (in the prefetch
+        thread), so the host-to-device copy of batch k+1 overlaps the forward pass of batch k.
+        """
         t0 = time.perf_counter()
         prepared = [self.task.preprocess(f.image, self.imgsz, self.in_channels) for f in frames]
-        arrays = np.stack([p[0] for p in prepared])
-        images = torch.from_numpy(arrays).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
+        batch = _Batch(frames, images, [p[1] for p in prepared])
+        if self._copy_stream is not None:
+            batch.images = images.contiguous().pin_memory()
+            with torch.cuda.stream(self._copy_stream):
+                batch.device_images = batch.images.to(self.device, non_blocking=True)
+                batch.ready = torch.cuda.Event()
+                batch.ready.record(self._copy_stream)
+        self.timings["preprocess"] += time.perf_counter() - t0
+        return batch
+
+    def _infer(self, batch: _Batch, options: dict[str, Any]) -> list[Any]:
         t1 = time.perf_counter()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            outputs = self.model(images_to_device(images, self.device))
+            if batch.device_images is not None and batch.ready is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(batch.ready)
+                batch.device_images.record_stream(stream)  # allocated on the copy stream, used here
+                x = batch.device_images.float().div_(255).contiguous(memory_format=torch.channels_last)
+            else:
+                x = images_to_device(batch.images, self.device)
+            outputs = self.model(x)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        results = self.task.postprocess(outputs, [p[1] for p in prepared], **options)
+        results = self.task.postprocess(outputs, batch.metas, **options)
         t3 = time.perf_counter()
-        self.timings["preprocess"] += t1 - t0
         self.timings["infer"] += t2 - t1
         self.timings["postprocess"] += t3 - t2
-        self.count += len(frames)
+        self.count += len(batch.frames)
         return results
+
+    def _run(self, frames: list[Frame], options: dict[str, Any]) -> list[Any]:
+        return self._infer(self._prepare(frames), options)
+
+    def _batches(self, frames: Iterable[Frame], out: "queue.Queue[Any]", stop: threading.Event) -> None:
+        """Prefetch thread: read frames, group them into batches, preprocess, hand over in order."""
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            pending: list[Frame] = []
+            it = iter(frames)
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                self.timings["read"] += time.perf_counter() - t0
+                if frame is not None:
+                    pending.append(frame)
+                if pending and (frame is None or len(pending) >= self.batch):
+                    if not put(self._prepare(pending)):
+                        return
+                    pending = []
+                if frame is None:
+                    break
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(_Raised(exc))
 
     def predict(self, frames: Iterable[Frame], **options: Any) -> Iterator[tuple[Frame, Any]]:
         """Yield ``(frame, prediction)`` in input order; ``options`` go to the task's postprocess
-        (e.g. ``conf``, ``iou`` for detectors, ``topk`` for classification)."""
+        (e.g. ``conf``, ``iou`` for detectors, ``topk`` for classification).
+
+        Reading and preprocessing run one batch ahead in a prefetch thread (``prefetch`` batches
+        queued), so decode/letterbox overlap the forward pass; errors there are re-raised here.
+        """
+        if self.prefetch <= 0:
+            yield from self._predict_inline(frames, options)
+            return
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._batches, args=(frames, q, stop), name="cvapps-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield from zip(item.frames, self._infer(item, options))
+        finally:
+            stop.set()
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=2.0)
+
+    def _predict_inline(self, frames: Iterable[Frame], options: dict[str, Any]) -> Iterator[tuple[Frame, Any]]:
         pending: list[Frame] = []
         it = iter(frames)
         while True:

@@ -1,23 +1,54 @@
-"""Run a predictor over a source into sinks, with a progress bar and a report of skipped files."""
+"""Run a predictor over a source into sinks: three overlapping stages, a clean stop, a timing report.
+
+::
+
+    reader thread (Source: decode)  ->  prefetch thread (Predictor: batch + preprocess)
+        ->  main thread (forward + postprocess)  ->  writer thread (sinks: draw, encode, write)
+
+Every hand-over is a bounded queue, so memory stays flat however long the input is, and decode,
+inference and encode run at the same time. The writer thread feeds every sink each
+``(frame, prediction)`` in input order.
+
+Stopping: Ctrl-C or SIGTERM (when run from the main thread) stops *reading*; frames already read
+are still predicted and written, then every sink is closed, so each output is valid (the mp4 has
+its index, JSON files are whole). A second Ctrl-C aborts the flush but still closes the sinks.
+"""
 
 from __future__ import annotations
 
+import queue
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
 from cvapps.engine.predict import Predictor
+from cvapps.errors import CvappsError
 from cvapps.io.sinks import Sink
-from cvapps.io.sources import open_source
+from cvapps.io.sources import Source, open_source
+
+STAGES = ("read", "preprocess", "infer", "postprocess", "write")
 
 
 @dataclass
 class RunReport:
+    """What a run did. ``timings``: seconds spent per stage (stages overlap, so they do not add up
+    to ``wall_s``); ``interrupted``: the signal name that stopped the run early, else None."""
+
     processed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dropped: int = 0
+    interrupted: str | None = None
+    wall_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.processed / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary(self) -> str:
         text = f"processed {self.processed} images"
@@ -25,29 +56,168 @@ class RunReport:
             text += f", skipped {len(self.skipped)} unreadable files"
         if self.dropped:
             text += f", dropped {self.dropped} live frames"
+        if self.interrupted:
+            text += f" (stopped early by {self.interrupted}; outputs hold what was processed)"
         return text
+
+    def timing_report(self) -> str:
+        n = max(1, self.processed)
+        stages = ", ".join(f"{s} {1000 * self.timings.get(s, 0.0) / n:.1f}" for s in STAGES)
+        return (f"{self.processed} frames in {self.wall_s:.2f} s ({self.fps:.1f} frames/s); "
+                f"ms/frame per stage (stages overlap): {stages}")
+
+
+class _WriterThread(threading.Thread):
+    """Consumes (frame, prediction) from a bounded queue and writes them to every sink."""
+
+    _END = object()
+
+    def __init__(self, sinks: Sequence[Sink], maxsize: int, bar: tqdm) -> None:
+        super().__init__(name="cvapps-writer", daemon=True)
+        self.sinks, self.bar = list(sinks), bar
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
+        self.error: BaseException | None = None
+        self.abort = threading.Event()  # second Ctrl-C: stop writing what is queued
+        self.write_s = 0.0
+        self.written = 0
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._END or self.abort.is_set():
+                return
+            if self.error is not None:
+                continue  # keep draining so the producer never blocks; the error is raised there
+            frame, prediction = item
+            t0 = time.perf_counter()
+            try:
+                for sink in self.sinks:
+                    sink.write(frame, prediction)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                self.error = exc
+                continue
+            self.write_s += time.perf_counter() - t0
+            self.written += 1
+            self.bar.update(1)
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.is_alive():
+                raise CvappsError("writer thread stopped unexpectedly")
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Write everything queued, then stop (returns at once when aborted)."""
+        while self.is_alive():
+            try:
+                self.queue.put(self._END, timeout=0.1)
+                break
+            except queue.Full:
+                if self.abort.is_set():
+                    try:
+                        self.queue.get_nowait()
+                    except queue.Empty:
+                        pass
+        self.join()
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM -> ``source.request_stop()`` (takes no lock, so safe in a handler).
+
+    A second SIGINT raises KeyboardInterrupt as usual. Installed only from the main thread, and the
+    previous handlers are restored on exit.
+    """
+
+    def __init__(self, source: Source, enabled: bool) -> None:
+        self.source = source
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.source.request_stop()
+
+    def __enter__(self) -> "_StopOnSignal":
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, progress: bool = True,
-               options: dict[str, Any] | None = None, vid_stride: int = 1) -> RunReport:
-    """Predict every frame of ``source`` and hand each result to every sink; sinks are always closed."""
+               options: dict[str, Any] | None = None, vid_stride: int = 1,
+               shard: tuple[int, int] | str | None = None, buffer: bool | None = None,
+               reconnect_s: float = 10.0, write_queue: int = 32, handle_signals: bool = True) -> RunReport:
+    """Predict every frame of ``source`` and hand each result to every sink; sinks are always closed.
+
+    source: anything :func:`~cvapps.io.sources.open_source` takes, or an open :class:`Source`.
+    options: passed to the task's postprocess (``conf``, ``topk``...). shard ``(i, n)`` / ``"i/n"``,
+    buffer (live sources keep every frame), reconnect_s: see ``open_source``. write_queue: frames
+    waiting for the writer thread at most. handle_signals: catch Ctrl-C/SIGTERM for a clean stop.
+    """
     report = RunReport()
+    before = dict(predictor.timings)
+    t_start = time.perf_counter()
+    writer: _WriterThread | None = None
+    completed = False
     try:
-        with open_source(source, vid_stride=vid_stride) as src:
-            bar = tqdm(total=src.frame_count, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+        src = source if isinstance(source, Source) else open_source(
+            source, vid_stride=vid_stride, shard=shard, buffer=buffer, reconnect_s=reconnect_s)
+        with src, _StopOnSignal(src, handle_signals) as stopper:
+            for sink in sinks:
+                start = getattr(sink, "start", None)
+                if callable(start):
+                    start(src)
+            bar = tqdm(total=src.expected_frames if not src.is_live else None, desc="predict", unit="img",
+                       disable=not progress, dynamic_ncols=True)
+            writer = _WriterThread(sinks, write_queue, bar)
+            writer.start()
             try:
                 for frame, prediction in predictor.predict(src, **(options or {})):
-                    for sink in sinks:
-                        sink.write(frame, prediction)
+                    writer.put((frame, prediction))
                     report.processed += 1
-                    bar.update(1)
+                writer.finish()
+            except KeyboardInterrupt:
+                report.interrupted = "SIGINT"
+                writer.abort.set()
+                writer.finish()
             finally:
                 bar.close()
                 report.skipped = list(src.skipped)
                 report.dropped = src.dropped
+                report.interrupted = report.interrupted or stopper.signal_name
+            if writer.error is not None:
+                raise writer.error
+            report.processed = writer.written
+        completed = True
     finally:
+        if writer is not None and writer.is_alive():  # an exception skipped finish(): stop it now
+            writer.abort.set()
+            writer.finish()
+        errors = []
         for sink in sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - close the others, then report
+                errors.append(exc)
+        report.wall_s = time.perf_counter() - t_start
+        report.timings = {k: predictor.timings.get(k, 0.0) - before.get(k, 0.0) for k in STAGES if k != "write"}
+        report.timings["write"] = writer.write_s if writer is not None else 0.0
+        if errors and completed:
+            raise errors[0]
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return report

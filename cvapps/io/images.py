@@ -115,6 +115,16 @@ def _as_bgr3(img: np.ndarray) -> np.ndarray:
     return img
 
 
+def _pil_open(fp: io.BytesIO) -> Image.Image:
+    """Pillow's own ``Image.open``: importing ultralytics replaces it with a wrapper that, for a
+    file Pillow cannot identify, tries to pip-install pi-heif (network) and raises ImportError when
+    offline, which would turn "not an image" into a wrong reason (or a download)."""
+    import sys
+
+    original = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None)
+    return (original if callable(original) else Image.open)(fp)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as HxWx3 BGR uint8 with its EXIF orientation applied.
 
@@ -140,7 +150,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     # Header only: Image.open is lazy, so a bomb is refused before its pixels are allocated.
     pil: Image.Image | None
     try:
-        pil = Image.open(io.BytesIO(data))
+        pil = _pil_open(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # > 2x PIL's limit: only the pixel count is known
         m = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{m.group(1)} pixels" if m else "pixels"

@@ -1,4 +1,4 @@
-"""One frame-source abstraction for every task: images, folders, globs, lists, videos, webcams, URLs.
+"""One frame-source abstraction for all tasks: images, folders, globs, lists, videos, webcams, URLs.
 
 ``open_source(spec)`` returns a :class:`Source`, an iterable of :class:`~cvapps.structures.Frame`
 (HxWx3 BGR uint8). Frames are read by a background thread into a bounded queue so that decoding
@@ -13,6 +13,10 @@ overlaps with inference:
 Unreadable images are skipped and recorded in ``Source.skipped`` as ``(path, reason)``; errors in
 the reader thread are re-raised in the consumer as :class:`~cvapps.errors.CvappsError`. Use the
 source as a context manager (or call ``close()``) to stop the thread and release captures.
+
+``shard=(i, n)`` keeps every n-th item starting at item i (0-based), so n processes can split one
+folder or video without coordination; items outside the shard are never decoded (image files
+are not opened, video frames are grabbed but not decoded).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "WebcamSource",
     "open_source",
     "iter_image_files",
+    "parse_shard",
 ]
 
 STREAM_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
@@ -104,18 +109,41 @@ class Source:
     frame_size: tuple[int, int] | None = None
     frame_count: int | None = None
 
-    def __init__(self, name: str, *, queue_size: int = 64, keep_newest: bool = False) -> None:
+    def __init__(self, name: str, *, queue_size: int = 64, keep_newest: bool = False,
+                 shard: tuple[int, int] | None = None) -> None:
         self.name = name
+        self.shard: tuple[int, int] = _check_shard(shard)
         self.skipped: list[tuple[str, str]] = []
         self.dropped = 0
         self._keep_newest = keep_newest
         # Keep-newest needs exactly one slot: the consumer always gets the latest frame.
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1 if keep_newest else max(1, queue_size))
+        maxsize = 1 if keep_newest else max(1, queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._finished = False
         self._closed = False
+        self._close_called = False
+
+    def _in_shard(self, position: int) -> bool:
+        """True when item ``position`` (0-based, counted before sharding) belongs to this shard."""
+        i, n = self.shard
+        return position % n == i
+
+    @property
+    def expected_frames(self) -> int | None:
+        """How many frames iteration should yield (after stride and shard), or None if unknown."""
+        return self.frame_count
+
+    def request_stop(self) -> None:
+        """Ask the reader to stop without waiting (safe from a signal handler: takes no lock).
+
+        Iteration ends at the consumer's next poll (<= 0.1 s); call :meth:`close` afterwards to
+        join the thread and release captures.
+        """
+        self._stop.set()
+        self._closed = True
 
     # -- subclass hooks -------------------------------------------------------------------
     def _produce(self) -> Iterator[Frame]:
@@ -191,13 +219,16 @@ class Source:
                 exc = item.exc
                 if isinstance(exc, CvappsError):
                     raise exc
-                raise CvappsError(f"error reading {self.name}: {type(exc).__name__}: {exc}") from exc
+                msg = f"error reading {self.name}: {type(exc).__name__}: {exc}"
+                raise CvappsError(msg) from exc
             yield item
 
     def close(self) -> None:
         """Stop the reader thread (waits at most ~1 s) and release captures. Idempotent."""
-        if self._closed:
+        # A separate flag: _closed may already be set by request_stop(), which joins nothing.
+        if self._close_called:
             return
+        self._close_called = True
         self._closed = True
         self._stop.set()
         with self._start_lock:
@@ -236,7 +267,7 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def iter_image_files(folder: str, _seen: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
+def iter_image_files(folder: str | os.PathLike[str]) -> Iterator[str]:
     """Yield image paths under ``folder`` recursively, in sorted order, one directory at a time.
 
     Entries of one directory are sorted by name with sub-folders visited in place, so the
@@ -244,6 +275,10 @@ def iter_image_files(folder: str, _seen: frozenset[tuple[int, int]] = frozenset(
     "._x.jpg" files, ".ipynb_checkpoints" and write_image's temp files are never images.
     Symlinked folders are followed, but a folder already on the current path is not (no cycles).
     """
+    return _walk_sorted(os.fspath(folder), frozenset())
+
+
+def _walk_sorted(folder: str, _seen: frozenset[tuple[int, int]]) -> Iterator[str]:
     try:
         st = os.stat(folder)
         key = (st.st_dev, st.st_ino)
@@ -262,7 +297,7 @@ def iter_image_files(folder: str, _seen: frozenset[tuple[int, int]] = frozenset(
         except OSError:
             continue
         if is_dir:
-            yield from iter_image_files(entry.path, seen)
+            yield from _walk_sorted(entry.path, seen)
         elif _is_image_name(entry.name):
             yield entry.path
 
@@ -281,22 +316,25 @@ class ImageFilesSource(Source):
         paths: Callable[[], Iterator[str]],
         *,
         queue_size: int = 64,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(name, queue_size=queue_size)
+        super().__init__(name, queue_size=queue_size, shard=shard)
         self._paths = paths
         self._count: int | None = None
 
     @property
     def frame_count(self) -> int:  # type: ignore[override]
         if self._count is None:
-            self._count = sum(1 for _ in self._paths())
+            self._count = sum(1 for k, _ in enumerate(self._paths()) if self._in_shard(k))
         return self._count
 
     def _produce(self) -> Iterator[Frame]:
         index = 0
-        for path in self._paths():
+        for position, path in enumerate(self._paths()):
             if self._stop.is_set():
                 return
+            if not self._in_shard(position):
+                continue  # another shard's file: never opened
             try:
                 image = read_image(path)
             except ImageReadError as e:
@@ -363,8 +401,9 @@ class VideoSource(Source):
         vid_stride: int = 1,
         queue_size: int = 64,
         capture_factory: CaptureFactory | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(path, queue_size=queue_size)
+        super().__init__(path, queue_size=queue_size, shard=shard)
         self.vid_stride = vid_stride
         factory = capture_factory or cv2.VideoCapture
         self._cap: Capture | None = factory(path)
@@ -382,7 +421,7 @@ class VideoSource(Source):
         assert cap is not None
         index = 0
         while not self._stop.is_set():
-            if index % self.vid_stride:
+            if index % self.vid_stride or not self._in_shard(index // self.vid_stride):
                 # grab() skips the decode of frames nobody will see.
                 if not cap.grab():
                     return
@@ -395,8 +434,17 @@ class VideoSource(Source):
                 ts = index / self.fps
             else:
                 ts = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
-            yield Frame(image=image, source=f"{self.name}#frame={index:06d}", index=index, timestamp=ts)
+            name = f"{self.name}#frame={index:06d}"
+            yield Frame(image=image, source=name, index=index, timestamp=ts)
             index += 1
+
+    @property
+    def expected_frames(self) -> int | None:
+        if self.frame_count is None:
+            return None
+        strided = -(-self.frame_count // self.vid_stride)
+        i, n = self.shard
+        return max(0, -(-(strided - i) // n))
 
     def _release(self) -> None:
         cap, self._cap = self._cap, None
@@ -422,13 +470,16 @@ def redact_url(url: str) -> str:
 
 
 def _default_stream_factory(reconnect_s: float) -> CaptureFactory:
-    """cv2.VideoCapture over FFMPEG with open/read timeouts so a dead stream cannot hang for ~30 s."""
+    """cv2.VideoCapture over FFMPEG with open/read timeouts: a dead stream must not hang ~30 s."""
     timeout_ms = int(min(max(reconnect_s, 1.0), 30.0) * 1000)
 
     def factory(target: Any) -> Capture:
         if isinstance(target, int):
             return cv2.VideoCapture(target)
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms,
+        ]  # fmt: skip
         return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
 
     return factory
@@ -458,11 +509,13 @@ class StreamSource(Source):
         reconnect_s: float = 10.0,
         queue_size: int = 64,
         name: str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(
             name if name is not None else redact_url(str(url)),
             queue_size=queue_size,
             keep_newest=not buffer,
+            shard=shard,
         )
         self.target = url
         self.vid_stride = vid_stride
@@ -517,7 +570,7 @@ class StreamSource(Source):
             ok, image = cap.read() if cap is not None else (False, None)
             if ok and image is not None:
                 last_frame_at = time.monotonic()
-                if index % self.vid_stride == 0:
+                if index % self.vid_stride == 0 and self._in_shard(index // self.vid_stride):
                     yield Frame(
                         image=image,
                         source=f"{self.name}#frame={index:06d}",
@@ -561,6 +614,28 @@ class WebcamSource(StreamSource):
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise CvappsError(f"shard must be (index, count), got {shard!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise CvappsError(f"shard {i}/{n}: need 0 <= index < count (index is 0-based)")
+    return (i, n)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)``: this process takes items I, I+N, I+2N, ... (0-based I < N)."""
+    if text is None or str(text).strip() == "":
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise CvappsError(f"--shard expects I/N (e.g. 0/4, 0-based), got {text!r}")
+    return _check_shard((int(m.group(1)), int(m.group(2))))
+
+
 def _is_url(s: str) -> bool:
     return s.lower().startswith(STREAM_SCHEMES)
 
@@ -572,6 +647,7 @@ def open_source(
     buffer: bool | None = None,
     reconnect_s: float = 10.0,
     queue_size: int = 64,
+    shard: tuple[int, int] | str | None = None,
 ) -> Source:
     """Open any input as a :class:`Source` of frames.
 
@@ -580,8 +656,10 @@ def open_source(
     comments skipped); a list of paths; a video file (by extension); a webcam index (``0`` or
     ``"0"``); or a stream URL (rtsp, rtsps, http, https, udp, tcp). An http(s) URL ending in a
     video extension is read as a video file (ends at EOF, drops nothing). ``buffer=None`` means
-    keep-newest for live sources; files never drop frames.
+    keep-newest for live sources; files never drop frames. ``shard``: ``(i, n)`` or ``"i/n"``,
+    keep items i, i+n, ... (files, or video frames after ``vid_stride``).
     """
+    shard = parse_shard(shard) if isinstance(shard, str) else _check_shard(shard)
     if isinstance(vid_stride, bool) or not isinstance(vid_stride, int) or vid_stride < 1:
         raise CvappsError(f"vid_stride must be an integer >= 1, got {vid_stride!r}")
     if queue_size < 1:
@@ -589,7 +667,7 @@ def open_source(
     if reconnect_s < 0:
         raise CvappsError(f"reconnect_s must be >= 0, got {reconnect_s!r}")
     live_kwargs: dict[str, Any] = dict(
-        vid_stride=vid_stride, buffer=buffer, reconnect_s=reconnect_s, queue_size=queue_size
+        vid_stride=vid_stride, buffer=buffer, reconnect_s=reconnect_s, queue_size=queue_size, shard=shard
     )
 
     if isinstance(spec, bool):  # bool is an int subclass; True is not "webcam 1"
@@ -599,7 +677,7 @@ def open_source(
     if isinstance(spec, (list, tuple)):
         items = [os.fspath(p) for p in spec]
         return ImageFilesSource(
-            f"list[{len(items)}]", lambda: _expand(iter(items)), queue_size=queue_size
+            f"list[{len(items)}]", lambda: _expand(iter(items)), queue_size=queue_size, shard=shard
         )
     if not isinstance(spec, (str, os.PathLike)):
         raise CvappsError(f"invalid source: {spec!r}")
@@ -611,23 +689,23 @@ def open_source(
         url = s.strip()
         path_suffix = os.path.splitext(urlsplit(url).path)[1].lower()
         if url.lower().startswith(("http://", "https://")) and path_suffix in VIDEO_EXTENSIONS:
-            return VideoSource(url, vid_stride=vid_stride, queue_size=queue_size)
+            return VideoSource(url, vid_stride=vid_stride, queue_size=queue_size, shard=shard)
         return StreamSource(url, **live_kwargs)
 
     local = os.path.expanduser(s)
     if re.fullmatch(r"\d+", s.strip()) and not os.path.exists(local):
         return WebcamSource(int(s.strip()), **live_kwargs)
     if os.path.isdir(local):
-        return ImageFilesSource(s, lambda: iter_image_files(local), queue_size=queue_size)
+        return ImageFilesSource(s, lambda: iter_image_files(local), queue_size=queue_size, shard=shard)
     if os.path.isfile(local):
         suffix = os.path.splitext(local)[1].lower()
         if suffix == ".txt":
             txt = Path(local)
-            return ImageFilesSource(s, lambda: _expand(_txt_lines(txt)), queue_size=queue_size)
+            return ImageFilesSource(s, lambda: _expand(_txt_lines(txt)), queue_size=queue_size, shard=shard)
         if suffix in VIDEO_EXTENSIONS:
-            return VideoSource(local, vid_stride=vid_stride, queue_size=queue_size)
+            return VideoSource(local, vid_stride=vid_stride, queue_size=queue_size, shard=shard)
         if suffix in IMAGE_EXTENSIONS:
-            return ImageFilesSource(s, lambda: iter([local]), queue_size=queue_size)
+            return ImageFilesSource(s, lambda: iter([local]), queue_size=queue_size, shard=shard)
         raise CvappsError(
             f"unsupported source: {s} (expected an image, video, folder, .txt list, glob, "
             "webcam index or stream URL)"
@@ -635,5 +713,5 @@ def open_source(
     if _GLOB_MAGIC.search(s):
         if next(_glob_images(local), None) is None:
             raise CvappsError(f"source not found: {s} (no images match)")
-        return ImageFilesSource(s, lambda: _glob_images(local), queue_size=queue_size)
+        return ImageFilesSource(s, lambda: _glob_images(local), queue_size=queue_size, shard=shard)
     raise CvappsError(f"source not found: {s}")

@@ -1,0 +1,74 @@
+"""Helpers shared by the pipeline scripts (not a public API): load any model, combine predictors."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterable, Iterator
+
+DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
+
+
+def load_model(path: str, device: str = "auto", batch: int = 8, tasks: tuple[str, ...] | None = None) -> Any:
+    """A predictor for any cvapps checkpoint, or a native ultralytics model file via ``cvapps detect``'s
+    loader. ``tasks`` restricts what the checkpoint may be (a clear error otherwise)."""
+    from cvapps.checkpoint import load_checkpoint
+    from cvapps.engine.predict import Predictor
+    from cvapps.errors import CheckpointError
+
+    try:
+        task = load_checkpoint(path)["task"]
+    except CheckpointError:
+        task = None
+    if task is None or task in DETECTION_TASKS:
+        if tasks and not set(tasks) & set(DETECTION_TASKS):
+            raise CheckpointError(f"{path}: expected a {' or '.join(tasks)} checkpoint")
+        from cvapps.cli.detect import load_detector
+
+        return load_detector(path, device, batch)
+    return Predictor.from_checkpoint(path, tasks, device=device, batch=batch)
+
+
+class Chain:
+    """Two predictors over one pass of frames: yields ``(frame, (first_pred, second_pred))``.
+
+    The first predictor's output frames feed the second, so each frame is decoded once and both
+    keep their own batching and prefetch threads. Has the Predictor attributes the runner reads.
+    """
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    @property
+    def timings(self) -> dict[str, float]:
+        keys = set(self.first.timings) | set(self.second.timings)
+        return {k: self.first.timings.get(k, 0.0) + self.second.timings.get(k, 0.0) for k in keys}
+
+    def predict(self, frames: Iterable[Any], first_options: dict[str, Any] | None = None,
+                **second_options: Any) -> Iterator[tuple[Any, tuple[Any, Any]]]:
+        firsts: deque[Any] = deque()
+
+        def relay() -> Iterator[Any]:
+            for frame, pred in self.first.predict(frames, **(first_options or {})):
+                firsts.append(pred)
+                yield frame
+
+        for frame, pred in self.second.predict(relay(), **second_options):
+            yield frame, (firsts.popleft(), pred)
+
+
+class Pick:
+    """A sink adapter: passes element ``index`` of a tuple prediction to ``sink``."""
+
+    def __init__(self, sink: Any, index: int) -> None:
+        self.sink, self.index = sink, index
+        self.path = getattr(sink, "path", None)
+
+    def start(self, source: Any) -> None:
+        if hasattr(self.sink, "start"):
+            self.sink.start(source)
+
+    def write(self, frame: Any, prediction: Any) -> None:
+        self.sink.write(frame, prediction[self.index])
+
+    def close(self) -> None:
+        self.sink.close()
