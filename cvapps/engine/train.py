@@ -87,6 +87,8 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     from cvapps.engine import distributed as dist
 
     task = get_task(cfg.task)
+    if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
+        return task.train_external(cfg, progress=progress, log=log)
     ctx = dist.setup(cfg.train.device)
     device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
     log = log if ctx.is_main else (lambda msg: None)
@@ -119,6 +121,9 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     for epoch in range(start_epoch, cfg.train.epochs):
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
+        elif train_loader.generator is not None:
+            # The shuffle order depends on the epoch only, so a resumed run sees the same order.
+            train_loader.generator.manual_seed(cfg.train.seed + epoch)
         ddp_model.train()
         sums: dict[str, float] = {}
         seen, t0 = 0, time.perf_counter()
@@ -132,22 +137,22 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 losses = ddp_model(x, y)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                log(f"warning: non-finite loss at epoch {epoch + 1} step {step + 1}; step skipped "
-                    f"({bad_steps}/{cfg.train.max_bad_steps})")
-                if bad_steps >= cfg.train.max_bad_steps:
-                    raise CvappsError(
-                        f"training stopped: {bad_steps} non-finite losses in a row (try a lower train.lr); "
-                        f"the last good checkpoint is {out / 'last.pt'}")
+            # Every rank must take the same branch (dist.all_finite), or DDP's all-reduce hangs.
+            if not dist.all_finite(loss, ctx):
+                bad_steps = _bad_step(bad_steps, "loss", epoch, step, cfg, out, optimizer, ctx, log)
                 continue
-            bad_steps = 0
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.train.grad_clip:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                # Under AMP the scaler skips inf gradients itself (routine while it calibrates);
+                # in fp32 they would write NaN into the weights. Gradients are already all-reduced,
+                # so every rank sees the same norm.
+                if not use_amp and not torch.isfinite(norm):
+                    bad_steps = _bad_step(bad_steps, "gradient", epoch, step, cfg, out, optimizer, ctx, log)
+                    continue
+            bad_steps = 0
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -156,6 +161,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(images)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+        dist.average_buffers(model, ctx)  # BatchNorm statistics: same on every rank before eval/save
         row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                                  "time_s": round(time.perf_counter() - t0, 2)}
         row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
@@ -186,10 +192,30 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     if ctx.is_main and not (out / "best.pt").exists() and (out / "last.pt").exists():
         # No evaluation ran an improvement (e.g. every epoch resumed); keep the contract: best.pt exists.
         save_checkpoint(out / "best.pt", {**load_checkpoint(out / "last.pt"), "train_state": None})
+    dist.dump_rank_weights(unwrap(ddp_model), ctx)
     dist.cleanup(ctx)
     if ctx.is_main:
         log(f"done: best {task.primary_metric} {best:.4f}; checkpoints in {out}")
     return TrainResult(out, best, history)
+
+
+def _bad_step(bad_steps: int, what: str, epoch: int, step: int, cfg: TaskConfig, out: Path,
+              optimizer: torch.optim.Optimizer, ctx, log: Callable[[str], None]) -> int:
+    """Count one skipped step (non-finite loss or gradient); too many in a row stop training."""
+    from cvapps.engine import distributed as dist
+
+    bad_steps += 1
+    optimizer.zero_grad(set_to_none=True)
+    log(f"warning: non-finite {what} at epoch {epoch + 1} step {step + 1}; step skipped "
+        f"({bad_steps}/{cfg.train.max_bad_steps} in a row)")
+    if bad_steps >= cfg.train.max_bad_steps:
+        last = out / "last.pt"
+        where = (f"the last good checkpoint is {last} (resume with train.resume=true)" if last.exists()
+                 else "no checkpoint was written yet")
+        dist.cleanup(ctx)
+        raise CvappsError(f"training stopped: {bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch {epoch + 1} "
+                          f"(try a lower train.lr or check the data); {where}")
+    return bad_steps
 
 
 def _count_params(model: nn.Module) -> int:

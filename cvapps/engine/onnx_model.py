@@ -1,0 +1,52 @@
+"""An exported ``model.onnx`` behind the task-model interface, so :class:`Predictor` runs it as is.
+
+``OnnxModel(images)`` takes what a cvapps model takes in eval mode (float ``(B, C, S, S)`` in
+[0, 1]) and returns the same raw outputs as torch tensors on the input's device; the task's
+postprocess (softmax/top-k, mask mapping, NMS) then runs unchanged. onnxruntime picks CUDA when
+the predictor's device is CUDA and onnxruntime-gpu is installed, else the CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvapps.errors import CheckpointError
+from cvapps.export import INPUT_NAME, _decode, _need_onnx
+
+
+class OnnxModel(nn.Module):
+    """onnxruntime session with the ``model(images) -> outputs`` signature (eval only).
+
+    ``meta`` holds the decoded cvapps metadata: task, class_names, category_ids, preprocessing.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        _, ort = _need_onnx()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"model not found: {self.path}")
+        wanted = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            wanted.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
+            raise CheckpointError(f"{self.path}: not a readable ONNX model ({type(exc).__name__})") from None
+        self.meta: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map, self.path)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [INPUT_NAME]:
+            raise CheckpointError(f"{self.path}: expected one input {INPUT_NAME!r}, found {names}")
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def forward(self, images: torch.Tensor, targets: Any = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.training and targets is not None:
+            raise RuntimeError("an ONNX model cannot be trained; train the .pt checkpoint")
+        x = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        outs = [torch.from_numpy(o).to(images.device) for o in self.session.run(self.output_names, {INPUT_NAME: x})]
+        return outs[0] if len(outs) == 1 else tuple(outs)

@@ -1,0 +1,241 @@
+"""``cvapps export CKPT --format onnx``: a cvapps checkpoint -> an ONNX model with dynamic batch.
+
+The exported graph is the task model's eval forward, so it takes what every cvapps model takes
+and returns its raw predictions (postprocessing stays in Python, shared with the PyTorch path):
+
+* input ``images``: float32 ``(B, C, S, S)`` RGB (or gray) in [0, 1], already resized/letterboxed
+  to ``S = preprocessing.imgsz`` (normalisation is inside the graph);
+* output, by task: ``classify`` logits ``(B, K)``; ``segment`` logits ``(B, K, S, S)``; ``yolo``
+  ``(B, 4 + K, A)`` = xywh (centre, size, input pixels) + per-class sigmoid scores before NMS.
+
+Our metadata goes into the model's ``metadata_props`` (all strings; lists/dicts as JSON): ``format``
+(``cvapps-onnx-v1``), ``task``, ``class_names``, ``category_ids``, ``preprocessing`` ({"imgsz",
+"resize", "in_channels"}), ``input``, ``outputs``, ``config``, ``epoch``, ``source``, ``parity_atol``.
+``cvapps classify|segment|detect --model model.onnx`` reads them back (see
+:mod:`cvapps.engine.onnx_model`).
+
+Each export is checked: onnxruntime runs the file at two batch sizes other than the traced one
+and its outputs must match PyTorch's within ``PARITY_ATOL[task]`` (absolute) + 1e-3 relative;
+otherwise the file is removed and the export fails.
+
+Faster R-CNN is not exported: torchvision's export path traces one fixed image count (its
+transform and RoI heads loop over the images of the list). Tried with torchvision 0.29: it exports
+at batch 1 and runs in onnxruntime, but batch 2 is rejected, so it cannot give the dynamic batch
+this command promises; it says so instead of writing a model that breaks at another batch size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvapps.checkpoint import atomic_write, load_checkpoint
+from cvapps.errors import CheckpointError, CvappsError
+
+ONNX_FORMAT = "cvapps-onnx-v1"
+INPUT_NAME = "images"
+
+#: Output names and the absolute tolerance of the onnxruntime-vs-PyTorch check, per task.
+#: Logits are O(10) so 1e-4 is ~1e-5 relative; YOLO boxes are pixels (up to imgsz) so 1e-3 px.
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "classify": ("logits", "float32 (B, K) class logits"),
+    "segment": ("logits", "float32 (B, K, S, S) per-pixel class logits (letterboxed input pixels)"),
+    "yolo": ("predictions", "float32 (B, 4 + K, A): xywh centre/size in input pixels + class scores, before NMS"),
+}
+PARITY_ATOL: dict[str, float] = {"classify": 1e-4, "segment": 1e-4, "yolo": 1e-3}
+PARITY_RTOL = 1e-3
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    task: str
+    opset: int
+    max_abs_diff: float
+    atol: float
+    batches_checked: tuple[int, ...]
+
+    def summary(self) -> str:
+        return (f"exported {self.task} model to {self.path} (opset {self.opset}, dynamic batch); onnxruntime "
+                f"matches PyTorch at batch {', '.join(map(str, self.batches_checked))}: max |diff| "
+                f"{self.max_abs_diff:.2e} <= atol {self.atol:g} + rtol {PARITY_RTOL:g}")
+
+
+def _need_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise CvappsError("ONNX export needs the onnx and onnxruntime packages: pip install 'cvapps[export]'") from None
+    return onnx, onnxruntime
+
+
+def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """The eval-mode model a loaded checkpoint describes, with its weights (no downloads)."""
+    from cvapps.config import config_from_dict
+    from cvapps.tasks import get_task
+
+    cfg = config_from_dict(ckpt["config"], ["model.pretrained=false", "model.backbone_weights=null", "model.weights=null"])
+    model = get_task(ckpt["task"]).build_model(cfg, ckpt["class_names"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+class _EvalForward(nn.Module):
+    """Exports ``model(images)`` in eval mode and nothing else (no targets argument in the graph)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _prepare_yolo_head(model: nn.Module) -> None:
+    # ultralytics' own exporter sets these: `export` makes Detect return the decoded tensor only,
+    # and anchors/strides are then computed for the traced (fixed) input size.
+    from cvapps.heads.yolo import head_of
+
+    head = head_of(model)
+    if head is not None:
+        head.export, head.format, head.dynamic = True, "onnx", False
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset: int = 17,
+                dynamic_batch: bool = True, check: bool = True) -> ExportReport:
+    """Export ``checkpoint`` to ONNX at ``out`` (default: next to it, ``.onnx``) and check it.
+
+    Returns the report of the onnxruntime parity check; raises :class:`CvappsError` for a task
+    that cannot be exported, a missing onnx/onnxruntime, or a parity failure (no file is left).
+    """
+    onnx, ort = _need_onnx()
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    task = ckpt["task"]
+    if task == "faster_rcnn":
+        raise CvappsError("export: Faster R-CNN is not exported to ONNX: torchvision's export traces a fixed number "
+                          "of images, so the model would not take a dynamic batch; run the .pt checkpoint instead")
+    if task not in OUTPUTS:
+        raise CvappsError(f"export: task {task!r} cannot be exported to ONNX (exportable: {', '.join(OUTPUTS)})")
+    if not 11 <= opset <= 20:
+        raise CvappsError(f"export: --opset {opset} is outside the supported range 11..20")
+    out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise CvappsError(f"export: the output file must end in .onnx, got {out}")
+
+    model = build_from_checkpoint(ckpt)
+    if task == "yolo":
+        _prepare_yolo_head(model)
+    pre = ckpt["preprocessing"]
+    size, channels = int(pre["imgsz"]), int(pre.get("in_channels", 3))
+    wrapper = _EvalForward(model).eval()
+    out_name, out_doc = OUTPUTS[task]
+    example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter: the torch.export one needs onnxscript, which is not a dependency.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[out_name], do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, out_name: {0: "batch"}} if dynamic_batch else None,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    meta = {
+        "format": ONNX_FORMAT,
+        "task": task,
+        "class_names": json.dumps(list(ckpt["class_names"])),
+        "category_ids": json.dumps(ckpt.get("category_ids")),
+        "preprocessing": json.dumps({"imgsz": size, "resize": pre.get("resize"), "in_channels": channels}),
+        "input": f"{INPUT_NAME}: float32 (B, {channels}, {size}, {size}) RGB in [0, 1], resized with "
+                 f"{pre.get('resize')!r} to {size}; normalisation is inside the graph",
+        "outputs": f"{out_name}: {out_doc}",
+        "config": json.dumps(ckpt["config"]),
+        "epoch": str(ckpt.get("epoch", 0)),
+        "source": checkpoint.name,
+        "parity_atol": str(PARITY_ATOL[task]),
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"cvapps {task} model exported from {checkpoint.name}"
+    onnx.checker.check_model(proto)
+    atomic_write(out, lambda tmp: onnx.save(proto, tmp))
+
+    report = ExportReport(out, task, opset, 0.0, PARITY_ATOL[task], ())
+    if check:
+        try:
+            report = check_parity(out, model, task, channels, size, batches=(1, 3) if dynamic_batch else (2,))
+            report.opset = opset
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    return report
+
+
+def check_parity(onnx_path: str | Path, model: nn.Module, task: str, channels: int, size: int,
+                 batches: tuple[int, ...] = (1, 3)) -> ExportReport:
+    """Run ``onnx_path`` in onnxruntime and ``model`` in PyTorch on the same random batches.
+
+    Raises CvappsError if any output differs by more than ``PARITY_ATOL[task] + PARITY_RTOL * |ref|``.
+    """
+    _, ort = _need_onnx()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    atol, worst = PARITY_ATOL[task], 0.0
+    gen = torch.Generator().manual_seed(1)
+    for b in batches:
+        x = torch.rand(b, channels, size, size, generator=gen)
+        with torch.no_grad():
+            ref = _EvalForward(model.eval())(x).float().numpy()
+        got = session.run(None, {INPUT_NAME: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise CvappsError(f"export check failed: onnxruntime output {got.shape} != PyTorch {ref.shape} at batch {b}")
+        diff = np.abs(got - ref)
+        worst = max(worst, float(diff.max(initial=0.0)))
+        if not np.all(diff <= atol + PARITY_RTOL * np.abs(ref)):
+            raise CvappsError(f"export check failed: onnxruntime differs from PyTorch by up to {diff.max():.3g} "
+                              f"at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
+    return ExportReport(Path(onnx_path), task, 0, worst, atol, tuple(batches))
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The cvapps metadata of an exported model, decoded (lists/dicts from JSON).
+
+    Raises CheckpointError for a missing file, a file onnxruntime cannot read, or an ONNX model
+    that cvapps did not export (no ``format`` marker).
+    """
+    _, ort = _need_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path}")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
+        raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return _decode(session.get_modelmeta().custom_metadata_map, path)
+
+
+def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    if raw.get("format") != ONNX_FORMAT:
+        raise CheckpointError(f"{path}: not a cvapps ONNX export (no {ONNX_FORMAT!r} in its metadata); "
+                              "export one with `cvapps export CKPT --format onnx`")
+    try:
+        meta: dict[str, Any] = dict(raw)
+        for key in ("class_names", "category_ids", "preprocessing", "config"):
+            meta[key] = json.loads(raw[key]) if key in raw else None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt cvapps metadata ({exc.msg})") from None
+    if not meta.get("class_names") or not meta.get("preprocessing"):
+        raise CheckpointError(f"{path}: cvapps metadata lacks class_names or preprocessing")
+    return meta
