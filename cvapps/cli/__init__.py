@@ -15,8 +15,11 @@ from cvapps.errors import CvappsError
 
 # Modules that add subcommands, in the order `cvapps --help` lists them.
 COMMAND_MODULES = [
+    "cvapps.cli.demo",      # demo
     "cvapps.cli.train",     # train, val, summary
-    "cvapps.cli.predict",   # classify, segment, detect
+    "cvapps.cli.predict",   # classify
+    "cvapps.cli.segment",   # segment
+    "cvapps.cli.detect",    # detect (Faster R-CNN, YOLO, native ultralytics)
     "cvapps.cli.data",      # data synth|check|convert
     "cvapps.cli.tools",     # export, merge-json
 ]
