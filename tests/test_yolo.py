@@ -141,12 +141,14 @@ def test_native_yaml_model_gives_detections_in_original_pixels():
     assert isinstance(det, Detections) and len(det) == 25
     assert det.boxes[:, [0, 2]].max() <= 200 and det.boxes[:, [1, 3]].max() <= 90 and det.boxes.min() >= 0
 
-    net, meta = predictor.task.preprocess(image, 128)
+    assert predictor.rect, "ultralytics models take rect (multiple-of-32) inputs"
+    net, meta = predictor.task.preprocess(image, 128, rect=True)
+    assert net.shape[:2] == (64, 128), "90x200 scaled to 58x128, padded to 64x128, not 128x128"
     with torch.inference_mode():
         raw = predictor.model(torch.from_numpy(net).permute(2, 0, 1)[None].float() / 255)
     assert raw.shape[1] == 4 + 80
     ref = non_max_suppression(raw, 0.0, 0.7, max_det=25)[0]
-    ref_boxes = scale_boxes((128, 128), ref[:, :4].clone(), image.shape[:2])
+    ref_boxes = scale_boxes(net.shape[:2], ref[:, :4].clone(), image.shape[:2])
     assert torch.allclose(det.scores, ref[:, 4], atol=1e-6)
     assert torch.equal(det.labels, ref[:, 5].long())
     # ultralytics rounds its padding to whole pixels the same way, within a pixel

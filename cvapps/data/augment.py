@@ -40,6 +40,11 @@ def build_augment(specs: list[dict[str, dict[str, Any]]], *, boxes: bool = False
             raise ConfigError(f"config error: augment.train[{i}]: unknown albumentations transform {name!r}")
         params = dict(params or {})
         accepted = inspect.signature(cls.__init__).parameters
+        # albumentations only warns about unknown arguments; a typo must not silently do nothing.
+        unknown = [k for k in params if k not in accepted]
+        if unknown and not any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted.values()):
+            raise ConfigError(f"config error: augment.train[{i}].{name}: unknown parameter {unknown[0]!r} "
+                              f"(known: {', '.join(k for k in accepted if k != 'self')})")
         if "fill" in accepted:
             params.setdefault("fill", PAD_VALUE)
         if "fill_mask" in accepted:

@@ -53,9 +53,13 @@ class LetterboxMeta:
         return out.reshape(*shape[:-2], h, w)
 
 
-def letterbox(image: np.ndarray, imgsz: int, mode: str = "letterbox", in_channels: int = 3
-              ) -> tuple[np.ndarray, LetterboxMeta]:
-    """BGR uint8 HxWx3 -> RGB (or gray, ``in_channels=1``) uint8 imgsz x imgsz x C, plus meta."""
+def letterbox(image: np.ndarray, imgsz: int, mode: str = "letterbox", in_channels: int = 3,
+              stride: int | None = None) -> tuple[np.ndarray, LetterboxMeta]:
+    """BGR uint8 HxWx3 -> RGB (or gray, ``in_channels=1``) uint8 imgsz x imgsz x C, plus meta.
+
+    stride: "rect" letterbox for inference: pad only up to the next multiple of ``stride`` instead
+    of a full square (a 640x480 photo becomes 640x480, not 640x640: 25% fewer pixels to process).
+    """
     h, w = image.shape[:2]
     if mode == "stretch":
         out = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
@@ -64,10 +68,11 @@ def letterbox(image: np.ndarray, imgsz: int, mode: str = "letterbox", in_channel
         scale = imgsz / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w, h) else image
-        px, py = (imgsz - nw) // 2, (imgsz - nh) // 2
-        out = cv2.copyMakeBorder(resized, py, imgsz - nh - py, px, imgsz - nw - px,
+        th, tw = (imgsz, imgsz) if not stride else (-(-nh // stride) * stride, -(-nw // stride) * stride)
+        px, py = (tw - nw) // 2, (th - nh) // 2
+        out = cv2.copyMakeBorder(resized, py, th - nh - py, px, tw - nw - px,
                                  cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-        meta = LetterboxMeta((h, w), (nw / w, nh / h), (px, py), (imgsz, imgsz))
+        meta = LetterboxMeta((h, w), (nw / w, nh / h), (px, py), (th, tw))
     else:
         raise ValueError(f"unknown resize mode {mode!r}")
     if in_channels == 1:

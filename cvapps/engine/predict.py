@@ -43,6 +43,22 @@ class _Raised:
 
 _DONE = object()
 
+
+def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """Stack HxWxC images of possibly different (rect letterbox) sizes, padding right/bottom with
+    the letterbox grey; padding there leaves each image's top-left offsets, so its meta, valid."""
+    from cvapps.data.letterbox import PAD_VALUE
+
+    h = max(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    if all(a.shape[:2] == (h, w) for a in arrays):
+        return np.stack(arrays)
+    out = np.full((len(arrays), h, w, arrays[0].shape[2]), PAD_VALUE, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, :a.shape[0], :a.shape[1]] = a
+    return out
+
+
 class Predictor:
     """Runs a task model on frames.
 
@@ -61,6 +77,8 @@ class Predictor:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.batch = max(1, batch)
         self.half = self.device.type == "cuda" if half is None else half
+        # Rect letterbox (less padding) unless the model only takes its export-time input size.
+        self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -111,8 +129,8 @@ class Predictor:
         thread), so the host-to-device copy of batch k+1 overlaps the forward pass of batch k.
         """
         t0 = time.perf_counter()
-        prepared = [self.task.preprocess(f.image, self.imgsz, self.in_channels) for f in frames]
-        images = torch.from_numpy(np.stack([p[0] for p in prepared])).permute(0, 3, 1, 2)
+        prepared = [self.task.preprocess(f.image, self.imgsz, self.in_channels, rect=self.rect) for f in frames]
+        images = torch.from_numpy(_stack_padded([p[0] for p in prepared])).permute(0, 3, 1, 2)
         batch = _Batch(frames, images, [p[1] for p in prepared])
         if self._copy_stream is not None:
             batch.images = images.contiguous().pin_memory()

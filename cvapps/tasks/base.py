@@ -40,6 +40,9 @@ class Task:
     config_class: ClassVar[type[TaskConfig]]
     primary_metric: ClassVar[str]          # key in evaluate()'s dict that picks best.pt
     resize_mode: ClassVar[str] = "letterbox"  # or "stretch" (classification)
+    # Models that take any input size that is a multiple of this (FCN, YOLO, Faster R-CNN) get
+    # "rect" letterboxing at inference; None: always the square imgsz x imgsz input.
+    rect_stride: ClassVar[int | None] = 32
 
     # --- building ---------------------------------------------------------------------------
     def build_model(self, cfg: TaskConfig, class_names: list[str]) -> nn.Module:
@@ -73,9 +76,14 @@ class Task:
         raise NotImplementedError
 
     # --- predicting ---------------------------------------------------------------------------
-    def preprocess(self, image_bgr: np.ndarray, imgsz: int, in_channels: int = 3) -> tuple[np.ndarray, LetterboxMeta]:
-        """One BGR uint8 image -> network-input RGB (or gray) uint8 HxWxC and its letterbox meta."""
-        return letterbox(image_bgr, imgsz, self.resize_mode, in_channels)
+    def preprocess(self, image_bgr: np.ndarray, imgsz: int, in_channels: int = 3, rect: bool = False
+                   ) -> tuple[np.ndarray, LetterboxMeta]:
+        """One BGR uint8 image -> network-input RGB (or gray) uint8 HxWxC and its letterbox meta.
+
+        rect: pad only to a multiple of ``rect_stride`` (inference), not to the full square.
+        """
+        stride = self.rect_stride if rect and self.resize_mode == "letterbox" else None
+        return letterbox(image_bgr, imgsz, self.resize_mode, in_channels, stride=stride)
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], **options: Any) -> list[Any]:
         """Raw eval outputs of a batch -> one prediction per image, in original image pixels."""

@@ -62,6 +62,7 @@ class ClassifyTask(Task):
     config_class = ClassifyConfig
     primary_metric = "accuracy"
     resize_mode = "stretch"
+    rect_stride = None
 
     def build_model(self, cfg: ClassifyConfig, class_names: list[str]) -> nn.Module:
         mc, size = cfg.model, cfg.data.imgsz
