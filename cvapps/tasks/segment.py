@@ -1,0 +1,420 @@
+"""Semantic segmentation: shared backbone -> FCN-8s head (ConvTranspose2d upsampling) -> K scores per pixel.
+
+Classes: index 0 is the background and is part of the class list (``["background", "circle", ...]``);
+mask pixels hold the class index, 255 means "ignore" (not in the loss, not in the metrics).
+
+Data, ``ROOT/images/<split>/*`` with either
+  * ``ROOT/masks/<split>/<stem>.png`` (single-channel class-index PNGs; class names from
+    ``data.names`` or the categories of ``ROOT/annotations/train.json``, mask value = class index), or
+  * ``ROOT/annotations/<split>.json`` (COCO polygons/RLE, rasterised with pycocotools; class
+    index = position of the category in id order + 1; crowd regions become 255).
+Without ``ROOT/images/val`` a ``data.val_fraction`` share of train is held out. A mask whose size
+differs from its image, that is not single-channel, or that holds values >= the class count other
+than 255 is reported (file name and reason) and skipped when the dataset is built.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.utils.data import Dataset
+
+from cvapps.config import ModelConfig, TaskConfig
+from cvapps.data.augment import IGNORE_INDEX, SamplePipeline, build_augment
+from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta
+from cvapps.errors import DataError, ImageReadError
+from cvapps.heads.fcn import AuxHead, FCN8sHead, pad_to_multiple
+from cvapps.io.images import IMAGE_EXTENSIONS, read_image
+from cvapps.structures import SegmentationMask
+from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.tasks.common import Normalize, backbone_from_config
+
+
+class SegmentModelConfig(ModelConfig):
+    arch: Literal["fcn8s"] = "fcn8s"
+    num_classes: int | None = Field(None, ge=2, description="classes including background; default: from the data (must agree)")
+    hidden: int = Field(0, ge=0, description="width of a 3x3 conv block on the stride-32 feature before scoring (0: none)")
+    aux: bool = Field(False, description="auxiliary FCN head on the stride-16 feature (training loss only)")
+    aux_weight: float = Field(0.4, ge=0, description="weight of the auxiliary cross-entropy loss")
+
+
+class SegmentConfig(TaskConfig):
+    task: Literal["segment"] = "segment"
+    model: SegmentModelConfig = Field(default_factory=SegmentModelConfig)
+
+
+# --------------------------------------------------------------------------------------------- model
+class FCN(nn.Module):
+    """images (B, C, H, W) in [0, 1] -> logits (B, K, H, W) for any H, W.
+
+    Training with targets (B, H, W) int64 (255 = ignore) returns ``{"loss_seg"}`` (+ ``"loss_aux"``
+    weighted by ``aux_weight`` when the auxiliary head is on).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, in_channels: int = 3, hidden: int = 0,
+                 aux: bool = False, aux_weight: float = 0.4) -> None:
+        super().__init__()
+        f8, f16, f32 = backbone.require_strides((8, 16, 32), "FCN segmentation")
+        self.normalize = Normalize(in_channels)
+        self.backbone = backbone
+        self.features = (f8.name, f16.name, f32.name)
+        self.head = FCN8sHead((f8.channels, f16.channels, f32.channels), num_classes, hidden)
+        self.aux = AuxHead(f16.channels, num_classes) if aux else None
+        self.aux_weight = aux_weight
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None):
+        h, w = images.shape[-2:]
+        # Pad with the letterbox grey so padding looks like the padding the model trained on.
+        x = pad_to_multiple(images, FCN8sHead.max_stride, PAD_VALUE / 255)
+        feats = self.backbone(self.normalize(x))
+        f8, f16, f32 = (feats[n] for n in self.features)
+        logits = self.head((f8, f16, f32), (h, w))
+        if not (self.training and targets is not None):
+            return logits
+        losses = {"loss_seg": _cross_entropy(logits, targets)}
+        if self.aux is not None:
+            aux = F.interpolate(self.aux(f16), size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+            losses["loss_aux"] = self.aux_weight * _cross_entropy(aux, targets)
+        return losses
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over non-ignored pixels; 0 (with a graph) when a batch has none, instead of NaN."""
+    if not bool((targets != IGNORE_INDEX).any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class SegSample:
+    """One image and where its mask comes from: a PNG file, or COCO polygons/RLE to rasterise."""
+
+    image: str
+    mask: str | None = None
+    height: int = 0
+    width: int = 0
+    # (class index, COCO segmentation, iscrowd) for COCO-annotated samples
+    anns: list[tuple[int, Any, int]] = field(default_factory=list)
+
+
+@dataclass
+class SegmentExtra:
+    """``DatasetSplits.val_extra``: COCO category id per class index (0 for background), and the
+    files skipped while building the datasets as ``(path, reason)``."""
+
+    category_ids: list[int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Single-channel class-index mask (PNG, 8 or 16 bit, grey or palette) -> HxW array.
+
+    PIL keeps palette indices (OpenCV would expand a palette PNG to colours). Raises
+    ImageReadError with a short reason.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "1"):
+                raise ImageReadError(path, f"mask must be single-channel class indices, got mode {img.mode}")
+            arr = np.array(img)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "mask file not found") from None
+    except Exception:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ImageReadError(path, "unreadable or corrupt mask") from None
+    return arr.astype(np.int64) if arr.dtype != np.uint8 else arr
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image after its EXIF orientation, from the header only (no pixel decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001
+        raise ImageReadError(path, "not an image or unreadable header") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def check_mask(mask: np.ndarray, hw: tuple[int, int], num_classes: int) -> str | None:
+    """Why ``mask`` cannot be used with an image of size ``hw`` and ``num_classes`` classes, or None."""
+    if mask.shape != tuple(hw):
+        return f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {hw[1]}x{hw[0]}"
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if len(bad):
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        return f"mask values {shown} >= class count {num_classes} (only 0..{num_classes - 1} and {IGNORE_INDEX} allowed)"
+    return None
+
+
+def rasterize_coco(anns: list[tuple[int, Any, int]], height: int, width: int) -> np.ndarray:
+    """COCO polygons/RLE -> HxW uint8 class-index mask (0 background, crowd regions 255).
+
+    Larger objects are drawn first so smaller ones on top of them stay visible.
+    """
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((height, width), dtype=np.uint8)
+    decoded = []
+    for cls, segm, crowd in anns:
+        if isinstance(segm, list):  # polygons
+            if not segm:
+                continue
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segm, height, width)
+        else:
+            rle = segm
+        m = mask_utils.decode(rle).astype(bool)
+        decoded.append((int(m.sum()), cls, m, crowd))
+    for _, cls, m, crowd in sorted(decoded, key=lambda t: -t[0]):
+        out[m] = IGNORE_INDEX if crowd else cls
+    return out
+
+
+class SegmentationDataset(Dataset):
+    """Yields ``(image uint8 (C, S, S), mask int64 (S, S))`` or None for an unreadable image."""
+
+    def __init__(self, samples: list[SegSample], pipeline: SamplePipeline) -> None:
+        self.samples, self.pipeline = samples, pipeline
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.samples[i]
+        image = read_image(s.image)
+        if s.mask is not None:
+            mask = read_mask(s.mask)
+        else:
+            mask = rasterize_coco(s.anns, image.shape[0], image.shape[1])
+        return image, mask.astype(np.uint8)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            image, mask = self.load(i)
+        except ImageReadError as exc:
+            print(f"skipped {exc}", file=sys.stderr)
+            return None
+        if mask.shape != image.shape[:2]:  # changed on disk since the dataset was built
+            print(f"skipped {self.samples[i].image}: mask size differs from the image", file=sys.stderr)
+            return None
+        out = self.pipeline(image, mask=mask)
+        return out["image"], out["mask"]
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def _coco_categories(path: Path) -> tuple[list[str], list[int], dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats], data
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable COCO annotation file ({type(exc).__name__}: {exc})") from None
+
+
+def class_names_for(root: Path, names: list[str] | None) -> tuple[list[str], list[int]]:
+    """Class names (background first) and the COCO category id of each class index.
+
+    ``data.names`` wins; otherwise the categories of ``annotations/train.json``. Category ids
+    default to the class index (mask value) when there is no COCO file.
+    """
+    ann = root / "annotations" / "train.json"
+    cat_names, cat_ids = ([], [])
+    if ann.is_file():
+        cat_names, cat_ids, _ = _coco_categories(ann)
+    if names:
+        if cat_ids and len(cat_ids) + 1 != len(names):
+            raise DataError(f"data.names has {len(names)} classes but {ann} has {len(cat_ids)} categories "
+                            "plus background")
+        return list(names), [0] + cat_ids if cat_ids else list(range(len(names)))
+    if not cat_names:
+        raise DataError(f"{root}: no class names: set data.names (background first, e.g. "
+                        "[background, cat, dog]) or provide annotations/train.json with categories")
+    return ["background"] + cat_names, [0] + cat_ids
+
+
+def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int],
+               skipped: list[tuple[str, str]]) -> list[SegSample]:
+    """Samples of one split; bad masks are appended to ``skipped`` as (path, reason) and left out."""
+    images_dir, masks_dir, ann = root / "images" / split, root / "masks" / split, root / "annotations" / f"{split}.json"
+    if not images_dir.is_dir():
+        raise DataError(f"segmentation images not found: {images_dir} (expected ROOT/images/<split>/*)")
+    samples: list[SegSample] = []
+    if masks_dir.is_dir():
+        for img in _list_images(images_dir):
+            mask_path = masks_dir / f"{img.stem}.png"
+            if not mask_path.is_file():
+                skipped.append((str(img), f"no mask {mask_path.name} in {masks_dir}"))
+                continue
+            try:
+                reason = check_mask(read_mask(mask_path), image_size(img), num_classes)
+            except ImageReadError as exc:
+                skipped.append((exc.path, exc.reason))
+                continue
+            if reason:
+                skipped.append((str(mask_path), reason))
+                continue
+            samples.append(SegSample(str(img), str(mask_path)))
+    elif ann.is_file():
+        _, _, data = _coco_categories(ann)
+        index_of = {cid: i for i, cid in enumerate(category_ids) if i > 0}
+        by_image: dict[int, list] = {}
+        for a in data.get("annotations", []):
+            by_image.setdefault(a.get("image_id"), []).append(a)
+        for info in sorted(data.get("images", []), key=lambda d: d["id"]):
+            path = images_dir / info["file_name"]
+            anns, bad = [], None
+            for a in by_image.get(info["id"], []):
+                if a.get("category_id") not in index_of:
+                    bad = f"annotation {a.get('id')} has category_id {a.get('category_id')} not in the categories"
+                    break
+                if "segmentation" in a:
+                    anns.append((index_of[a["category_id"]], a["segmentation"], int(a.get("iscrowd", 0))))
+            if bad is None:
+                try:
+                    hw = image_size(path)
+                    if hw != (info["height"], info["width"]):
+                        bad = f"image is {hw[1]}x{hw[0]} but {ann.name} says {info['width']}x{info['height']}"
+                except ImageReadError as exc:
+                    bad = exc.reason
+            if bad:
+                skipped.append((str(path), bad))
+                continue
+            samples.append(SegSample(str(path), None, info["height"], info["width"], anns))
+    else:
+        raise DataError(f"no masks for {images_dir}: expected {masks_dir}/<stem>.png or {ann}")
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------- task
+class SegmentTask(Task):
+    name = "segment"
+    config_class = SegmentConfig
+    primary_metric = "miou"
+    resize_mode = "letterbox"
+
+    def build_model(self, cfg: SegmentConfig, class_names: list[str]) -> nn.Module:
+        mc = cfg.model
+        if mc.num_classes is not None and mc.num_classes != len(class_names):
+            raise DataError(f"model.num_classes is {mc.num_classes} but the data has {len(class_names)} "
+                            f"classes ({', '.join(class_names)})")
+        backbone = backbone_from_config(mc)
+        return FCN(backbone, len(class_names), mc.in_channels, mc.hidden, mc.aux, mc.aux_weight)
+
+    def build_datasets(self, cfg: SegmentConfig) -> DatasetSplits:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise DataError(f"data.root not found: {root}")
+        names, category_ids = class_names_for(root, cfg.data.names)
+        skipped: list[tuple[str, str]] = []
+        train = scan_split(root, "train", len(names), category_ids, skipped)
+        if (root / "images" / "val").is_dir():
+            val = scan_split(root, "val", len(names), category_ids, skipped)
+        else:
+            order = list(range(len(train)))
+            random.Random(cfg.train.seed).shuffle(order)
+            n_val = min(len(train) - 1, max(1, round(len(train) * cfg.data.val_fraction)))
+            held = set(order[:n_val])
+            val = [s for i, s in enumerate(train) if i in held]
+            train = [s for i, s in enumerate(train) if i not in held]
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if not train:
+            raise DataError(f"{root}: no usable training images with masks"
+                            + (f" ({len(skipped)} skipped, see above)" if skipped else ""))
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        return DatasetSplits(
+            SegmentationDataset(train, SamplePipeline(**fit, augment=build_augment(cfg.augment.train))),
+            SegmentationDataset(val, SamplePipeline(**fit)),
+            names,
+            val_extra=SegmentExtra(category_ids, skipped),
+        )
+
+    def collate(self, batch: Sequence):
+        batch = [b for b in batch if b is not None]
+        if not batch:
+            return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 1, 1, dtype=torch.int64)
+        return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+    @torch.no_grad()
+    def evaluate(self, model, splits, loader, device, out_dir: Path | None = None) -> dict[str, float]:
+        """Confusion matrix over the val pixels at network resolution (255 skipped) -> mIoU etc."""
+        from cvapps.engine.device import images_to_device
+
+        was = model.training
+        model.eval()
+        k = len(splits.class_names)
+        matrix = torch.zeros(k * k, dtype=torch.int64, device=device)
+        for images, masks in loader:
+            if len(images) == 0:
+                continue
+            pred = model(images_to_device(images, device)).argmax(1)
+            masks = masks.to(device)
+            valid = masks != IGNORE_INDEX
+            matrix += torch.bincount(masks[valid] * k + pred[valid], minlength=k * k)
+        model.train(was)
+        matrix_np = matrix.view(k, k).cpu().numpy()
+        if out_dir is not None:
+            from cvapps.engine.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(matrix_np, splits.class_names, Path(out_dir) / "confusion_matrix.png")
+        return segmentation_metrics(matrix_np, splits.class_names)
+
+    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[SegmentationMask]:
+        """logits (B, K, S, S) -> per image: the scores mapped to ORIGINAL pixels (crop the letterbox
+        padding, bilinear resize), softmax, argmax -> ``SegmentationMask(mask HxW uint8, scores (K,))``
+        where ``scores[c]`` is the mean probability of class ``c`` over the pixels assigned to it."""
+        results = []
+        for logits, meta in zip(outputs, metas):
+            probs = meta.map_to_original(logits.float()).softmax(0)          # (K, H, W)
+            conf, label = probs.max(0)
+            k = probs.shape[0]
+            counts = torch.bincount(label.flatten(), minlength=k).float()
+            sums = torch.zeros(k, device=probs.device).index_add_(0, label.flatten(), conf.flatten())
+            scores = (sums / counts.clamp(min=1)).cpu().numpy().astype(np.float32)
+            results.append(SegmentationMask(label.to(torch.uint8).cpu().numpy(), scores))
+        return results
+
+
+def segmentation_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """mIoU, pixel accuracy and iou/<class> from a (true, predicted) pixel confusion matrix.
+
+    A class that is neither in the ground truth nor predicted has no IoU: it is reported as NaN
+    and left out of the mean.
+    """
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    total = matrix.sum()
+    metrics = {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+        "pixel_acc": float(tp.sum() / total) if total else 0.0,
+    }
+    for name, value in zip(class_names, iou):
+        metrics[f"iou/{name}"] = float(value)
+    return metrics
+
+
+TASK = SegmentTask()
