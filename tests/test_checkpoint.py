@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_wrong_task_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a 'classify' checkpoint; this command needs 'segment'"):
         load_checkpoint(path, "segment")
     foreign = tmp_path / "foreign.pt"
-    torch.save({"model": object.__new__(Path)}, foreign)  # needs full unpickling
+    torch.save({"model": argparse.Namespace(a=1)}, foreign)  # needs full unpickling
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_checkpoint(foreign)
     plain = tmp_path / "plain.pt"

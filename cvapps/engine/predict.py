@@ -177,20 +177,9 @@ class Predictor:
             return False
 
         try:
-            pending: list[Frame] = []
-            it = iter(frames)
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                frame = next(it, None)
-                self.timings["read"] += time.perf_counter() - t0
-                if frame is not None:
-                    pending.append(frame)
-                if pending and (frame is None or len(pending) >= self.batch):
-                    if not put(self._prepare(pending)):
-                        return
-                    pending = []
-                if frame is None:
-                    break
+            for frames_batch in self._groups(frames, stop):
+                if not put(self._prepare(frames_batch)):
+                    return
             put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             put(_Raised(exc))
@@ -227,16 +216,21 @@ class Predictor:
             worker.join(timeout=2.0)
 
     def _predict_inline(self, frames: Iterable[Frame], options: dict[str, Any]) -> Iterator[tuple[Frame, Any]]:
+        for frames_batch in self._groups(frames):
+            yield from zip(frames_batch, self._run(frames_batch, options))
+
+    def _groups(self, frames: Iterable[Frame], stop: threading.Event | None = None) -> Iterator[list[Frame]]:
+        """Frames in lists of ``batch`` (the last may be shorter); time spent reading is counted."""
         pending: list[Frame] = []
         it = iter(frames)
-        while True:
+        while stop is None or not stop.is_set():
             t0 = time.perf_counter()
             frame = next(it, None)
             self.timings["read"] += time.perf_counter() - t0
             if frame is not None:
                 pending.append(frame)
             if pending and (frame is None or len(pending) >= self.batch):
-                yield from zip(pending, self._run(pending, options))
+                yield pending
                 pending = []
             if frame is None:
                 return
