@@ -20,6 +20,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
+    p = dsub.add_parser("check", help="validate a detection dataset (COCO or YOLO txt layout)",
+                        description="Check every split of ROOT (COCO: annotations/<split>.json + images/<split>/; "
+                                    "YOLO: labels/<split>/ + data.yaml) and print a report: missing or unreadable "
+                                    "images, boxes outside the image (clamped), zero-area boxes (dropped), unknown "
+                                    "category ids, duplicate ids, file_name paths escaping ROOT (rejected). "
+                                    "Training applies the same rules. Exit code 1 if anything was found.")
+    p.add_argument("root", help="dataset root folder")
+    p.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
+    p.add_argument("--layout", choices=("auto", "coco", "yolo"), default="auto", help="dataset layout (default auto)")
+    p.add_argument("--max-lines", type=int, default=50, help="problem lines shown per split (default 50)")
+    p.set_defaults(func=cmd_check)
+
+    p = dsub.add_parser("convert", help="convert a detection dataset between COCO and YOLO txt layouts",
+                        description="COCO -> YOLO writes labels/<split>/*.txt and data.yaml; YOLO -> COCO writes "
+                                    "annotations/<split>.json. Boxes pass the data check rules on the way.")
+    p.add_argument("root", help="dataset root folder")
+    p.add_argument("--to", choices=("yolo", "coco"), required=True, help="target layout")
+    p.add_argument("--out", help="output root (default: ROOT, next to the source files); images are copied there")
+    p.add_argument("--split", action="append", help="convert only this split (repeatable; default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing label/annotation files")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from cvapps.data.check import check_dataset
+
+    reports = check_dataset(args.root, args.split, layout=args.layout, read_images=True)
+    for report in reports:
+        print(report.text(args.max_lines))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cvapps.data.convert import coco_to_yolo, yolo_to_coco
+
+    convert = coco_to_yolo if args.to == "yolo" else yolo_to_coco
+    for split in convert(args.root, args.out, args.split, overwrite=args.overwrite):
+        print(f"converted {split.report.summary()}")
+    print(f"wrote the {args.to} layout to {args.out or args.root}")
+    return 0
+
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from cvapps.data.synth import generate_shapes

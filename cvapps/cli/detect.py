@@ -1,0 +1,128 @@
+"""``cvapps detect``: Faster R-CNN / YOLO checkpoints (and native ultralytics models) on any source.
+
+Writes annotated images to OUT and, with ``--save-json``, ``OUT/predictions.json`` (COCO results
+list) and ``OUT/predictions_coco.json`` (COCO dataset file with scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cvapps.cli.predict import add_common, common_sinks, exit_code, print_written, run_common
+
+DETECTION_TASKS = ("faster_rcnn", "yolo")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="detect objects with a Faster R-CNN or YOLO model",
+                       description="Detect objects in every image/frame of SOURCE; writes annotated images to OUT "
+                                   "and, with --save-json, OUT/predictions.json (COCO results: image_id, "
+                                   "category_id, bbox [x, y, w, h] in pixels, score) and OUT/predictions_coco.json "
+                                   "(a COCO dataset file whose annotations carry score).")
+    add_common(p)
+    p.add_argument("--conf", type=float, default=0.25, help="minimum score kept (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU of class-wise non-maximum suppression (default 0.5)")
+    p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
+    p.add_argument("--save-json", action="store_true", help="also write predictions.json and predictions_coco.json")
+    p.add_argument("--coco-gt", metavar="FILE",
+                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched "
+                        "by name) the JSON files use, so COCOeval runs on the pair directly; implies --save-json")
+    p.add_argument("--no-images", action="store_true", help="do not write annotated images")
+    p.set_defaults(func=cmd_detect)
+
+
+def build_predictor(model_path: str, device: str, batch: int) -> Any:
+    """Hook for models that are not cvapps checkpoints (native ultralytics ``.pt``/``.yaml``).
+
+    Returns a predictor with the :class:`~cvapps.engine.predict.Predictor` interface
+    (``predict(frames, **options)``, ``class_names``, ``category_ids``), or raises the
+    CheckpointError that explains why the file cannot be used.
+    """
+    from cvapps.errors import CheckpointError
+    from cvapps.tasks import ultralytics_native
+
+    if ultralytics_native.is_native_model(model_path):
+        return ultralytics_native.build_predictor(model_path, device, batch)
+    raise CheckpointError(f"{model_path}: neither a cvapps detection checkpoint nor an ultralytics model file")
+
+
+def _is_cvapps_checkpoint(path: str) -> bool:
+    from cvapps.checkpoint import load_checkpoint
+    from cvapps.errors import CheckpointError
+
+    try:
+        load_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def load_detector(model_path: str, device: str = "auto", batch: int = 8) -> Any:
+    """A cvapps Faster R-CNN/YOLO checkpoint through ``Predictor.from_checkpoint``; any other
+    ``.pt``/``.yaml`` file (e.g. native ultralytics weights) goes to :func:`build_predictor`."""
+    from cvapps.engine.predict import Predictor
+    from cvapps.errors import CheckpointError
+
+    path = Path(model_path)
+    if path.suffix.lower() == ".onnx":  # a `cvapps export` model: same predictor, onnxruntime inside
+        return Predictor.from_checkpoint(model_path, DETECTION_TASKS, device=device, batch=batch)
+    if path.suffix.lower() in (".yaml", ".yml") or (path.is_file() and not _is_cvapps_checkpoint(model_path)):
+        return build_predictor(model_path, device, batch)
+    if not path.exists() and path.suffix.lower() == ".pt" and not path.parent.parts:
+        return build_predictor(model_path, device, batch)  # a bare name such as yolov8n.pt
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return Predictor.from_checkpoint(model_path, DETECTION_TASKS, device=device, batch=batch)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from cvapps.cli.predict import common_sinks, exit_code, print_written, run_common
+    from cvapps.errors import CvappsError
+    from cvapps.io.coco import CocoJsonSink, load_coco_gt
+    from cvapps.io.sinks import AnnotatedImages, make_drawer
+
+    if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
+        raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
+    gt = load_coco_gt(args.coco_gt) if args.coco_gt else None
+    predictor = load_detector(args.model, args.device, args.batch)
+    out = Path(args.out)
+    root = args.source if isinstance(args.source, str) and Path(args.source).is_dir() else None
+    sinks: list[Any] = []
+    image_sink = None
+    if not args.no_images:
+        image_sink = AnnotatedImages(out, make_drawer(predictor.class_names), root=root)
+        sinks.append(image_sink)
+    json_sink = None
+    if args.save_json or gt is not None:
+        json_sink = CocoJsonSink(out, predictor.class_names, predictor.category_ids, gt=gt, source_root=root)
+        sinks.append(json_sink)
+    counter = _Counter(predictor.class_names)
+    sinks += [counter, *common_sinks(args, predictor)]  # --save-video/--save-jsonl/--show/--serve
+    report = run_common(args, predictor, sinks, {"conf": args.conf, "iou": args.iou, "max_det": args.max_det})
+    print(f"{report.summary()}; detected: {counter.summary() or 'nothing'}")
+    if image_sink is not None:
+        print(f"wrote {image_sink.count} annotated images to {out}")
+    if json_sink is not None:
+        print(f"wrote {json_sink.predictions_path} and {json_sink.dataset_path}")
+    print_written(sinks)
+    return exit_code(report)
+
+
+class _Counter:
+    """Counts detections per class for the closing summary line."""
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names, self.counts = class_names, {}
+
+    def write(self, frame, prediction) -> None:
+        for label in prediction.labels.tolist():
+            name = self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {c}" for n, c in sorted(self.counts.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,149 @@
+"""What Faster R-CNN and YOLO share: datasets, collate, COCO evaluation and postprocessing.
+
+A detector task subclasses :class:`DetectionTask` and implements ``build_model`` and
+:meth:`DetectionTask.raw_detections`, which turns its model's eval outputs into per-image
+``(boxes xyxy network-input pixels, scores, 0-based labels)``; confidence filtering, class-wise
+NMS, ``max_det`` and the mapping back to original pixels happen here, once, for both.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torchvision.ops import batched_nms
+
+from cvapps.config import TaskConfig
+from cvapps.data.augment import SamplePipeline, build_augment
+from cvapps.data.check import DetectionSplit, detect_layout, load_detection_split
+from cvapps.data.detection import DetectionDataset
+from cvapps.data.letterbox import LetterboxMeta
+from cvapps.errors import DataError
+from cvapps.structures import Detections
+from cvapps.tasks.base import DatasetSplits, Task
+
+RawDetections = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class DetectionGT:
+    """``DatasetSplits.val_extra`` of detection tasks: the val split's clean COCO ground truth
+    (dataset dict) and the class index -> COCO category id mapping."""
+
+    gt: dict[str, Any]
+    category_ids: list[int]
+    class_names: list[str] = field(default_factory=list)
+
+
+class DetectionTask(Task):
+    """Base of the detection tasks. Subclasses set ``name``/``config_class`` and implement
+    ``build_model`` and ``raw_detections``."""
+
+    primary_metric = "map50"
+    resize_mode = "letterbox"
+    # COCO evaluation keeps nearly every detection (conf 0.001, 100 per image), as COCO's protocol.
+    eval_conf: float = 0.001
+    eval_iou: float = 0.5
+    eval_max_det: int = 100
+
+    # --- data ---------------------------------------------------------------------------------
+    def build_datasets(self, cfg: TaskConfig) -> DatasetSplits:
+        """Train/val DetectionDatasets (COCO or YOLO layout, detected from ``data.root``).
+
+        Without a val split, ``data.val_fraction`` of the train images (seeded) is held out.
+        """
+        root = Path(cfg.data.root)
+        names = cfg.data.names
+        train_split = load_detection_split(root, "train", class_names=names)
+        try:
+            detect_layout(root, "val")
+            val_split = load_detection_split(root, "val", class_names=train_split.class_names)
+        except DataError:
+            if (root / "annotations" / "val.json").exists() or (root / "labels" / "val").exists():
+                raise
+            train_split, val_split = _hold_out(train_split, cfg.data.val_fraction, cfg.train.seed)
+        if not train_split.records:
+            raise DataError(f"{root}: the train split has no usable images ({train_split.report.summary()})")
+        if not val_split.records:
+            raise DataError(f"{root}: the val split has no usable images ({val_split.report.summary()})")
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        aug = build_augment(cfg.augment.train, boxes=True) if cfg.augment.train else None
+        train = DetectionDataset(train_split, SamplePipeline(**fit, augment=aug))
+        val = DetectionDataset(val_split, SamplePipeline(**fit))
+        extra = DetectionGT(val_split.gt, list(val_split.category_ids), list(val_split.class_names))
+        return DatasetSplits(train, val, list(train_split.class_names), val_extra=extra)
+
+    def collate(self, batch: Sequence) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """images uint8 (B, C, H, W) stacked; targets: list of the B target dicts (None items dropped)."""
+        return super().collate(batch)
+
+    # --- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model, splits: DatasetSplits, loader, device: torch.device,
+                 out_dir: Path | None = None) -> dict[str, float]:
+        """COCO mAP of ``model`` on the val loader: ``map`` (AP@[.5:.95]), ``map50``, ``map75``,
+        ``ap/<class>``; with ``out_dir`` also ``pr_curve.png``."""
+        from cvapps.engine.device import images_to_device
+        from cvapps.io.coco import coco_evaluate, detections_to_results
+
+        extra: DetectionGT = splits.val_extra
+        was = model.training
+        model.eval()
+        results, seen = [], []
+        try:
+            for images, targets in loader:
+                if len(images) == 0:
+                    continue
+                outputs = model(images_to_device(images, device))
+                dets = self.postprocess(outputs, [t["meta"] for t in targets], conf=self.eval_conf,
+                                        iou=self.eval_iou, max_det=self.eval_max_det)
+                for det, t in zip(dets, targets):
+                    seen.append(int(t["image_id"]))
+                    results += detections_to_results(det, t["image_id"], extra.category_ids)
+        finally:
+            model.train(was)
+        pr = Path(out_dir) / "pr_curve.png" if out_dir is not None else None
+        return coco_evaluate(extra.gt, results, splits.class_names, extra.category_ids, img_ids=seen, pr_curve=pr)
+
+    # --- prediction ---------------------------------------------------------------------------
+    def raw_detections(self, outputs: Any, conf: float = 0.001, iou: float = 0.5) -> RawDetections:
+        """Model eval outputs of a batch -> per image ``(boxes (N, 4) xyxy network-input pixels,
+        scores (N,), labels (N,) 0-based)``. ``conf``/``iou`` are hints a detector may use to
+        prune early (e.g. its own NMS); :meth:`postprocess` applies both anyway."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, metas: list[LetterboxMeta], conf: float = 0.25, iou: float = 0.5,
+                    max_det: int = 300, **_: Any) -> list[Detections]:
+        """Raw outputs -> one :class:`Detections` per image (xyxy in original pixels): scores
+        >= ``conf``, class-wise NMS at ``iou``, the best ``max_det``."""
+        out = []
+        for (boxes, scores, labels), meta in zip(self.raw_detections(outputs, conf=conf, iou=iou), metas):
+            boxes, scores, labels = boxes.float(), scores.float(), labels.long()
+            keep = scores >= conf
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, iou)[:max_det]  # sorted by score
+            out.append(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep]))
+        return out
+
+
+def _hold_out(split: DetectionSplit, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:
+    """Split one checked split into train and val parts (``fraction`` of the images, seeded)."""
+    from dataclasses import replace
+
+    order = list(range(len(split.records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * fraction)) if len(order) > 1 else 0
+    val_idx = set(order[:n_val])
+    val_ids = {split.records[i].image_id for i in val_idx}
+    gt = dict(split.gt)
+    gt["images"] = [im for im in split.gt["images"] if im["id"] in val_ids]
+    gt["annotations"] = [a for a in split.gt["annotations"] if a["image_id"] in val_ids]
+    print(f"no val split in {split.root}: holding out {n_val} of {len(order)} train images (data.val_fraction)",
+          file=sys.stderr)
+    train = replace(split, records=[r for i, r in enumerate(split.records) if i not in val_idx])
+    val = replace(split, split="val", records=[split.records[i] for i in sorted(val_idx)], gt=gt)
+    return train, val
