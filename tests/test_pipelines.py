@@ -20,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cvapps.cli.predict import add_common, common_sinks, exit_code, print_written, run_common
+from cvapps.cli.predict import add_common
 
 DETECTION_TASKS = ("faster_rcnn", "yolo")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cvapps.errors import CvappsError, DataError
+from cvapps.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 from ultralytics.nn.modules import Detect
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.nms import non_max_suppression
@@ -137,3 +138,8 @@ def yolo_nms(pred: torch.Tensor | tuple | list, conf: float = 0.25, iou: float =
         pred = pred[0]
     return non_max_suppression(pred.float(), conf_thres=conf, iou_thres=iou, nc=num_classes,
                                max_det=max_det, agnostic=agnostic, end2end=end2end)
+
+
+def head_of(model: nn.Module) -> Detect | None:
+    """The ultralytics ``Detect`` head inside ``model`` (ours or a native one), or None."""
+    return next((m for m in model.modules() if isinstance(m, Detect)), None)

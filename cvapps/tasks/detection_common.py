@@ -22,7 +22,7 @@ from cvapps.data.augment import SamplePipeline, build_augment
 from cvapps.data.check import DetectionSplit, detect_layout, load_detection_split
 from cvapps.data.detection import DetectionDataset
 from cvapps.data.letterbox import LetterboxMeta
-from cvapps.errors import DataError
+from cvapps.errors import ConfigError, DataError
 from cvapps.structures import Detections
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -51,6 +51,14 @@ class DetectionTask(Task):
     eval_max_det: int = 100
 
     # --- data ---------------------------------------------------------------------------------
+    @staticmethod
+    def check_num_classes(cfg: TaskConfig, class_names: list[str]) -> None:
+        """``model.num_classes``, when set, must agree with the dataset's classes."""
+        num = getattr(cfg.model, "num_classes", None)
+        if num is not None and num != len(class_names):
+            raise ConfigError(f"config error: model.num_classes: {num} but the dataset has "
+                              f"{len(class_names)} classes {class_names}")
+
     def build_datasets(self, cfg: TaskConfig) -> DatasetSplits:
         """Train/val DetectionDatasets (COCO or YOLO layout, detected from ``data.root``).
 

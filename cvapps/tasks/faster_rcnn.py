@@ -166,9 +166,7 @@ class FasterRCNNTask(DetectionTask):
 
     def build_model(self, cfg: FasterRCNNConfig, class_names: list[str]) -> nn.Module:
         mc = cfg.model
-        if mc.num_classes is not None and mc.num_classes != len(class_names):
-            raise ConfigError(f"config error: model.num_classes: {mc.num_classes} but the dataset has "
-                              f"{len(class_names)} classes {class_names}")
+        self.check_num_classes(cfg, class_names)
         model = build_faster_rcnn(mc, len(class_names), cfg.data.imgsz)
         if mc.detector_weights:
             load_detector_weights(model, mc.detector_weights)

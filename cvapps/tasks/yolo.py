@@ -73,9 +73,7 @@ class YoloTask(DetectionTask):
 
     def build_model(self, cfg: YoloConfig, class_names: list[str]) -> nn.Module:
         mc = cfg.model
-        if mc.num_classes is not None and mc.num_classes != len(class_names):
-            raise ConfigError(f"config error: model.num_classes: {mc.num_classes} but the dataset has "
-                              f"{len(class_names)} classes {class_names}")
+        self.check_num_classes(cfg, class_names)
         if cfg.data.imgsz % STRIDES[-1]:
             raise ConfigError(f"config error: data.imgsz: YOLO needs a multiple of 32, got {cfg.data.imgsz}")
         backbone = backbone_from_config(mc, check_size=cfg.data.imgsz)
