@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"conf": 0.25} if task in ("yolo", "faster_rcnn", "ultralytics") else {}
     with open_source(args.video) as src:
         frames = list(src)
-    prepared = [predictor.task.preprocess(f.image, predictor.imgsz, predictor.in_channels)[0] for f in frames]
+    prepared = [predictor.task.preprocess(f.image, predictor.imgsz, predictor.in_channels, rect=predictor.rect)[0] for f in frames]
     batches = [torch.from_numpy(np.stack(prepared[i:i + args.batch])).permute(0, 3, 1, 2).contiguous()
                for i in range(0, len(prepared), args.batch)]
     pipeline_fps(predictor, Path(args.video), options)  # warm-up: first-call costs, file cache

@@ -168,10 +168,16 @@ def test_detect_cli_empty_results_and_coco_gt(small_shapes: Path, checkpoint: Pa
     # empty: conf 1.0 keeps nothing; both files still load
     empty = tmp_path / "empty"
     assert cli(["detect", str(src), "--model", str(checkpoint), "--out", str(empty), "--save-json",
-                "--conf", "1.0", "--quiet"]) == 0
-    assert json.loads((empty / "predictions.json").read_text()) == []
+                "--coco-gt", str(custom), "--conf", "1.0", "--quiet"]) == 0
+    placeholder = json.loads((empty / "predictions.json").read_text())
+    assert len(placeholder) == 1 and placeholder[0]["score"] == 0.0 and placeholder[0]["bbox"] == [0.0, 0.0, 0.0, 0.0]
     dataset = COCO(str(empty / "predictions_coco.json"))
     assert len(dataset.getImgIds()) == len(list(src.iterdir())) and dataset.getAnnIds() == []
+    # pycocotools' loadRes accepts the "nothing detected" file, and its AP equals that of no results
+    ev_empty = COCOeval(coco_gt, coco_gt.loadRes(str(empty / "predictions.json")), "bbox")
+    ev_empty.evaluate()
+    ev_empty.accumulate()
+    assert (ev_empty.eval["precision"] <= 0).all(), "a score-0, zero-size box matches nothing"
 
 
 def test_detect_cli_bad_input_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:

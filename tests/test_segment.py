@@ -248,19 +248,33 @@ def test_coco_json_round_trips_through_pycocotools(tmp_path: Path) -> None:
         assert ann["area"] == (masks[ann["image_id"] - 1] == cls).sum()
 
 
-def test_empty_results_are_valid_json_and_loadable(tmp_path: Path) -> None:
-    path = tmp_path / "predictions.json"
-    path.write_text(results_to_json(mask_to_coco(np.zeros((8, 8), np.uint8), None, 1, [0, 5, 9])))
-    assert json.loads(path.read_text()) == []
-    gt = _gt(8, 8, 1)
-    with pytest.raises(IndexError):  # the pycocotools limitation load_results works around
-        gt.loadRes(str(path))
-    res = load_results(gt, path)
-    assert res.getAnnIds() == [] and res.getImgIds() == [1]
+def test_nothing_predicted_still_loads_in_pycocotools(tmp_path: Path) -> None:
+    """All-background predictions: the sink writes a score-0 empty placeholder that loadRes takes."""
     from pycocotools.cocoeval import COCOeval
 
+    from cvapps.io.segm_sinks import CocoSegmJSON
+    from cvapps.structures import Frame, SegmentationMask
+
+    path = tmp_path / "predictions.json"
+    sink = CocoSegmJSON(path, [0, 5, 9])
+    sink.write(Frame(np.zeros((8, 8, 3), np.uint8), "1.png", 0), SegmentationMask(np.zeros((8, 8), np.uint8)))
+    sink.close()
+    entries = json.loads(path.read_text())
+    assert len(entries) == 1 and entries[0]["score"] == 0.0
+    gt = _gt(8, 8, 1)
+    res = gt.loadRes(str(path))
+    (ann,) = res.loadAnns(res.getAnnIds())
+    assert ann["area"] == 0 and not mask_utils.decode(ann["segmentation"]).any()
     ev = COCOeval(gt, res, "segm")
-    ev.evaluate()  # accepted by the evaluator
+    ev.evaluate()
+    ev.accumulate()
+    # The same AP as an empty result list (read through load_results, as pycocotools cannot).
+    empty = COCOeval(gt, load_results(gt, []), "segm")
+    empty.evaluate()
+    empty.accumulate()
+    assert np.array_equal(ev.eval["precision"], empty.eval["precision"])
+    with pytest.raises(IndexError):  # why the placeholder exists: pycocotools reads anns[0]
+        gt.loadRes([])
 
 
 def test_output_stem() -> None:

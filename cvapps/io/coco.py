@@ -161,6 +161,10 @@ class FileNameMatcher:
 class CocoJsonSink:
     """Writes ``predictions.json`` (results list) and ``predictions_coco.json`` (dataset file) on close.
 
+    A run that detects nothing at all writes one score-0 placeholder in ``predictions.json`` (see
+    :meth:`results_for_file`) so that pycocotools can load it; ``predictions_coco.json`` has no
+    annotations then.
+
     Without ``gt``: image ids are 1..N in the order frames arrive, category ids are the
     checkpoint's. With ``gt`` (a COCO dataset dict, ``--coco-gt``): frames are matched to its
     images by ``file_name`` and take their ids; categories are matched by name. Frames that are
@@ -234,8 +238,19 @@ class CocoJsonSink:
     def dataset_path(self) -> Path:
         return self.out_dir / "predictions_coco.json"
 
+    def results_for_file(self) -> list[dict[str, Any]]:
+        """The results list; when nothing was detected in any image, one score-0, zero-size box.
+
+        pycocotools' ``loadRes`` rejects ``[]`` (it reads ``anns[0]``); a zero-size box with the
+        lowest score matches nothing and cannot change AP, so the file stays loadable and exact.
+        """
+        if self.results or not self.images:
+            return self.results
+        return [{"image_id": self.images[0]["id"], "category_id": self.category_ids[0],
+                 "bbox": [0.0, 0.0, 0.0, 0.0], "score": 0.0}]
+
     def close(self) -> None:
-        atomic_write_text(self.predictions_path, json.dumps(self.results))
+        atomic_write_text(self.predictions_path, json.dumps(self.results_for_file()))
         atomic_write_text(self.dataset_path, json.dumps(self.dataset()))
         if self.unmatched:
             print(f"warning: {len(self.unmatched)} images are not in --coco-gt (matched by file_name) and were left "

@@ -5,8 +5,11 @@ Each entry is ``{"image_id", "category_id", "segmentation": {"size": [H, W], "co
 file is JSON), which ``pycocotools.COCO.loadRes`` accepts and ``mask.decode`` turns back into the
 exact predicted mask. ``score`` is the mean softmax probability of that class over its pixels.
 
-An image set with nothing predicted is written as ``[]``. pycocotools' ``loadRes([])`` raises
-(it looks at ``anns[0]``), so read results back with :func:`load_results`, which handles it.
+When no pixel of any class was predicted in any image, the list would be ``[]``, which
+pycocotools' ``loadRes`` rejects (it reads ``anns[0]``). Sinks then write one
+:func:`placeholder_entry` instead: an empty mask with score 0, which ``loadRes`` accepts and which
+cannot change any AP (a lowest-score detection with no pixels matches nothing, and interpolated
+precision at every recall already reached is unchanged). :func:`load_results` reads both forms.
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ def mask_to_coco(mask: np.ndarray, scores: np.ndarray | None, image_id: int, cat
             entry["file_name"] = file_name
         entries.append(entry)
     return entries
+
+
+def placeholder_entry(image_id: int, height: int, width: int, category_id: int,
+                      file_name: str | None = None) -> dict[str, Any]:
+    """The score-0, zero-pixel entry written when nothing at all was predicted (see module doc)."""
+    entry = {"image_id": int(image_id), "category_id": int(category_id),
+             "segmentation": mask_to_rle(np.zeros((height, width), np.uint8)), "score": 0.0}
+    if file_name is not None:
+        entry["file_name"] = file_name
+    return entry
 
 
 def results_to_json(entries: list[dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cvapps.checkpoint import atomic_write_text
-from cvapps.io.coco_segm import mask_to_coco, results_to_json
+from cvapps.io.coco_segm import mask_to_coco, placeholder_entry, results_to_json
 from cvapps.io.images import write_image
 from cvapps.io.overlay import overlay_mask
 from cvapps.structures import Frame, SegmentationMask
@@ -87,18 +87,26 @@ class CocoSegmJSON:
     image_id: the file stem when it is a number (COCO's own file naming, e.g. ``000000397133.jpg``),
     otherwise the frame's position in the source + 1 (so a folder sorted like the COCO file's
     images, as the shapes sample, matches its ids). ``file_name`` is kept in each entry.
-    Written as ``[]`` when nothing was predicted (read it with :func:`cvapps.io.coco_segm.load_results`).
+    When nothing at all was predicted, one score-0 empty-mask placeholder is written so that
+    pycocotools' ``loadRes`` still accepts the file (see :mod:`cvapps.io.coco_segm`).
     """
 
     def __init__(self, path: str | Path, category_ids: list[int]) -> None:
         self.path, self.category_ids = Path(path), list(category_ids)
         self.entries: list[dict] = []
+        self.first_image: tuple[int, int, int, str] | None = None
 
     def write(self, frame: Frame, prediction: SegmentationMask) -> None:
         stem = Path(frame.source).stem
         image_id = int(stem) if stem.isdigit() else frame.index + 1
+        if self.first_image is None:
+            self.first_image = (image_id, *prediction.mask.shape[:2], Path(frame.source).name)
         self.entries += mask_to_coco(prediction.mask, prediction.scores, image_id, self.category_ids,
                                      file_name=Path(frame.source).name)
 
     def close(self) -> None:
-        atomic_write_text(self.path, results_to_json(self.entries))
+        entries = self.entries
+        if not entries and self.first_image is not None and len(self.category_ids) > 1:
+            image_id, h, w, name = self.first_image
+            entries = [placeholder_entry(image_id, h, w, self.category_ids[1], name)]
+        atomic_write_text(self.path, results_to_json(entries))
