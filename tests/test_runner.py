@@ -354,3 +354,31 @@ def test_folder_source_memory_stays_flat(tmp_path: Path) -> None:
         tracemalloc.stop()
         assert sink.n == dirs * 20
     assert peaks[1] - peaks[0] < 300_000, f"peak memory grew with the number of files: {peaks}"
+
+
+class _ShapeTask(_FakeDetectTask):
+    """Postprocess reports each image's network-input shape (to see the rect sub-batches)."""
+
+    def postprocess(self, outputs, metas, **_):
+        return [meta.input_hw for meta in metas]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_mixed_shapes_run_as_rect_sub_batches_in_input_order(prefetch: int) -> None:
+    from cvapps.structures import Frame
+
+    predictor = Predictor(_ShapeTask(), _FakeModel(), ["a"], {"imgsz": 128, "in_channels": 3}, device="cpu",
+                          batch=8, prefetch=prefetch)
+    sizes = [(60, 128), (128, 60), (60, 128), (30, 128), (128, 128)]  # (h, w): landscape, portrait, ...
+    frames = [Frame(np.zeros((h, w, 3), np.uint8), f"img{i}", i) for i, (h, w) in enumerate(sizes)]
+    out = list(predictor.predict(frames))
+    assert [f.source for f, _ in out] == [f"img{i}" for i in range(len(sizes))]
+    # Each image keeps its own rect input (multiple of 32), not a batch-wide square.
+    assert [hw for _, hw in out] == [_rect(h, w) for h, w in sizes]
+    assert [_rect(h, w) for h, w in sizes] == [(64, 128), (128, 64), (64, 128), (32, 128), (128, 128)]
+
+
+def _rect(h: int, w: int, imgsz: int = 128, stride: int = 32) -> tuple[int, int]:
+    scale = imgsz / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return -(-nh // stride) * stride, -(-nw // stride) * stride

@@ -27,11 +27,13 @@ from cvapps.tasks.base import Task
 
 @dataclass
 class _Batch:
-    """frames, their uint8 (B, C, H, W) network-input tensor and letterbox metas (one per frame)."""
+    """frames, their uint8 (B, C, H, W) network-input tensor and letterbox metas (one per frame);
+    positions: where each frame stands in the group of frames it was prepared with."""
 
     frames: list[Frame]
     images: torch.Tensor
     metas: list[Any]
+    positions: list[int]
     device_images: torch.Tensor | None = None  # CUDA only: copy in flight on the side stream
     ready: Any = None  # CUDA only: event recorded after that copy
 
@@ -42,21 +44,6 @@ class _Raised:
 
 
 _DONE = object()
-
-
-def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
-    """Stack HxWxC images of possibly different (rect letterbox) sizes, padding right/bottom with
-    the letterbox grey; padding there leaves each image's top-left offsets, so its meta, valid."""
-    from cvapps.data.letterbox import PAD_VALUE
-
-    h = max(a.shape[0] for a in arrays)
-    w = max(a.shape[1] for a in arrays)
-    if all(a.shape[:2] == (h, w) for a in arrays):
-        return np.stack(arrays)
-    out = np.full((len(arrays), h, w, arrays[0].shape[2]), PAD_VALUE, dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        out[i, :a.shape[0], :a.shape[1]] = a
-    return out
 
 
 class Predictor:
@@ -122,24 +109,40 @@ class Predictor:
                    half=False, category_ids=meta.get("category_ids"))
 
     # -- stages ----------------------------------------------------------------------------------
-    def _prepare(self, frames: list[Frame]) -> _Batch:
+    def _prepare(self, frames: list[Frame]) -> list[_Batch]:
         """Preprocess on the CPU: letterbox/resize each frame, stack to uint8 (B, C, H, W).
 
-        On CUDA the batch is pinned and copied on a side stream right here (in the prefetch
+        With rect letterboxing, frames of different shapes (a folder of portrait and landscape
+        photos) form one sub-batch per input shape instead of being padded to a common square.
+        On CUDA each sub-batch is pinned and copied on a side stream right here (in the prefetch
         thread), so the host-to-device copy of batch k+1 overlaps the forward pass of batch k.
         """
         t0 = time.perf_counter()
         prepared = [self.task.preprocess(f.image, self.imgsz, self.in_channels, rect=self.rect) for f in frames]
-        images = torch.from_numpy(_stack_padded([p[0] for p in prepared])).permute(0, 3, 1, 2)
-        batch = _Batch(frames, images, [p[1] for p in prepared])
-        if self._copy_stream is not None:
-            batch.images = images.contiguous().pin_memory()
-            with torch.cuda.stream(self._copy_stream):
-                batch.device_images = batch.images.to(self.device, non_blocking=True)
-                batch.ready = torch.cuda.Event()
-                batch.ready.record(self._copy_stream)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (array, _) in enumerate(prepared):
+            by_shape.setdefault(array.shape, []).append(i)
+        batches = []
+        for idxs in by_shape.values():
+            images = torch.from_numpy(np.stack([prepared[i][0] for i in idxs])).permute(0, 3, 1, 2)
+            batch = _Batch([frames[i] for i in idxs], images, [prepared[i][1] for i in idxs], idxs)
+            if self._copy_stream is not None:
+                batch.images = images.contiguous().pin_memory()
+                with torch.cuda.stream(self._copy_stream):
+                    batch.device_images = batch.images.to(self.device, non_blocking=True)
+                    batch.ready = torch.cuda.Event()
+                    batch.ready.record(self._copy_stream)
+            batches.append(batch)
         self.timings["preprocess"] += time.perf_counter() - t0
-        return batch
+        return batches
+
+    def _infer_all(self, batches: list[_Batch], options: dict[str, Any]) -> list[tuple[Frame, Any]]:
+        """Run every sub-batch; ``(frame, prediction)`` pairs back in input order."""
+        out: list[Any] = [None] * sum(len(b.frames) for b in batches)
+        for batch in batches:
+            for pos, frame, result in zip(batch.positions, batch.frames, self._infer(batch, options)):
+                out[pos] = (frame, result)
+        return out
 
     def _infer(self, batch: _Batch, options: dict[str, Any]) -> list[Any]:
         t1 = time.perf_counter()
@@ -163,7 +166,7 @@ class Predictor:
         return results
 
     def _run(self, frames: list[Frame], options: dict[str, Any]) -> list[Any]:
-        return self._infer(self._prepare(frames), options)
+        return [result for _, result in self._infer_all(self._prepare(frames), options)]
 
     def _batches(self, frames: Iterable[Frame], out: "queue.Queue[Any]", stop: threading.Event) -> None:
         """Prefetch thread: read frames, group them into batches, preprocess, hand over in order."""
@@ -205,7 +208,7 @@ class Predictor:
                     return
                 if isinstance(item, _Raised):
                     raise item.exc
-                yield from zip(item.frames, self._infer(item, options))
+                yield from self._infer_all(item, options)
         finally:
             stop.set()
             try:
