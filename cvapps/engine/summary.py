@@ -26,8 +26,14 @@ def model_and_config(source: str | Path, overrides: list[str] | None = None) -> 
 
 
 def _names_from_config(cfg: TaskConfig) -> list[str]:
-    num = getattr(cfg.model, "num_classes", None)
-    return [f"class{i}" for i in range(num or 2)]
+    """Class names for a layer table: the dataset's when it is there, else placeholders."""
+    from cvapps.errors import CvappsError
+
+    try:
+        return list(get_task(cfg.task).build_datasets(cfg).class_names)
+    except (CvappsError, OSError):
+        num = getattr(cfg.model, "num_classes", None)
+        return [f"class{i}" for i in range(num or 2)]
 
 
 def summarize(source: str | Path, overrides: list[str] | None = None, depth: int = 4) -> str:
