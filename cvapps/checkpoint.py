@@ -69,3 +69,12 @@ def load_checkpoint(path: str | Path, task: str | tuple[str, ...] | None = None)
     if wanted and ckpt["task"] not in wanted:
         raise CheckpointError(f"{path} is a {ckpt['task']!r} checkpoint; this command needs {' or '.join(map(repr, wanted))}")
     return ckpt
+
+
+def is_cvapps_checkpoint(path: str | Path) -> bool:
+    """True when ``path`` is a readable cvapps checkpoint (any task)."""
+    try:
+        load_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False

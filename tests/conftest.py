@@ -24,3 +24,12 @@ def small_shapes(tmp_path_factory) -> Path:
     generate_shapes(root, n_train=16, n_val=8, imgsz=96, n_crops_per_class=(12, 6), crop_size=48,
                     video_frames=24, video_size=(160, 120), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, bool]]:
+    """The generated fault corpus (tests/fault_corpus.py): folder and file -> expected readable."""
+    from fault_corpus import make_fault_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    return folder, make_fault_corpus(folder)

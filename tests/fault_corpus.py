@@ -7,6 +7,7 @@ and :func:`exif_expected` the pixel layout each EXIF orientation must decode to.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -114,3 +115,12 @@ def make_fault_corpus(folder: str | os.PathLike[str]) -> dict[str, bool]:
     (root / "nested").mkdir(exist_ok=True)
     Image.fromarray(_noise_rgb(32, 48, 1)).save(save("nested/inner.jpg", True), quality=90)
     return expected
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file (and every folder, as "dir"): the folder's full state."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

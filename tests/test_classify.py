@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -11,14 +10,12 @@ import pytest
 import torch
 
 from cvapps.cli import main
+from fault_corpus import tree_digest
 from cvapps.engine.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +56,10 @@ def test_classify_folder_with_bad_files(trained: Path, small_shapes: Path, tmp_p
     good = sorted(p for p in folder.rglob("*.png") if p.stat().st_size > 0)
     truncated = folder / "circle" / "truncated.png"
     truncated.write_bytes(good[0].read_bytes()[:200])
-    before = _hashes(folder)
+    before = tree_digest(folder)
     out = tmp_path / "pred"
     assert main(["classify", str(folder), "--model", str(trained / "best.pt"), "--out", str(out), "--quiet"]) == 0
-    assert _hashes(folder) == before, "the user's folder is untouched"
+    assert tree_digest(folder) == before, "the user's folder is untouched"
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == len(good)
     assert {r["label"] for r in rows} <= {"circle", "square", "triangle"}

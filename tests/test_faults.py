@@ -4,7 +4,6 @@ SIGKILL + resume, non-finite losses, and loading only safe checkpoints."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -23,23 +22,12 @@ from cvapps.config import load_config
 from cvapps.data.synth import generate_shapes
 from cvapps.engine.train import train
 from cvapps.errors import CheckpointError, CvappsError
-from fault_corpus import EXPECTED_REASONS, make_fault_corpus
+from fault_corpus import EXPECTED_REASONS, tree_digest
 from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
 
 
-def tree_digest(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file (and every folder, as "dir"): the folder's full state."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, dict[str, bool]]:
-    folder = tmp_path_factory.mktemp("corpus")
-    return folder, make_fault_corpus(folder)
 
 
 @pytest.fixture(scope="module")

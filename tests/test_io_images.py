@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import struct
@@ -28,7 +27,7 @@ from fault_corpus import (
     EXPECTED_REASONS,
     exif_base,
     exif_expected,
-    make_fault_corpus,
+    tree_digest,
     sixteen_bit_values,
 )
 
@@ -36,18 +35,8 @@ from fault_corpus import (
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bool]]:
-    root = tmp_path_factory.mktemp("corpus")
-    return root, make_fault_corpus(root)
 
 
-def _hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_constants() -> None:
@@ -76,14 +65,14 @@ def test_corpus_readable_status_and_reasons(corpus: tuple[Path, dict[str, bool]]
 
 def test_reading_never_modifies_files(corpus: tuple[Path, dict[str, bool]]) -> None:
     root, expected = corpus
-    before = _hashes(root)
+    before = tree_digest(root)
     for name in expected:
         try:
             read_image(root / name)
             read_image_rgb(root / name)
         except ImageReadError:
             pass
-    assert _hashes(root) == before
+    assert tree_digest(root) == before
 
 
 def test_missing_file() -> None:

@@ -21,15 +21,11 @@ from cvapps.io.sources import (
     open_source,
     redact_url,
 )
-from fault_corpus import EXPECTED_REASONS, make_fault_corpus
+from fault_corpus import EXPECTED_REASONS
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bool]]:
-    root = tmp_path_factory.mktemp("corpus")
-    return root, make_fault_corpus(root)
 
 
 @pytest.fixture(scope="module")

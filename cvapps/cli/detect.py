@@ -48,27 +48,17 @@ def build_predictor(model_path: str, device: str, batch: int) -> Any:
     raise CheckpointError(f"{model_path}: neither a cvapps detection checkpoint nor an ultralytics model file")
 
 
-def _is_cvapps_checkpoint(path: str) -> bool:
-    from cvapps.checkpoint import load_checkpoint
-    from cvapps.errors import CheckpointError
-
-    try:
-        load_checkpoint(path)
-        return True
-    except CheckpointError:
-        return False
-
-
 def load_detector(model_path: str, device: str = "auto", batch: int = 8) -> Any:
     """A cvapps Faster R-CNN/YOLO checkpoint through ``Predictor.from_checkpoint``; any other
     ``.pt``/``.yaml`` file (e.g. native ultralytics weights) goes to :func:`build_predictor`."""
+    from cvapps.checkpoint import is_cvapps_checkpoint
     from cvapps.engine.predict import Predictor
     from cvapps.errors import CheckpointError
 
     path = Path(model_path)
     if path.suffix.lower() == ".onnx":  # a `cvapps export` model: same predictor, onnxruntime inside
         return Predictor.from_checkpoint(model_path, DETECTION_TASKS, device=device, batch=batch)
-    if path.suffix.lower() in (".yaml", ".yml") or (path.is_file() and not _is_cvapps_checkpoint(model_path)):
+    if path.suffix.lower() in (".yaml", ".yml") or (path.is_file() and not is_cvapps_checkpoint(model_path)):
         return build_predictor(model_path, device, batch)
     if not path.exists() and path.suffix.lower() == ".pt" and not path.parent.parts:
         return build_predictor(model_path, device, batch)  # a bare name such as yolov8n.pt

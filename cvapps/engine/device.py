@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from cvapps.errors import CvappsError
@@ -41,3 +43,9 @@ def images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor
         x = images.to(device, non_blocking=True).float().div_(255)
         return x.contiguous(memory_format=torch.channels_last)
     return images.to(device).float().div_(255)
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, sparse in logs (CI, files),
+    where every refresh would add a line."""
+    return 0.1 if sys.stderr.isatty() else 30.0

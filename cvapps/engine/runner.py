@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from cvapps.engine.device import progress_interval
 from cvapps.engine.predict import Predictor
 from cvapps.errors import CvappsError
 from cvapps.io.sinks import Sink
@@ -182,7 +183,7 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
                 if callable(start):
                     start(src)
             bar = tqdm(total=src.expected_frames if not src.is_live else None, desc="predict", unit="img",
-                       disable=not progress, dynamic_ncols=True)
+                       disable=not progress, dynamic_ncols=True, mininterval=progress_interval())
             writer = _WriterThread(sinks, write_queue, bar)
             writer.start()
             try:

@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cvapps.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from cvapps.checkpoint import atomic_write_text, is_cvapps_checkpoint, load_checkpoint, save_checkpoint
 from cvapps.config import TaskConfig, TrainConfig
-from cvapps.engine.device import images_to_device, resolve_device
+from cvapps.engine.device import images_to_device, progress_interval, resolve_device
 from cvapps.errors import CvappsError
 from cvapps.tasks import get_task
 from cvapps.tasks.base import DatasetSplits, Task
@@ -128,7 +128,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
         sums: dict[str, float] = {}
         seen, t0 = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and ctx.is_main),
-                   leave=True, dynamic_ncols=True)
+                   leave=True, dynamic_ncols=True, mininterval=progress_interval())
         for step, (images, targets) in enumerate(bar):
             if len(images) == 0:
                 continue
@@ -160,7 +160,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(images)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
         dist.average_buffers(model, ctx)  # BatchNorm statistics: same on every rank before eval/save
         row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                                  "time_s": round(time.perf_counter() - t0, 2)}
@@ -257,7 +257,7 @@ def init_from_checkpoint(model: nn.Module, path: str, log: Callable[[str], None]
     layers after a change of ``num_classes``) keep their fresh initialisation, and we say so."""
     from cvapps.backbones.weights import read_state_dict
 
-    state = load_checkpoint(path)["model"] if _is_cvapps(path) else read_state_dict(path)
+    state = load_checkpoint(path)["model"] if is_cvapps_checkpoint(path) else read_state_dict(path)
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     reinit = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -271,12 +271,6 @@ def init_from_checkpoint(model: nn.Module, path: str, log: Callable[[str], None]
         log(f"note: {len(missing)} tensors not in {path} keep their initialisation: {', '.join(missing[:3])}")
 
 
-def _is_cvapps(path: str) -> bool:
-    try:
-        load_checkpoint(path)
-        return True
-    except CvappsError:
-        return False
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
