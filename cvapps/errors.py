@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import reprlib
+
+QUOTE_LIMIT = 80  # characters of a user's value quoted in a one-line error
+
+# reprlib never formats a huge value whole (a 5 MB list is cut while formatting, not after).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, QUOTE_LIMIT, QUOTE_LIMIT, 40
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 6
+
+
+def shorten(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` of at most about ``limit`` characters, so an error quoting a user's value stays one short line."""
+    text = _REPR.repr(value).replace("\n", " ")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
 
 class CvappsError(Exception):
     """An error caused by the user's input (config, data, files); shown as one line, exit 1."""
@@ -30,3 +45,7 @@ class ImageReadError(CvappsError):
 
 class CheckpointError(CvappsError):
     """A checkpoint or weights file is missing, of the wrong task, or does not fit the model."""
+
+
+class OutputError(CvappsError):
+    """An output cannot be written: disk full, no permission, or it would replace an input file."""

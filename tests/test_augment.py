@@ -68,3 +68,17 @@ def test_unknown_transform_and_bad_params_are_config_errors() -> None:
         build_augment([{"Fliip": {}}])
     with pytest.raises(ConfigError, match=r"augment.train\[0\].HorizontalFlip"):
         build_augment([{"HorizontalFlip": {"nonsense": 1}}])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"Lambda": {"image": "os.system"}}, "Lambda: transforms that run functions are not allowed"),
+    ({"HorizontalFlip": {"p": print}}, "HorizontalFlip.p: expected plain data"),
+    ({"FDA": {"reference_images": ["a.jpg"], "read_fn": "os.system"}}, "FDA.read_fn: expected plain data"),
+    ({"HorizontalFlip": [0.5]}, "HorizontalFlip: parameters should be a mapping"),
+    ({"__class__": {}}, "unknown albumentations transform '__class__'"),
+])
+def test_augment_takes_plain_data_only(spec: dict, message: str) -> None:
+    # A config names transforms and data; nothing in it may become a function call.
+    with pytest.raises(ConfigError) as info:
+        build_augment([spec])
+    assert message in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 200

@@ -18,9 +18,28 @@ import numpy as np
 import torch
 
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta, letterbox
-from cvapps.errors import ConfigError
+from cvapps.errors import ConfigError, shorten
 
 IGNORE_INDEX = 255  # mask value that losses and metrics skip (borders, padding, "don't care")
+# Transforms that run user-supplied functions; a config is data and names no code.
+REFUSED_TRANSFORMS = frozenset({"Lambda"})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """True for config data: numbers, strings, bools, None, and lists/mappings of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if depth >= 4:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _takes_function(param: inspect.Parameter) -> bool:
+    return "Callable" in str(param.annotation)
 
 
 def build_augment(specs: list[dict[str, dict[str, Any]]], *, boxes: bool = False) -> A.Compose:
@@ -35,15 +54,25 @@ def build_augment(specs: list[dict[str, dict[str, Any]]], *, boxes: bool = False
         if not isinstance(spec, dict) or len(spec) != 1:
             raise ConfigError(f"config error: augment.train[{i}]: expected one {{Name: {{params}}}} mapping")
         (name, params), = spec.items()
-        cls = getattr(A, str(name), None)
+        cls = getattr(A, name, None) if isinstance(name, str) and not name.startswith("_") else None
         if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
-            raise ConfigError(f"config error: augment.train[{i}]: unknown albumentations transform {name!r}")
+            raise ConfigError(f"config error: augment.train[{i}]: unknown albumentations transform {shorten(name)}")
+        if name in REFUSED_TRANSFORMS:
+            raise ConfigError(f"config error: augment.train[{i}].{name}: transforms that run functions are not "
+                              "allowed in configs")
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"config error: augment.train[{i}].{name}: parameters should be a mapping "
+                              f"{{param: value}}, got {shorten(params)}")
         params = dict(params or {})
         accepted = inspect.signature(cls.__init__).parameters
+        for key, value in params.items():
+            if not _plain(value) or (key in accepted and _takes_function(accepted[key])):
+                raise ConfigError(f"config error: augment.train[{i}].{name}.{str(key)[:40]}: expected plain data "
+                                  f"(numbers, text, true/false, lists), got {shorten(value)}")
         # albumentations only warns about unknown arguments; a typo must not silently do nothing.
         unknown = [k for k in params if k not in accepted]
         if unknown and not any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted.values()):
-            raise ConfigError(f"config error: augment.train[{i}].{name}: unknown parameter {unknown[0]!r} "
+            raise ConfigError(f"config error: augment.train[{i}].{name}: unknown parameter {shorten(unknown[0])} "
                               f"(known: {', '.join(k for k in accepted if k != 'self')})")
         if "fill" in accepted:
             params.setdefault("fill", PAD_VALUE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from cvapps.errors import ConfigError
+from cvapps.errors import ConfigError, shorten
 from cvapps.tasks.base import DatasetSplits, Task
 
 # task name -> module that defines TASK; imported lazily so `cvapps classify` never loads YOLO code.
@@ -20,8 +20,9 @@ TASK_MODULES = {
 def get_task(name: object) -> Task:
     if name is None:
         raise ConfigError(f"config error: task: required key is missing (one of: {', '.join(TASK_MODULES)})")
-    if name not in TASK_MODULES:
-        raise ConfigError(f"config error: task: unknown task {name!r} (one of: {', '.join(TASK_MODULES)})")
+    if not isinstance(name, str) or name not in TASK_MODULES:
+        what = "unknown task" if isinstance(name, str) else "should be a task name, got"
+        raise ConfigError(f"config error: task: {what} {shorten(name)} (one of: {', '.join(TASK_MODULES)})")
     try:
         module = importlib.import_module(TASK_MODULES[str(name)])
     except ModuleNotFoundError as exc:
