@@ -12,31 +12,54 @@ Layout (every key always present)::
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cvapps.errors import CheckpointError
+from cvapps.errors import CheckpointError, OutputError
+from cvapps.io.guard import check_writable_target
 
 FORMAT = "cvapps-checkpoint-v1"
 
 
 def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file.
+
+    The file gets the mode the umask gives (0644 under umask 022), like any new file. A path that is
+    an input of the running command is refused (:mod:`cvapps.io.guard`). Any OSError (disk full, a
+    file-size limit, no permission) becomes a one-line OutputError naming ``path``; the previous
+    file, if any, is left as it was and the temporary file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    check_writable_target(path)
+    tmp: Path | None = None
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp(path)
+        write(str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"could not write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _new_temp(path: Path) -> Path:
+    """An empty hidden file next to ``path``, created with mode 0o666 so the umask sets its
+    permissions (``tempfile.mkstemp`` would make it 0600, and the final file with it)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -48,7 +71,36 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)}")
     full = {"format": FORMAT, "category_ids": None, "epoch": 0, "metrics": {}, "train_state": None, **ckpt}
-    atomic_write(path, lambda tmp: torch.save(full, tmp))
+    atomic_write(path, lambda tmp: _torch_save(full, tmp))
+
+
+class _WriteErrors:
+    """File wrapper that keeps the OSError of a failed write: torch.save reports a full disk or a
+    file-size limit as an opaque RuntimeError ("unexpected pos ..."), this gets the real reason."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _torch_save(obj: Any, tmp: str) -> None:
+    with open(tmp, "wb") as fh:
+        out = _WriteErrors(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
 def load_checkpoint(path: str | Path, task: str | tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from cvapps import __version__
 from cvapps.errors import CvappsError
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        # Past a file-size limit (`ulimit -f`) the write fails with EFBIG, reported as one line,
+        # instead of the signal killing the process with a core dump.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -53,8 +53,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from cvapps.data.convert import coco_to_yolo, yolo_to_coco
+    from pathlib import Path
 
+    from cvapps.data.convert import coco_to_yolo, yolo_to_coco
+    from cvapps.io.guard import check_out_dir
+
+    if args.out:  # a separate output root may not lie inside the source's images or annotations
+        check_out_dir(args.out, folders=[Path(args.root) / d for d in ("images", "annotations", "labels")])
     convert = coco_to_yolo if args.to == "yolo" else yolo_to_coco
     for split in convert(args.root, args.out, args.split, overwrite=args.overwrite):
         print(f"converted {split.report.summary()}")

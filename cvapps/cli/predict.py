@@ -79,11 +79,14 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     stopped by Ctrl-C/SIGTERM (``report.interrupted``).
     """
     from cvapps.engine.runner import run_source
+    from cvapps.io.guard import protected
+    from cvapps.io.sources import local_inputs
 
-    report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
-                        vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
-                        buffer=True if getattr(args, "buffer", False) else None,
-                        reconnect_s=getattr(args, "reconnect", 10.0))
+    with protected(args.out, *local_inputs(args.source)):  # no output may replace an input
+        report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
+                            vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
+                            buffer=True if getattr(args, "buffer", False) else None,
+                            reconnect_s=getattr(args, "reconnect", 10.0))
     if not args.quiet:
         print(report.timing_report(), file=sys.stderr)
     return report

@@ -49,8 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_merge_json(args: argparse.Namespace) -> int:
     from cvapps.checkpoint import atomic_write_text
+    from cvapps.io.guard import check_writable_target
 
     out = Path(args.out)
+    check_writable_target(out, inputs=args.inputs)  # before reading: the output may not be an input
     merged, notes = merge_coco([_read_json(p) for p in args.inputs], [str(p) for p in args.inputs])
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

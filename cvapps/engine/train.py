@@ -23,7 +23,8 @@ from tqdm import tqdm
 from cvapps.checkpoint import atomic_write_text, is_cvapps_checkpoint, load_checkpoint, save_checkpoint
 from cvapps.config import TaskConfig, TrainConfig
 from cvapps.engine.device import images_to_device, progress_interval, resolve_device
-from cvapps.errors import CvappsError
+from cvapps.errors import CvappsError, DataError
+from cvapps.io.guard import ensure_writable_folder
 from cvapps.tasks import get_task
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -87,6 +88,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     from cvapps.engine import distributed as dist
 
     task = get_task(cfg.task)
+    ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
     if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
         return task.train_external(cfg, progress=progress, log=log)
     ctx = dist.setup(cfg.train.device)
@@ -96,6 +98,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     out = Path(cfg.out)
 
     splits = task.build_datasets(cfg)
+    _require_labels(splits.train, cfg.data.root)
     model = task.build_model(cfg, splits.class_names).to(device)
     if cfg.model.weights and not cfg.train.resume:
         init_from_checkpoint(model, cfg.model.weights, log)
@@ -116,6 +119,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
             f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
             + (f", {ctx.world_size} processes" if ctx.enabled else ""))
     ddp_model = dist.wrap(model, ctx)
+    norm_buffers = _norm_buffers(model)
 
     bad_steps = 0
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -134,11 +138,15 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
                 continue
             x = images_to_device(images, device)
             y = task.targets_to(targets, device)
+            # BatchNorm updates its running statistics in the forward pass, before the loss is known
+            # to be finite: keep a copy, so a skipped step leaves them (and the checkpoint) finite.
+            saved = [b.clone() for b in norm_buffers]
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 losses = ddp_model(x, y)
             loss = sum(losses.values())
             # Every rank must take the same branch (dist.all_finite), or DDP's all-reduce hangs.
             if not dist.all_finite(loss, ctx):
+                _restore(norm_buffers, saved)
                 bad_steps = _bad_step(bad_steps, "loss", epoch, step, cfg, out, optimizer, ctx, log)
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -150,6 +158,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
                 # in fp32 they would write NaN into the weights. Gradients are already all-reduced,
                 # so every rank sees the same norm.
                 if not use_amp and not torch.isfinite(norm):
+                    _restore(norm_buffers, saved)
                     bad_steps = _bad_step(bad_steps, "gradient", epoch, step, cfg, out, optimizer, ctx, log)
                     continue
             bad_steps = 0
@@ -174,6 +183,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
         improved = score is not None and score > best
         if improved:
             best = score
+        _require_finite(model, epoch, out, ctx)  # every rank holds the same weights: same branch
         if ctx.is_main:
             state = _checkpoint(cfg, task, model, splits, epoch + 1, row,
                                 {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -216,6 +226,45 @@ def _bad_step(bad_steps: int, what: str, epoch: int, step: int, cfg: TaskConfig,
         raise CvappsError(f"training stopped: {bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch {epoch + 1} "
                           f"(try a lower train.lr or check the data); {where}")
     return bad_steps
+
+
+def _require_labels(dataset: Any, root: str) -> None:
+    """A detection train split whose every annotation was dropped (or that has none) is an error,
+    not a run that learns from 0 boxes. Datasets without ``records`` carry a label per sample."""
+    records = getattr(dataset, "records", None)
+    if not isinstance(records, list) or not records or not hasattr(records[0], "boxes"):
+        return
+    if sum(len(r.boxes) for r in records) == 0:
+        report = getattr(getattr(dataset, "split", None), "report", None)
+        found = f" ({report.summary()})" if report is not None else ""
+        raise DataError(f"{root}: the train split has no usable annotations{found}; "
+                        f"see the report of `cvapps data check {root}`")
+
+
+def _norm_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Running statistics of every BatchNorm layer (updated in place by the forward pass)."""
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers(recurse=False)]
+
+
+@torch.no_grad()
+def _restore(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    for buf, copy in zip(buffers, saved):
+        buf.copy_(copy)
+
+
+def _require_finite(model: nn.Module, epoch: int, out: Path, ctx) -> None:
+    """Never save non-finite weights as last/best: stop with the last good checkpoint instead."""
+    from cvapps.engine import distributed as dist
+
+    bad = [k for k, v in unwrap(model).state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        last = out / "last.pt"
+        where = (f"{last} (epoch {epoch}) is the last good checkpoint" if last.exists()
+                 else "no checkpoint was written yet")
+        dist.cleanup(ctx)
+        raise CvappsError(f"training stopped: {len(bad)} tensors of the model are not finite after epoch {epoch + 1} "
+                          f"(e.g. {bad[0]}), so they were not saved; {where}")
 
 
 def _count_params(model: nn.Module) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvapps.errors import CvappsError, ImageReadError
+from cvapps.io.guard import check_writable_target
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -205,6 +206,7 @@ def write_image(path: str | os.PathLike[str], image_bgr: np.ndarray) -> None:
     chosen from the extension, which must be one of :data:`IMAGE_EXTENSIONS`.
     """
     p = Path(path)
+    check_writable_target(p)  # never over an input of the running command
     ext = p.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise CvappsError(

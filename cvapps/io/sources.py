@@ -715,3 +715,24 @@ def open_source(
             raise CvappsError(f"source not found: {s} (no images match)")
         return ImageFilesSource(s, lambda: _glob_images(local), queue_size=queue_size, shard=shard)
     raise CvappsError(f"source not found: {s}")
+
+
+def local_inputs(spec: Any) -> tuple[list[str], list[str]]:
+    """``(files, folders)`` that ``spec`` (as :func:`open_source` takes it) reads from the local disk:
+    what outputs must never replace (see :mod:`cvapps.io.guard`). Streams and webcams read none."""
+    if isinstance(spec, (list, tuple)):
+        entries = [os.fspath(p) for p in spec]
+    elif isinstance(spec, bool) or not isinstance(spec, (str, os.PathLike)):
+        return [], []
+    else:
+        s = os.path.expanduser(os.fspath(spec).strip())
+        if not s or _is_url(s) or (re.fullmatch(r"\d+", s) and not os.path.exists(s)):
+            return [], []
+        entries = [s] if os.path.exists(s) else list(_glob_images(s)) if _GLOB_MAGIC.search(s) else []
+        if os.path.isfile(s) and s.lower().endswith(".txt"):
+            try:
+                entries += list(_txt_lines(Path(s)))
+            except (OSError, UnicodeDecodeError):
+                pass  # open_source reports the unreadable list itself
+    folders = {e for e in entries if os.path.isdir(e)}
+    return [e for e in entries if e not in folders], sorted(folders)

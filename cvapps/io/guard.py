@@ -1,0 +1,122 @@
+"""Outputs never land on inputs: one rule, checked up front and again at every write.
+
+A command that reads local files registers them (and the folders it reads recursively) with
+:func:`protected` for as long as it runs. Then
+
+* up front, :func:`check_out_dir` refuses an output folder that is an input folder, lies inside
+  one, or holds an input file (``detect photos/ --out photos``, ``detect photo.jpg --out .``);
+* at every write, the lowest writers (:func:`cvapps.io.images.write_image`,
+  :func:`cvapps.checkpoint.atomic_write`) call :func:`check_writable_target`, which refuses to
+  replace a registered file (by resolved path or by inode, so symlinks and hard links count) or to
+  write anything inside a registered folder.
+
+The registry is process-wide (the writer threads of a run see it) and scoped: leaving
+:func:`protected` forgets what it registered. This module imports nothing above ``cvapps.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections import Counter
+from typing import Iterable, Iterator
+
+from cvapps.errors import OutputError
+
+PathLike = str | os.PathLike[str]
+
+_lock = threading.Lock()
+_files: Counter[str] = Counter()          # resolved path -> registrations
+_inodes: Counter[tuple[int, int]] = Counter()  # (st_dev, st_ino) of registered files
+_folders: Counter[str] = Counter()        # resolved folder -> registrations
+
+
+def _real(path: PathLike) -> str:
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@contextlib.contextmanager
+def protected(out: PathLike | None = None, files: Iterable[PathLike] = (), folders: Iterable[PathLike] = (),
+              option: str = "--out ") -> Iterator[None]:
+    """Register input ``files`` and ``folders`` for the duration of the block; with ``out`` (the
+    output folder), first check it with :func:`check_out_dir` (``option`` names it in errors)."""
+    files, folders = list(files), list(folders)
+    if out is not None:
+        check_out_dir(out, files, folders, option)
+    files, folders = [_real(f) for f in files], [_real(d) for d in folders]
+    inodes = [key for key in map(_inode, files) if key is not None]
+    with _lock:
+        _files.update(files)
+        _inodes.update(inodes)
+        _folders.update(folders)
+    try:
+        yield
+    finally:
+        with _lock:
+            _files.subtract(files)
+            _inodes.subtract(inodes)
+            _folders.subtract(folders)
+            for counter in (_files, _inodes, _folders):
+                counter += Counter()  # drop the zero counts (in place)
+
+
+def check_out_dir(out: PathLike, files: Iterable[PathLike] = (), folders: Iterable[PathLike] = (),
+                  option: str = "--out ") -> None:
+    """Refuse (OutputError, one line) an output folder that is an existing file, is an input folder
+    or lies inside one, or is the folder holding an input file."""
+    real = _real(out)
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise OutputError(f"{option}{out} is an existing file; it must be a folder")
+    for folder in folders:
+        if _inside(real, _real(folder)):
+            raise OutputError(f"{option}{out} is inside the input folder {folder}; outputs there could replace "
+                              "inputs or be read back as inputs: choose an output folder outside it")
+    for file in files:
+        if os.path.dirname(_real(file)) == real:
+            raise OutputError(f"{option}{out} holds the input {file}; outputs there could replace it: "
+                              "choose another output folder")
+
+
+def check_writable_target(path: PathLike, inputs: Iterable[PathLike] = ()) -> None:
+    """Refuse (OutputError) to write ``path`` when it is a registered input file (or one of
+    ``inputs``), the same file under another name, or lies inside a registered input folder."""
+    extra = [_real(p) for p in inputs]
+    if not (_files or _folders or extra):
+        return
+    real = _real(path)
+    key = _inode(real)
+    with _lock:
+        hit = (real in _files or real in extra or (key is not None and key in _inodes)
+               or any(_inside(real, folder) for folder in _folders))
+    if not hit and key is not None:
+        hit = key in {_inode(p) for p in extra}
+    if hit:
+        raise OutputError(f"refusing to write {path}: it is an input of this command (outputs never replace inputs)")
+
+
+def ensure_writable_folder(out: PathLike, option: str = "--out ") -> None:
+    """Create ``out`` if needed and check a file can be made there; OutputError (one line) if not.
+    Run before any slow work, so a bad ``out`` fails in a second, not after loading a dataset."""
+    path = os.path.expanduser(os.fspath(out))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{option}{out} is an existing file; it must be a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{option}{out}: cannot write there ({exc.strerror or exc})") from None
