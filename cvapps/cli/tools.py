@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from cvapps.export import export_onnx
+    from cvapps.io.guard import check_writable_target
 
+    if args.out:
+        check_writable_target(args.out, inputs=[args.checkpoint])  # never export over the checkpoint
     report = export_onnx(args.checkpoint, args.out, opset=args.opset, dynamic_batch=not args.static_batch,
                          check=not args.no_check)
     print(report.summary() if not args.no_check else f"exported {report.task} model to {report.path} (not checked)")
