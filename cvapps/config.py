@@ -31,13 +31,17 @@ class Section(BaseModel):
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic takes true/false as 1/0 for int and float fields; `train.epochs=true` is a mistake.
         field = cls.model_fields.get(info.field_name or "")
-        if field is not None and _holds_bool(value) and not _admits_bool(field.annotation):
+        if field is not None and _holds_bool(value) and _numeric(field.annotation) and not _admits_bool(field.annotation):
             raise ValueError("should be a number, not true/false")
         return value
 
 
 def _holds_bool(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(_holds_bool(v) for v in value))
+
+
+def _numeric(annotation: Any) -> bool:
+    return annotation in (int, float) or any(_numeric(a) for a in typing.get_args(annotation))
 
 
 def _admits_bool(annotation: Any) -> bool:

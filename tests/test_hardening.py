@@ -84,6 +84,9 @@ def test_every_low_level_writer_refuses_a_registered_input(tmp_path: Path) -> No
             with pytest.raises(OutputError, match="is an input of this command"):
                 atomic_write_text(target, "x")
         atomic_write_text(tmp_path / "fine.txt", "x")  # anything else is written as usual
+    with protected(tmp_path / "out", others=[photos / "gt.json", None]):  # e.g. --coco-gt: writes only
+        with pytest.raises(OutputError, match="is an input of this command"):
+            atomic_write_text(photos / "gt.json", "{}")
     assert tree_digest(tmp_path) == {**before, "fine.txt": tree_digest(tmp_path)["fine.txt"]}
     atomic_write_text(photos / "p0.txt", "x")  # outside the block nothing is protected any more
     check_writable_target(photos / "p0.jpg")

@@ -82,7 +82,8 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     from cvapps.io.guard import protected
     from cvapps.io.sources import local_inputs
 
-    with protected(args.out, *local_inputs(args.source)):  # no output may replace an input
+    others = (getattr(args, "model", None), getattr(args, "coco_gt", None))
+    with protected(args.out, *local_inputs(args.source), others=others):  # no output may replace an input
         report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
                             vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
                             buffer=True if getattr(args, "buffer", False) else None,

@@ -51,13 +51,16 @@ def _inside(path: str, folder: str) -> bool:
 
 @contextlib.contextmanager
 def protected(out: PathLike | None = None, files: Iterable[PathLike] = (), folders: Iterable[PathLike] = (),
-              option: str = "--out ") -> Iterator[None]:
+              option: str = "--out ", others: Iterable[PathLike | None] = ()) -> Iterator[None]:
     """Register input ``files`` and ``folders`` for the duration of the block; with ``out`` (the
-    output folder), first check it with :func:`check_out_dir` (``option`` names it in errors)."""
+    output folder), first check it with :func:`check_out_dir` (``option`` names it in errors).
+    ``others`` (a model, a ground-truth file; None entries are ignored) are protected from writes
+    but play no part in the folder rule."""
     files, folders = list(files), list(folders)
     if out is not None:
         check_out_dir(out, files, folders, option)
-    files, folders = [_real(f) for f in files], [_real(d) for d in folders]
+    files = [_real(f) for f in [*files, *(o for o in others if o)]]
+    folders = [_real(d) for d in folders]
     inodes = [key for key in map(_inode, files) if key is not None]
     with _lock:
         _files.update(files)
