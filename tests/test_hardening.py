@@ -137,6 +137,26 @@ def test_file_size_limit_is_one_line_and_keeps_the_previous_file(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "merged.json"]  # no temporary left
 
 
+def test_checkpoint_past_a_file_size_limit_names_the_reason(tmp_path: Path) -> None:
+    # torch.save itself reports a failed write as "unexpected pos ..."; the message must say why.
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"previous")
+    script = ("import signal, torch; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "from cvapps.checkpoint import save_checkpoint\nfrom cvapps.errors import OutputError\n"
+              "ckpt = {'task': 'classify', 'config': {}, 'class_names': [], 'preprocessing': {},"
+              " 'model': {'w': torch.zeros(100_000)}}\n"
+              f"try:\n    save_checkpoint({str(path)!r}, ckpt)\nexcept OutputError as exc:\n    print(exc)\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=cap,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.strip() == f"could not write {path}: File too large"
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_disk_full_during_a_checkpoint_save_is_one_line(shapes: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import cvapps.checkpoint as checkpoint
 
