@@ -103,6 +103,18 @@ def test_merge_json_output_may_not_be_an_input(tmp_path: Path, capsys) -> None:
     assert tree_digest(tmp_path) == before
 
 
+def test_data_convert_out_may_not_lie_inside_the_source_images(shapes: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(shapes / "images", root / "images")
+    shutil.copytree(shapes / "annotations", root / "annotations")
+    before = tree_digest(root)
+    assert main(["data", "convert", str(root), "--to", "yolo", "--out", str(root / "images" / "train")]) == 1
+    err = capsys.readouterr().err
+    assert "is inside the input folder" in err and err.count("\n") == 1, err
+    assert tree_digest(root) == before
+    assert main(["data", "convert", str(root), "--to", "yolo", "--out", str(tmp_path / "yolo")]) == 0
+
+
 # ------------------------------------------------------------------------ modes, disk full, ulimit
 def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
