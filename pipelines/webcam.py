@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.errors import CvappsError
     from cvapps.io.preview import MJPEGServer, PreviewWindow, display_available
     from cvapps.io.sinks import make_drawer
-    from cvapps.io.video import VideoWriterSink
+    from cvapps.io.sinks import VideoWriterSink
 
     try:
         predictor = load_model(args.model, args.device, args.batch)
