@@ -317,6 +317,9 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
     odd_mask = cv2.imread(str(pred / "masks" / "odd.png"), cv2.IMREAD_UNCHANGED)
     assert odd_mask.shape == (51, 77) and odd_mask.max() < 4
     entries = json.loads((pred / "predictions.json").read_text())
+    names = {im["id"]: im["file_name"] for im in json.loads((pred / "predictions_coco.json").read_text())["images"]}
+    for e in entries:
+        e["file_name"] = names[e["image_id"]]
     by_file: dict[str, list] = {}
     for e in entries:
         by_file.setdefault(e["file_name"], []).append(e)
@@ -339,10 +342,13 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
                      "--out", str(val_pred), "--save-json", "--quiet", "--no-overlay"]) == 0
     load_results(gt, val_pred / "predictions.json")
 
-    # video: masks named after the video and frame
+    # video: an annotated mp4 by default; with --save-images masks named after the video and frame
     vid = tmp_path / "vid"
     assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
                      "--out", str(vid), "--quiet"]) == 0
+    assert sorted(p.name for p in vid.iterdir()) == ["shapes.mp4"]
+    assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
+                     "--out", str(vid), "--quiet", "--save-images"]) == 0
     assert sorted(p.name for p in (vid / "masks").iterdir()) == [f"shapes_{i:06d}.png" for i in range(3)]
 
 

@@ -63,7 +63,7 @@ def coco_to_yolo(root: str | Path, out: str | Path | None = None, splits: list[s
             path = out / "labels" / sp.split / f"{Path(rec.file_name).with_suffix('').as_posix()}.txt"
             write_yolo_labels(path, rec.boxes, rec.labels.tolist(), rec.width, rec.height)
     write_data_yaml(out / "data.yaml", names, {sp.split: f"images/{sp.split}" for sp in loaded},
-                    category_ids=list(cat_ids))
+                    {"category_ids": list(cat_ids)})
     return loaded
 
 

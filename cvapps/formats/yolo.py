@@ -38,10 +38,10 @@ def write_yolo_labels(path: str | Path, boxes: Any, labels: Sequence[int], width
 
 
 def write_data_yaml(path: str | Path, names: Sequence[str], splits: dict[str, str],
-                    **extra: Any) -> Path:
-    """``data.yaml``: ``splits`` (e.g. ``{"train": "images/train"}``), ``extra`` keys (``path``,
-    ``category_ids``), then ``names`` as ``{index: name}``."""
-    data = {**extra, **splits, "names": dict(enumerate(names))}
+                    extra: dict[str, Any] | None = None) -> Path:
+    """``data.yaml``: ``extra`` keys (``path``, ``category_ids``), ``splits`` (e.g.
+    ``{"train": "images/train"}``), then ``names`` as ``{index: name}``."""
+    data = {**(extra or {}), **splits, "names": dict(enumerate(names))}
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
     return Path(path)
 
