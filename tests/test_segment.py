@@ -341,6 +341,12 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
     assert cli_main(["segment", str(shapes / "images" / "val"), "--model", str(out / "best.pt"),
                      "--out", str(val_pred), "--save-json", "--quiet", "--no-overlay"]) == 0
     load_results(gt, val_pred / "predictions.json")
+    # with --coco-gt the ids are the ground truth's, matched by file_name
+    assert cli_main(["segment", str(shapes / "images" / "val"), "--model", str(out / "best.pt"), "--out",
+                     str(val_pred), "--coco-gt", str(shapes / "annotations" / "val.json"), "--quiet"]) == 0
+    written = json.loads((val_pred / "predictions_coco.json").read_text())["images"]
+    assert {im["file_name"]: im["id"] for im in written} == \
+        {im["file_name"]: im["id"] for im in gt.dataset["images"]}
 
     # video: an annotated mp4 by default; with --save-images masks named after the video and frame
     vid = tmp_path / "vid"

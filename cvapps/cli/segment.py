@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--save-json", action="store_true",
                    help="also write OUT/predictions.json (COCO segm results) and OUT/predictions_coco.json")
+    p.add_argument("--coco-gt", metavar="FILE",
+                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched by "
+                        "name) the JSON files use; implies --save-json")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
     p.add_argument("--no-masks", action="store_true", help="do not write mask PNGs")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
@@ -29,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.engine.predict import Predictor
     from cvapps.errors import CvappsError
-    from cvapps.formats.coco import ImageIndex
+    from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import CocoSink, MaskImages, OverlayImages
 
     if not 0 <= args.alpha <= 1:
@@ -45,10 +48,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if images and not args.no_masks:
         sinks.append(MaskImages(out / "masks", root=root))
     json_sink = None
-    if args.save_json:
-        index = ImageIndex(root, image_dir="overlays" if overlays else None)
+    gt = read_coco_json(args.coco_gt) if args.coco_gt else None
+    if args.save_json or gt is not None:
+        index = ImageIndex(root, gt, image_dir="overlays" if overlays else None)
         json_sink = CocoSink(out / "predictions_coco.json", predictor.class_names, predictor.category_ids,
-                             results_path=out / "predictions.json", index=index)
+                             results_path=out / "predictions.json", gt=gt, index=index)
         sinks.append(json_sink)
     extra = common_sinks(args, predictor, video=video, images=False)  # video/jsonl/show/serve (cli.predict)
     if not sinks and not extra:
