@@ -166,3 +166,42 @@ def test_failed_close_in_a_run_is_one_line(small_shapes: Path, ckpts: dict[str, 
     assert "outputs not written" in err and "predictions.jsonl" in err and "Traceback" not in err
     assert not (out / "predictions.jsonl").exists() and not (out / "predictions.json").exists()
     assert not [f for f in os.listdir(out) if f.startswith(".")]
+
+
+def test_file_size_limit_leaves_no_partial_outputs(small_shapes: Path, ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """``ulimit -f``: the mp4 is cut short (OpenCV does not notice); the run says which outputs were not
+    written and leaves neither the short video nor the JSON files that would have matched it."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    limit = 16 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "cvapps", "detect", str(small_shapes / "video" / "shapes.mp4"),
+                           "--model", str(ckpts["detect"]), "--out", str(out), "--save-json", "--quiet",
+                           "--device", "cpu"], preexec_fn=small_files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "outputs not written" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not out.exists() or sorted(os.listdir(out)) == []
+
+
+def test_cut_short_video_is_refused(tmp_path: Path) -> None:
+    from cvapps.io.sinks import VideoWriterSink, make_drawer
+    from cvapps.io.sinks.video import _mp4_complete
+
+    sink = VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=10)
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        sink.write(Frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), f"v.mp4#frame={k:06d}", k),
+                   Detections.empty() if hasattr(Detections, "empty") else
+                   Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
+    sink.close()
+    whole = (tmp_path / "v.mp4").read_bytes()
+    assert _mp4_complete(tmp_path / "v.mp4")
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    assert not _mp4_complete(tmp_path / "cut.mp4")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from cvapps.structures import Frame
 
@@ -94,8 +94,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def close_all(sinks: Sequence[Any], commit: bool = True,
-              on_error: Callable[[Any, BaseException], None] | None = None) -> list[str]:
+def close_all(sinks: Sequence[Any], commit: bool = True) -> list[str]:
     """Close every sink; staged files are moved into place only if every sink closed cleanly (and
     ``commit``), else all are removed. Returns the error lines ([] when all went well); the last one
     says which outputs were not written."""
@@ -110,8 +109,6 @@ def close_all(sinks: Sequence[Any], commit: bool = True,
                 sink.close()
         except Exception as exc:  # noqa: BLE001 - close the others, then report every failure
             errors.append(f"{type(sink).__name__}: {_reason(exc)}")
-            if on_error is not None:
-                on_error(sink, exc)
     if not errors and commit:
         for sink in staged:
             try:

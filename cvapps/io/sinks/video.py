@@ -3,8 +3,8 @@
 The mp4 is written by OpenCV's ``VideoWriter`` (fourcc ``mp4v``, which every OpenCV build with FFmpeg
 can encode and common players decode) under a hidden temporary name in the same folder and moved
 into place on commit (:mod:`cvapps.io.sinks.base`), so a player never sees a file without its index
-(moov atom). OpenCV does not report failed writes, so on close the file is opened again and its frame
-count compared with the frames given: a short file (disk full) is an error, not an output.
+(moov atom). OpenCV does not report failed writes, so on close the file's box structure is checked: a file cut
+short (disk full, a file size limit) is an error, not an output.
 """
 
 from __future__ import annotations
@@ -67,13 +67,32 @@ class VideoWriterSink(StagedSink):
             return  # no frames: no file (an empty mp4 would not play)
         writer.release()  # writes the index; only now is the file playable
         self.stage_file(self._tmp, self.path)
-        cap = cv2.VideoCapture(str(self._tmp))
-        try:
-            written = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        finally:
-            cap.release()
-        if written != self.frames:
-            raise CvappsError(f"{self.path}: the encoder wrote {written} of {self.frames} frames (disk full?)")
+        if not _mp4_complete(self._tmp):
+            raise CvappsError(f"{self.path}: the video file was cut short (disk full or a file size limit?)")
+
+
+def _mp4_complete(path: Path) -> bool:
+    """True when the MP4/MOV box structure is whole: top-level boxes fill the file exactly and include
+    ``moov`` (the index, written last). Other containers are not checked."""
+    if path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+        return True
+    size, pos, boxes = path.stat().st_size, 0, set()
+    with open(path, "rb") as fh:
+        while pos < size:
+            fh.seek(pos)
+            head = fh.read(16)
+            if len(head) < 8:
+                return False
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if length == 1 and len(head) == 16:  # 64-bit size
+                length = int.from_bytes(head[8:16], "big")
+            elif length == 0:  # box runs to the end of the file
+                length = size - pos
+            if length < 8:
+                return False
+            boxes.add(kind)
+            pos += length
+    return pos == size and b"moov" in boxes
 
 
 def count_video_frames(path: str | Path) -> int:
