@@ -108,7 +108,8 @@ def test_empty_result_rule_loads_in_pycocotools() -> None:
 def test_image_index_rule() -> None:
     index = ImageIndex()
     a = index.lookup("/d/a.jpg", 10, 10)
-    assert [a["id"], index.lookup("/v/c.mp4#frame=000004", 5, 5)["id"], index.lookup("/d/a.jpg", 10, 10)["id"]] == [1, 2, 1]
+    frame = index.lookup("/v/c.mp4#frame=000004", 5, 5)
+    assert [a["id"], frame["id"], index.lookup("/d/a.jpg", 10, 10)["id"]] == [1, 2, 1]
     with_images = ImageIndex(image_dir="overlays")
     assert with_images.lookup("/v/c.mp4#frame=000004", 5, 5)["file_name"] == "overlays/c_000004.jpg"
     gt = ImageIndex(gt={"images": [{"id": 40, "file_name": "sub/a.jpg"}]})

@@ -60,7 +60,8 @@ def test_one_image_id_rule_in_every_coco_output(small_shapes: Path, ckpts: dict[
             assert results and {r["image_id"] for r in results} <= {i for i, _ in images}
             assert not [f for f in os.listdir(out) if f.startswith(".")], "temp files left behind"
         ann = json.loads((seg / "predictions_coco.json").read_text())["annotations"]
-        assert ann and {a["image_id"] for a in ann} == {r["image_id"] for r in json.loads((seg / "predictions.json").read_text())}
+        results = json.loads((seg / "predictions.json").read_text())
+        assert ann and {a["image_id"] for a in ann} == {r["image_id"] for r in results}
 
     # with --save-images a video frame's file_name is the image written for it (relative to OUT)
     vid = tmp_path / "det_video_images"
@@ -198,8 +199,7 @@ def test_cut_short_video_is_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for k in range(10):
         sink.write(Frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), f"v.mp4#frame={k:06d}", k),
-                   Detections.empty() if hasattr(Detections, "empty") else
-                   Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
+                   Detections.empty())
     sink.close()
     whole = (tmp_path / "v.mp4").read_bytes()
     assert _mp4_complete(tmp_path / "v.mp4")

@@ -247,7 +247,8 @@ class ImageIndex:
         return entry
 
 
-def gt_category_ids(gt: dict[str, Any], class_names: Sequence[str], category_ids: Sequence[int]) -> tuple[list[int], list[str]]:
+def gt_category_ids(gt: dict[str, Any], class_names: Sequence[str],
+                    category_ids: Sequence[int]) -> tuple[list[int], list[str]]:
     """Category ids of ``class_names`` in ``gt`` (matched by name) and the names not found (which keep
     ``category_ids``). None found at all is a DataError."""
     gt_cats = {c["name"]: c["id"] for c in gt["categories"] if isinstance(c, dict) and "name" in c and "id" in c}

@@ -45,7 +45,8 @@ def check_mask(mask: np.ndarray, hw: tuple[int, int], num_classes: int) -> str |
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(bad):
         shown = ", ".join(str(int(v)) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        return f"mask values {shown} >= class count {num_classes} (only 0..{num_classes - 1} and {IGNORE_INDEX} allowed)"
+        return (f"mask values {shown} >= class count {num_classes} "
+                f"(only 0..{num_classes - 1} and {IGNORE_INDEX} allowed)")
     return None
 
 

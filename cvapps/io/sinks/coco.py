@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 from pycocotools import mask as mask_utils
 
-from cvapps.formats.coco import ImageIndex, detections_to_results, dumps, empty_results, gt_category_ids, mask_to_results
+from cvapps.formats.coco import (ImageIndex, detections_to_results, dumps, empty_results, gt_category_ids,
+                                 mask_to_results)
 from cvapps.formats.names import parse_frame_name
 from cvapps.io.sinks.base import StagedSink
 from cvapps.structures import Classification, Detections, Frame, SegmentationMask
