@@ -179,10 +179,12 @@ def test_segmentation_loader_applies_the_check_rules(tmp_path: Path) -> None:
     assert good[10, 10] == 1 and good[22, 30] == 0
 
 
-def test_detection_iscrowd_yes_is_reported(tmp_path: Path) -> None:
+def test_detection_reads_the_same_rules(tmp_path: Path) -> None:
     root = _seg_dataset(tmp_path)
     split = load_coco_split(root, "train")
     assert any("iscrowd" in p for p in split.report.problems)
+    good = next(r for r in split.records if r.file_name == "good.png")
+    np.testing.assert_allclose(good.boxes, [[2, 2, 20, 20]])  # no bbox: the polygon's bounding box
 
 
 # ------------------------------------------------------------------------------------------ JSON

@@ -111,17 +111,26 @@ def mask_to_rle(binary: np.ndarray) -> dict[str, Any]:
     return rle
 
 
+def _to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
+    """Polygons, uncompressed or compressed RLE -> compressed RLE as pycocotools takes it."""
+    if isinstance(segm, list):
+        if not segm:
+            return mask_utils.encode(np.zeros((height, width), np.uint8, order="F"))
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if isinstance(segm.get("counts"), list):
+        return mask_utils.frPyObjects(segm, height, width)
+    counts = segm["counts"]
+    return {"size": segm["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def rle_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     """COCO segmentation (polygons, uncompressed or compressed RLE) -> HxW bool mask."""
-    if isinstance(segm, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width)) if segm else None
-        if rle is None:
-            return np.zeros((height, width), bool)
-    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-        rle = mask_utils.frPyObjects(segm, height, width)
-    else:
-        rle = segm
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(_to_rle(segm, height, width)).astype(bool)
+
+
+def segmentation_bbox(segm: Any, height: int, width: int) -> list[float]:
+    """``[x, y, w, h]`` bounding box of a COCO segmentation (zero size when it is empty)."""
+    return [float(v) for v in mask_utils.toBbox(_to_rle(segm, height, width))]
 
 
 def mask_to_results(mask: np.ndarray, scores: np.ndarray | None, image_id: int,

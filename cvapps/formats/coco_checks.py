@@ -1,8 +1,8 @@
 """Reading a COCO dataset file with the check rules (the rules table is in :mod:`cvapps.data.check`).
 
 :func:`load_coco_split` returns a :class:`~cvapps.formats.report.DetectionSplit`; with
-``segments=True`` (segmentation) each record also keeps the checked polygons/RLE of its objects and
-annotations may carry a segmentation without a bbox. Detection and segmentation read through this
+``segments=True`` (segmentation) each record also keeps the checked polygons/RLE of its objects; an
+annotation without a bbox takes its segmentation's bounding box. Detection and segmentation read through this
 one function, so an escaping ``file_name``, a missing ``height``, a bad polygon or RLE and an
 ``iscrowd`` that is not 0/1 are handled the same way for every task: reported and dropped.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from pycocotools import mask as mask_utils
 
 from cvapps.errors import DataError, ImageReadError
-from cvapps.formats.coco import read_coco_json
+from cvapps.formats.coco import read_coco_json, segmentation_bbox
 from cvapps.formats.report import (CheckReport, DetectionSplit, clean_box, image_size, inside, is_id, is_number,
                                    make_record, read_check)
 
@@ -78,8 +78,8 @@ def load_coco_split(root: str | Path, split: str, *, read_images: bool = False,
     read_images: decode every image (``data check``); otherwise only existence is checked and
     unreadable files are skipped later by the dataset.
     class_names: if given, must equal the dataset's category names (in sorted-id order).
-    segments: keep each object's checked segmentation (``ImageRecord.segments``); annotations then
-    need a bbox or a segmentation.
+    segments: keep each object's checked segmentation (``ImageRecord.segments``). An annotation
+    needs a bbox or a segmentation (its box is then the segmentation's bounding box).
     """
     root = Path(root)
     ann_path = root / "annotations" / f"{split}.json"
@@ -137,7 +137,7 @@ def load_coco_split(root: str | Path, split: str, *, read_images: bool = False,
             continue
         bbox = a.get("bbox")
         has_box = isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
-        if not has_box and not (segments and "segmentation" in a):
+        if not has_box and "segmentation" not in a:
             report.add("malformed_entries", f"annotations[{i}]: needs image_id, category_id and bbox [x, y, w, h]")
             continue
         crowd = _crowd(a.get("iscrowd"))
@@ -159,16 +159,15 @@ def load_coco_split(root: str | Path, split: str, *, read_images: bool = False,
         if a["category_id"] not in cats:
             report.add("unknown_categories", f"annotations[{i}]: category_id {a['category_id']} is not in categories")
             continue
-        segm = a.get("segmentation") if segments else None
-        if segm is not None:
+        segm = a.get("segmentation") if segments or not has_box else None
+        if segm is not None:  # checked only where it is used: segmentation, or a box to derive
             why = check_segmentation(segm, img["height"], img["width"])
             if why is not None:
                 report.add("malformed_entries", f"annotations[{i}] ({img['file_name']}): {why}")
                 continue
-            img["segments"].append((a["category_id"], segm, crowd))
-            if not has_box:
-                continue  # no box to train a detector on: the mask is the annotation
-        x, y, bw, bh = (float(v) for v in bbox)
+            if segments:
+                img["segments"].append((a["category_id"], segm, crowd))
+        x, y, bw, bh = (float(v) for v in bbox) if has_box else segmentation_bbox(segm, img["height"], img["width"])
         box = clean_box([x, y, x + bw, y + bh], img["width"], img["height"], report,
                         f"annotations[{i}] ({img['file_name']})")
         if box is None:
