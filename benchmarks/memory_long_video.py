@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cvapps.engine.predict import Predictor
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import make_drawer
-    from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, make_drawer
 
     if args.model:
         predictor = Predictor.from_checkpoint(args.model, device=args.device, batch=args.batch)

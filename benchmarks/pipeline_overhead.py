@@ -58,8 +58,7 @@ def build_predictor(args: argparse.Namespace):
 
 def pipeline_fps(predictor, video: Path, options: dict) -> tuple[float, int, str]:
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import make_drawer
-    from cvapps.io.sinks import CocoSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, VideoWriterSink, make_drawer
 
     with tempfile.TemporaryDirectory() as tmp:
         draw = make_drawer(predictor.class_names)

@@ -41,8 +41,7 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
     """Run the models over ``source`` into an annotated mp4 and COCO JSON files; returns the RunReport."""
 
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import draw_prediction
-    from cvapps.io.sinks import CocoSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
 
     stem = Path(str(source)).stem or "video"
     sinks: list[Any] = []

@@ -110,8 +110,7 @@ def detect_then_classify(detector: Any, classifier: Any, source: Any, out: Path,
                          pad: float = 0.1, save_video: bool = False, save_images: bool = False,
                          progress: bool = True) -> tuple[Any, ClassifyCrops]:
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import AnnotatedImages
-    from cvapps.io.sinks import VideoWriterSink
+    from cvapps.io.sinks import AnnotatedImages, VideoWriterSink
 
     outputs: list[Any] = []
     root = source if Path(str(source)).is_dir() else None

@@ -20,9 +20,9 @@ from torch import nn
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.errors import CvappsError
-from cvapps.io.sinks import AnnotatedImages, make_drawer, prediction_to_json
+from cvapps.io.sinks import (AnnotatedImages, CocoSink, JsonLinesSink, VideoWriterSink, count_video_frames,
+                              make_drawer, prediction_to_json)
 from cvapps.io.sources import StreamSource, open_source, parse_shard
-from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, count_video_frames
 from cvapps.structures import Detections, Frame
 from cvapps.tasks.base import Task
 
