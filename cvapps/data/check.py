@@ -24,8 +24,9 @@ missing width/height        read from the image file's header
 A box edge outside the image by less than 0.01 px (rounding of normalised YOLO labels, a coordinate
 that rounds to ``-0.0``) is clamped without a report.
 
-A JSON file that is not a COCO dataset at all (not an object, missing ``images``/``annotations``/
-``categories``, or one of them not a list) is a one-line :class:`~cvapps.errors.DataError`.
+A JSON file that is not a COCO dataset at all (not UTF-8, not JSON, NaN/Infinity values, nested too
+deeply to parse, not an object, missing ``images``/``annotations``/``categories``, or one of them not
+a list) is a one-line :class:`~cvapps.errors.DataError`.
 
 Class index ``i`` <-> COCO category id ``category_ids[i]`` (the dataset's ids, sorted) and name
 ``class_names[i]``; YOLO datasets get category ids ``i + 1``.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
@@ -214,18 +215,22 @@ class ImageIndex:
     video/stream frames the annotated image written for it (``image_dir``/``<stem>_<frame>.jpg``,
     relative to the output folder) when images are saved, else ``clip.mp4#frame=000123``.
     With ``gt`` (a COCO dataset dict): the matching image's id and file_name; unmatched frames get
-    None (and are listed in :attr:`unmatched`).
+    None (and are counted in :attr:`unmatched`).
     """
+
+    REMEMBER = 4096  # frames whose entry is kept for the next sink's lookup
 
     def __init__(self, root: str | Path | None = None, gt: dict[str, Any] | None = None,
                  image_dir: str | None = None, image_ext: str = ".jpg") -> None:
         self.root = root if root is not None and Path(root).is_dir() else None
         self.matcher = FileNameMatcher(gt["images"]) if gt is not None else None
         self.image_dir, self.image_ext = image_dir, image_ext
-        self.images: list[dict[str, Any]] = []
-        self.unmatched: list[str] = []
-        self._by_source: dict[str, dict[str, Any] | None] = {}
-        self._ids: set[int] = set()
+        self.count = 0  # ids handed out (without gt)
+        self.unmatched = 0  # frames not in gt
+        self.unmatched_example: str | None = None
+        # Sinks look a frame up one after another, so only recent frames need remembering; the bound
+        # keeps memory flat on endless streams.
+        self._by_source: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
     def file_name(self, source: str) -> str:
         if self.image_dir is not None and parse_frame_name(source) is not None:
@@ -236,23 +241,25 @@ class ImageIndex:
     def lookup(self, source: str, width: int, height: int, **extra: Any) -> dict[str, Any] | None:
         """The ``images`` entry of ``source`` (created on first sight), or None if not in ``gt``."""
         if source in self._by_source:
+            self._by_source.move_to_end(source)
             return self._by_source[source]
         entry: dict[str, Any] | None
         if self.matcher is not None:
             im = self.matcher.match(source)
             if im is None:
-                self.unmatched.append(safe_name(source))
+                self.unmatched += 1
+                self.unmatched_example = self.unmatched_example or safe_name(source)
                 entry = None
             else:
                 entry = {"id": int(im["id"]), "file_name": im["file_name"], "width": int(width),
                          "height": int(height), **extra}
         else:
-            entry = {"id": len(self.images) + 1, "file_name": self.file_name(source), "width": int(width),
+            self.count += 1
+            entry = {"id": self.count, "file_name": self.file_name(source), "width": int(width),
                      "height": int(height), **extra}
-        if entry is not None and entry["id"] not in self._ids:  # two files may match one gt image
-            self._ids.add(entry["id"])
-            self.images.append(entry)
         self._by_source[source] = entry
+        if len(self._by_source) > self.REMEMBER:
+            self._by_source.popitem(last=False)
         return entry
 
 

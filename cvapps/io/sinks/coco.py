@@ -99,5 +99,5 @@ class CocoSink(StagedSink):
             self.stage_text(self.results_path, dumps(self.results_for_file()))
         self.stage_text(self.path, dumps(self.dataset()))
         if self.index.unmatched:
-            print(f"warning: {len(self.index.unmatched)} images are not in --coco-gt (matched by file_name) and were "
-                  f"left out of the JSON files, e.g. {self.index.unmatched[0]}", file=sys.stderr)
+            print(f"warning: {self.index.unmatched} images are not in --coco-gt (matched by file_name) and were "
+                  f"left out of the JSON files, e.g. {self.index.unmatched_example}", file=sys.stderr)
