@@ -100,7 +100,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"wrote {image_sink.count} annotated images to {out}")
     if json_sink is not None:
         print(f"wrote {json_sink.results_path} and {json_sink.path}")
-    print_written(sinks)
+    print_written([s for s in sinks if s is not json_sink])
     return exit_code(report)
 
 
