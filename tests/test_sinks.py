@@ -145,8 +145,13 @@ def test_close_all_is_all_or_nothing(tmp_path: Path) -> None:
     assert errors and "no space left on device" in errors[-1]
     assert "predictions.json" in errors[-1] and "frames.json" in errors[-1]
     assert not out.exists() or not list(out.iterdir()), "neither outputs nor temp files may be left"
-    assert close_all(_coco_sinks(out)) == []
+    old = os.umask(0o022)
+    try:
+        assert close_all(_coco_sinks(out)) == []
+    finally:
+        os.umask(old)
     assert sorted(p.name for p in out.iterdir()) == ["frames.json", "predictions.json", "predictions_coco.json"]
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}  # the umask's mode, not mkstemp's 0600
     failed_run = tmp_path / "failed"
     assert close_all(_coco_sinks(failed_run), commit=False)[-1].startswith("outputs not written (the run failed)")
     assert not failed_run.exists() or not list(failed_run.iterdir())
