@@ -210,3 +210,16 @@ def test_cut_short_video_is_refused(tmp_path: Path) -> None:
     assert _mp4_complete(tmp_path / "v.mp4")
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
     assert not _mp4_complete(tmp_path / "cut.mp4")
+
+
+def test_failed_run_writes_none_of_its_files(tmp_path: Path) -> None:
+    from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, make_drawer
+
+    frame = Frame(np.zeros((48, 64, 3), np.uint8), "v.mp4#frame=000000", 0)
+    sinks = [VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=5), JsonLinesSink(tmp_path / "p.jsonl", SHAPES),
+             *_coco_sinks(tmp_path)]
+    for s in sinks[:2]:
+        s.write(frame, Detections.empty())
+    (line,) = close_all(sinks, commit=False)
+    assert line.startswith("outputs not written (the run failed)") and "v.mp4" in line and "p.jsonl" in line
+    assert list(tmp_path.iterdir()) == []

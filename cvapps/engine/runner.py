@@ -211,7 +211,7 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
         # all-or-nothing: whole-file outputs are moved into place only if every sink closed and the
         # run did not fail (an interrupted run is complete up to where it stopped)
         errors = close_all(sinks, commit=completed)
-        if errors and not completed:
+        if errors and not completed and report.processed:
             print(errors[-1], file=sys.stderr)
         report.wall_s = time.perf_counter() - t_start
         report.timings = {k: predictor.timings.get(k, 0.0) - before.get(k, 0.0) for k in STAGES if k != "write"}

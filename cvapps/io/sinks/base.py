@@ -49,8 +49,8 @@ class StagedSink:
         self._staged: list[tuple[Path, Path]] = []
 
     @property
-    def outputs(self) -> list[Path]:
-        """Final paths of the files this sink writes (known after prepare)."""
+    def targets(self) -> list[Path]:
+        """Final paths of the files this sink would write now (subclasses know them before prepare)."""
         return [final for _, final in self._staged]
 
     def stage_text(self, path: str | Path, text: str) -> None:
@@ -104,7 +104,8 @@ def close_all(sinks: Sequence[Any], commit: bool = True) -> list[str]:
         try:
             if isinstance(sink, StagedSink):
                 staged.append(sink)
-                sink.prepare()
+                if commit:  # a failed run's files are not written at all
+                    sink.prepare()
             else:
                 sink.close()
         except Exception as exc:  # noqa: BLE001 - close the others, then report every failure
@@ -117,7 +118,7 @@ def close_all(sinks: Sequence[Any], commit: bool = True) -> list[str]:
                 errors.append(f"{type(sink).__name__}: {_reason(exc)}")
                 sink.discard()
         return errors
-    lost = [str(p) for sink in staged for p in sink.outputs]
+    lost = [str(p) for sink in staged for p in sink.targets]
     for sink in staged:
         sink.discard()
     if lost:

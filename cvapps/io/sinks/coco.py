@@ -94,6 +94,10 @@ class CocoSink(StagedSink):
         first = self.images[0]
         return empty_results(first["id"], self.categories[0]["id"], first["height"], first["width"])
 
+    @property
+    def targets(self) -> list[Path]:
+        return [p for p in (self.results_path, self.path) if p is not None]
+
     def prepare(self) -> None:
         if self.results_path is not None:
             self.stage_text(self.results_path, dumps(self.results_for_file()))

@@ -87,6 +87,10 @@ class ClassificationCSV(StagedSink):
         self.rows.append(row)
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    @property
+    def targets(self) -> list[Path]:
+        return [self.path]
+
     def prepare(self) -> None:
         header = ["path", "label", "score"]
         for k in range(2, self.topk + 1):

@@ -66,6 +66,10 @@ class JsonLinesSink(StagedSink):
         self._fh.flush()
         self.lines += 1
 
+    @property
+    def targets(self) -> list[Path]:
+        return [self.path]
+
     def prepare(self) -> None:
         if not self._fh.closed:
             self.stage_file(self._tmp, self.path)

@@ -61,6 +61,10 @@ class VideoWriterSink(StagedSink):
         self._writer.write(np.ascontiguousarray(image))
         self.frames += 1
 
+    @property
+    def targets(self) -> list[Path]:
+        return [self.path] if self.frames else []  # no frames: no file (an empty mp4 would not play)
+
     def prepare(self) -> None:
         writer, self._writer = self._writer, None
         if writer is None:
@@ -69,6 +73,13 @@ class VideoWriterSink(StagedSink):
         self.stage_file(self._tmp, self.path)
         if not _mp4_complete(self._tmp):
             raise CvappsError(f"{self.path}: the video file was cut short (disk full or a file size limit?)")
+
+    def discard(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()
+        super().discard()
+        self._tmp.unlink(missing_ok=True)
 
 
 def _mp4_complete(path: Path) -> bool:
