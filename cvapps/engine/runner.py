@@ -209,8 +209,9 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
             writer.abort.set()
             writer.finish()
         # all-or-nothing: whole-file outputs are moved into place only if every sink closed and the
-        # run did not fail (an interrupted run is complete up to where it stopped)
-        errors = close_all(sinks, commit=completed)
+        # run did not fail (a run stopped by Ctrl-C, even twice, is complete up to where it stopped)
+        stopped = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        errors = close_all(sinks, commit=completed or stopped)
         if errors and not completed and report.processed:
             print(errors[-1], file=sys.stderr)
         report.wall_s = time.perf_counter() - t_start
