@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from cvapps.errors import DataError
 from cvapps.formats.masks import IGNORE_INDEX
@@ -161,8 +162,6 @@ def empty_results(image_id: int, category_id: int, height: int, width: int) -> l
 def load_results(coco_gt: Any, results: str | Path | list[dict[str, Any]]) -> Any:
     """``coco_gt.loadRes(results)`` that also accepts an empty list (pycocotools raises on ``[]``):
     then a COCO object with the ground truth's images and categories and no annotations."""
-    from pycocotools.coco import COCO
-
     anns = read_json(results) if isinstance(results, (str, Path)) else results
     if anns:
         return coco_gt.loadRes(copy.deepcopy(anns))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.images import write_image
@@ -19,10 +20,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Single-channel class-index mask (PNG, 8 or 16 bit, grey or palette) -> HxW array.
 
     PIL keeps palette indices (OpenCV would expand a palette PNG to colours). Raises
-    ImageReadError with a short reason.
+    ImageReadError with a short reason. Only regular files are read (a FIFO would block).
     """
-    from PIL import Image
-
+    if Path(path).exists() and not Path(path).is_file():
+        raise ImageReadError(path, "not a regular file")
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16", "I;16B", "1"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from cvapps.errors import ImageReadError
 from cvapps.io.images import read_image
@@ -119,8 +120,6 @@ def is_id(v: Any) -> bool:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header alone, after EXIF orientation (as :func:`read_image` returns it)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             w, h = im.size
