@@ -16,13 +16,14 @@ from pycocotools.cocoeval import COCOeval
 
 from cvapps.cli import main as cli
 from cvapps.data.segmentation import SegmentationDataset, scan_split
-from cvapps.errors import DataError
+from cvapps.errors import DataError, ImageReadError
 from cvapps.formats.coco import (ImageIndex, box_to_coco, empty_results, load_results, mask_to_results, mask_to_rle,
                                  read_coco_json, read_json, rle_to_mask)
 from cvapps.formats.coco_checks import load_coco_split
 from cvapps.formats.masks import read_mask, write_mask
 from cvapps.formats.merge import merge_files
 from cvapps.formats.names import frame_file_name, frame_name, output_relpath, parse_frame_name, safe_name
+from cvapps.formats.report import image_size
 from cvapps.formats.yolo import load_yolo_split, write_data_yaml, write_yolo_labels
 
 
@@ -63,6 +64,11 @@ def test_masks_round_trip(tmp_path: Path) -> None:
     mask[0, :5] = 255
     write_mask(tmp_path / "m.png", mask)
     assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+    os.mkfifo(tmp_path / "fifo.png")  # would block a reader
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_mask(tmp_path / "fifo.png")
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        image_size(tmp_path / "fifo.png")
 
 
 def test_rle_and_box_rules() -> None:

@@ -119,7 +119,10 @@ def is_id(v: Any) -> bool:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header alone, after EXIF orientation (as :func:`read_image` returns it)."""
+    """(width, height) from the header alone, after EXIF orientation (as :func:`read_image` returns it).
+    Only regular files are opened (a FIFO would block)."""
+    if not Path(path).is_file():
+        raise ImageReadError(path, "not a regular file" if Path(path).exists() else "file not found")
     try:
         with Image.open(path) as im:
             w, h = im.size
