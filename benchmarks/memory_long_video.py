@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cvapps.engine.predict import Predictor
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import make_drawer
-    from cvapps.io.video import CocoFramesSink, JsonLinesSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, make_drawer
 
     if args.model:
         predictor = Predictor.from_checkpoint(args.model, device=args.device, batch=args.batch)
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         draw = make_drawer(predictor.class_names)
         sinks = [probe, VideoWriterSink(Path(tmp) / "annotated.mp4", draw),
                  JsonLinesSink(Path(tmp) / "pred.jsonl", predictor.class_names),
-                 CocoFramesSink(Path(tmp) / "coco.json", predictor.class_names)]
+                 CocoSink(Path(tmp) / "coco.json", predictor.class_names)]
         report = run_source(predictor, video, sinks, progress=False)
     a, b = probe.samples.get(500), probe.samples.get(5000)
     if a is None or b is None:

@@ -58,13 +58,12 @@ def build_predictor(args: argparse.Namespace):
 
 def pipeline_fps(predictor, video: Path, options: dict) -> tuple[float, int, str]:
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import make_drawer
-    from cvapps.io.video import CocoFramesSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, VideoWriterSink, make_drawer
 
     with tempfile.TemporaryDirectory() as tmp:
         draw = make_drawer(predictor.class_names)
-        sinks = [VideoWriterSink(Path(tmp) / "out.mp4", draw), CocoFramesSink(Path(tmp) / "coco.json",
-                                                                           predictor.class_names)]
+        sinks = [VideoWriterSink(Path(tmp) / "out.mp4", draw), CocoSink(Path(tmp) / "coco.json",
+                                                                     predictor.class_names)]
         report = run_source(predictor, video, sinks, progress=False, options=options, handle_signals=False)
     return report.processed / report.wall_s, report.processed, report.timing_report()
 

@@ -41,8 +41,7 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
     """Run the models over ``source`` into an annotated mp4 and COCO JSON files; returns the RunReport."""
 
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import draw_prediction
-    from cvapps.io.video import CocoFramesSink, VideoWriterSink
+    from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
 
     stem = Path(str(source)).stem or "video"
     sinks: list[Any] = []
@@ -54,17 +53,17 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
             mask, dets = pred
             return draw_prediction(draw_prediction(image, mask, segmenter.class_names), dets, detector.class_names)
 
-        sinks.append(Pick(CocoFramesSink(out / "segmentation_coco.json", segmenter.class_names,
-                                         segmenter.category_ids), 0))
-        sinks.append(Pick(CocoFramesSink(out / "detections_coco.json", detector.class_names,
-                                         detector.category_ids), 1))
+        sinks.append(Pick(CocoSink(out / "segmentation_coco.json", segmenter.class_names,
+                                   segmenter.category_ids), 0))
+        sinks.append(Pick(CocoSink(out / "detections_coco.json", detector.class_names,
+                                   detector.category_ids), 1))
     else:
         predictor = detector or segmenter
         options = {"conf": conf} if detector is not None else {}
         names = predictor.class_names
         draw = lambda image, pred: draw_prediction(image, pred, names)  # noqa: E731
         kind = "detections" if detector is not None else "segmentation"
-        sinks.append(CocoFramesSink(out / f"{kind}_coco.json", names, predictor.category_ids))
+        sinks.append(CocoSink(out / f"{kind}_coco.json", names, predictor.category_ids))
     sinks.insert(0, VideoWriterSink(out / f"{stem}.mp4", draw))
     return run_source(predictor, source, sinks, progress=progress, options=options, vid_stride=vid_stride)
 

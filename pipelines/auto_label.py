@@ -36,11 +36,11 @@ def auto_label(detector: Any, folder: str | Path, out: str | Path, conf: float =
                shard: str | None = None, progress: bool = True) -> Any:
     """Detect on every image under ``folder`` and write the COCO dataset ``out``; returns the RunReport."""
     from cvapps.engine.runner import run_source
-    from cvapps.io.video import CocoFramesSink
+    from cvapps.io.sinks import CocoSink
 
     root = folder if Path(folder).is_dir() else None
-    sink = CocoFramesSink(out, detector.class_names, detector.category_ids, root=root,
-                          info={"description": f"auto-labelled by cvapps (conf >= {conf})"})
+    sink = CocoSink(out, detector.class_names, detector.category_ids, root=root,
+                    info={"description": f"auto-labelled by cvapps (conf >= {conf})"})
     return run_source(detector, str(folder), [sink], progress=progress, options={"conf": conf}, shard=shard)
 
 

@@ -53,7 +53,7 @@ class ClassifyCrops:
 
     def __init__(self, classifier: Any, detector_names: list[str], path: Path, pad: float,
                  outputs: list[Any] | None = None, root: Any = None) -> None:
-        from cvapps.io.video import JsonLinesSink
+        from cvapps.io.sinks import JsonLinesSink
 
         self.classifier, self.names, self.pad = classifier, detector_names, pad
         classifier.prefetch = 0  # a handful of crops per call: no prefetch thread per frame
@@ -69,7 +69,7 @@ class ClassifyCrops:
                 sink.start(source)
 
     def write(self, frame: Any, dets: Any) -> None:
-        from cvapps.io.sinks import frame_file_name
+        from cvapps.formats.names import frame_file_name
         from cvapps.structures import Frame
 
         crops = crop_boxes(frame.image, dets.boxes.tolist(), self.pad)
@@ -110,8 +110,7 @@ def detect_then_classify(detector: Any, classifier: Any, source: Any, out: Path,
                          pad: float = 0.1, save_video: bool = False, save_images: bool = False,
                          progress: bool = True) -> tuple[Any, ClassifyCrops]:
     from cvapps.engine.runner import run_source
-    from cvapps.io.sinks import AnnotatedImages
-    from cvapps.io.video import VideoWriterSink
+    from cvapps.io.sinks import AnnotatedImages, VideoWriterSink
 
     outputs: list[Any] = []
     root = source if Path(str(source)).is_dir() else None

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.engine.runner import run_source
     from cvapps.errors import CvappsError
     from cvapps.io.preview import MJPEGServer, PreviewWindow, display_available
-    from cvapps.io.sinks import make_drawer
-    from cvapps.io.video import VideoWriterSink
+    from cvapps.io.sinks import VideoWriterSink, make_drawer
 
     try:
         predictor = load_model(args.model, args.device, args.batch)

@@ -13,7 +13,9 @@ import torch
 
 from cvapps.cli import main as cli
 from cvapps.data.augment import SamplePipeline
-from cvapps.data.check import check_dataset, load_coco_split, load_yolo_split
+from cvapps.data.check import check_dataset
+from cvapps.formats.coco_checks import load_coco_split
+from cvapps.formats.yolo import load_yolo_split
 from cvapps.data.convert import coco_to_yolo
 from cvapps.data.detection import DetectionDataset
 from cvapps.data.letterbox import letterbox

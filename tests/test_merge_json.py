@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cvapps.cli import main
-from cvapps.cli.tools import merge_coco
+from cvapps.formats.merge import merge_coco
 from cvapps.errors import DataError
 
 CATS = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]

@@ -24,8 +24,7 @@ import pytest
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.io.preview import MJPEGServer, parse_host_port
-from cvapps.io.sinks import make_drawer
-from cvapps.io.video import JsonLinesSink, VideoWriterSink, count_video_frames
+from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, count_video_frames, make_drawer
 from cvapps.structures import SegmentationMask
 from cvapps.tasks.base import Task
 from test_runner import ROOT, SAMPLE_VIDEO, _FakeModel, _write_video, classify_ckpt, fake_predictor  # noqa: F401

@@ -20,9 +20,9 @@ from torch import nn
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.errors import CvappsError
-from cvapps.io.sinks import AnnotatedImages, make_drawer, prediction_to_json
+from cvapps.io.sinks import (AnnotatedImages, CocoSink, JsonLinesSink, VideoWriterSink, count_video_frames,
+                              make_drawer, prediction_to_json)
 from cvapps.io.sources import StreamSource, open_source, parse_shard
-from cvapps.io.video import CocoFramesSink, JsonLinesSink, VideoWriterSink, count_video_frames
 from cvapps.structures import Detections, Frame
 from cvapps.tasks.base import Task
 
@@ -218,7 +218,7 @@ def test_annotated_outputs_of_sample_video(tmp_path: Path) -> None:
     p = fake_predictor(batch=8)
     draw = make_drawer(p.class_names)
     video = VideoWriterSink(tmp_path / "shapes.mp4", draw)
-    coco = CocoFramesSink(tmp_path / "coco.json", p.class_names)
+    coco = CocoSink(tmp_path / "coco.json", p.class_names)
     lines = JsonLinesSink(tmp_path / "pred.jsonl", p.class_names)
     report = run_source(p, SAMPLE_VIDEO, [video, coco, lines], progress=False)
     n = count_video_frames(SAMPLE_VIDEO)
@@ -257,7 +257,7 @@ def test_annotated_images_and_segmentation_json(tmp_path: Path) -> None:
     written = cv2.imread(str(tmp_path / "out" / "sub" / "a.png"))
     assert written.shape == image.shape and written[55, 65].any() and not written[90, 110].any()
     assert prediction_to_json(seg, names)["classes"] == {"background": 12000 - 36 - 4, "square": 36, "ignore": 4}
-    coco = CocoFramesSink(tmp_path / "seg.json", names, [0, 1, 2], root=tmp_path / "in")
+    coco = CocoSink(tmp_path / "seg.json", names, [0, 1, 2], root=tmp_path / "in")
     coco.write(Frame(image, str(img_dir / "a.png")), seg)
     coco.write(Frame(image, str(img_dir / "b.png")), Classification(1, 0.7, [(1, 0.7)]))
     coco.close()

@@ -18,8 +18,8 @@ from cvapps.cli import main as cli_main
 from cvapps.data.synth import generate_shapes
 from cvapps.errors import CvappsError
 from cvapps.heads.fcn import FCN8sHead, bilinear_kernel, bilinear_upsampler, upsample_crop
-from cvapps.io.coco_segm import load_results, mask_to_coco, results_to_json
-from cvapps.io.segm_sinks import output_stem
+from cvapps.formats.coco import dumps, load_results, mask_to_results
+from cvapps.formats.names import output_relpath
 from cvapps.tasks.segment import FCN, TASK, SegmentConfig, segmentation_metrics
 
 # pycocotools' decode trips a numpy-2 copy= DeprecationWarning; not ours to fix
@@ -233,11 +233,11 @@ def test_coco_json_round_trips_through_pycocotools(tmp_path: Path) -> None:
     scores = np.array([0.9, 0.8, 0.7], np.float32)
     entries = []
     for i, m in enumerate(masks):
-        entries += mask_to_coco(m, scores, i + 1, [0, 5, 9])
+        entries += mask_to_results(m, scores, i + 1, [0, 5, 9])
     assert len(entries) == 3  # image 1: classes 1, 2; image 2: class 2 only
     assert all(isinstance(e["segmentation"]["counts"], str) for e in entries)
     path = tmp_path / "predictions.json"
-    path.write_text(results_to_json(entries))
+    path.write_text(dumps(entries))
     res = _gt(37, 53, 2).loadRes(str(path))
     assert len(res.getAnnIds()) == 3
     for ann in res.loadAnns(res.getAnnIds()):
@@ -252,11 +252,11 @@ def test_nothing_predicted_still_loads_in_pycocotools(tmp_path: Path) -> None:
     """All-background predictions: the sink writes a score-0 empty placeholder that loadRes takes."""
     from pycocotools.cocoeval import COCOeval
 
-    from cvapps.io.segm_sinks import CocoSegmJSON
+    from cvapps.io.sinks import CocoSink
     from cvapps.structures import Frame, SegmentationMask
 
     path = tmp_path / "predictions.json"
-    sink = CocoSegmJSON(path, [0, 5, 9])
+    sink = CocoSink(tmp_path / "predictions_coco.json", ["background", "a", "b"], [0, 5, 9], results_path=path)
     sink.write(Frame(np.zeros((8, 8, 3), np.uint8), "1.png", 0), SegmentationMask(np.zeros((8, 8), np.uint8)))
     sink.close()
     entries = json.loads(path.read_text())
@@ -277,10 +277,11 @@ def test_nothing_predicted_still_loads_in_pycocotools(tmp_path: Path) -> None:
         gt.loadRes([])
 
 
-def test_output_stem() -> None:
-    assert output_stem("/data/a/photo.JPG") == "photo"
-    assert output_stem("/v/clip.mp4#frame=000123") == "clip_000123"
-    assert output_stem("webcam0#frame=000007") == "webcam0_000007"
+def test_output_names() -> None:
+    assert output_relpath("/data/a/photo.JPG", None, ".png").as_posix() == "photo.png"
+    assert output_relpath("/data/a/photo.JPG", "/data", ".png").as_posix() == "a/photo.png"
+    assert output_relpath("/v/clip.mp4#frame=000123", None, ".png").as_posix() == "clip_000123.png"
+    assert output_relpath("webcam0#frame=000007").as_posix() == "webcam0_000007.jpg"
 
 
 # --------------------------------------------------------------------------------------- end to end
@@ -316,6 +317,9 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
     odd_mask = cv2.imread(str(pred / "masks" / "odd.png"), cv2.IMREAD_UNCHANGED)
     assert odd_mask.shape == (51, 77) and odd_mask.max() < 4
     entries = json.loads((pred / "predictions.json").read_text())
+    names = {im["id"]: im["file_name"] for im in json.loads((pred / "predictions_coco.json").read_text())["images"]}
+    for e in entries:
+        e["file_name"] = names[e["image_id"]]
     by_file: dict[str, list] = {}
     for e in entries:
         by_file.setdefault(e["file_name"], []).append(e)
@@ -337,11 +341,20 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
     assert cli_main(["segment", str(shapes / "images" / "val"), "--model", str(out / "best.pt"),
                      "--out", str(val_pred), "--save-json", "--quiet", "--no-overlay"]) == 0
     load_results(gt, val_pred / "predictions.json")
+    # with --coco-gt the ids are the ground truth's, matched by file_name
+    assert cli_main(["segment", str(shapes / "images" / "val"), "--model", str(out / "best.pt"), "--out",
+                     str(val_pred), "--coco-gt", str(shapes / "annotations" / "val.json"), "--quiet"]) == 0
+    written = json.loads((val_pred / "predictions_coco.json").read_text())["images"]
+    assert {im["file_name"]: im["id"] for im in written} == \
+        {im["file_name"]: im["id"] for im in gt.dataset["images"]}
 
-    # video: masks named after the video and frame
+    # video: an annotated mp4 by default; with --save-images masks named after the video and frame
     vid = tmp_path / "vid"
     assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
                      "--out", str(vid), "--quiet"]) == 0
+    assert sorted(p.name for p in vid.iterdir()) == ["shapes.mp4"]
+    assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
+                     "--out", str(vid), "--quiet", "--save-images"]) == 0
     assert sorted(p.name for p in (vid / "masks").iterdir()) == [f"shapes_{i:06d}.png" for i in range(3)]
 
 

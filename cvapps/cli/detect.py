@@ -1,7 +1,8 @@
 """``cvapps detect``: Faster R-CNN / YOLO checkpoints (and native ultralytics models) on any source.
 
-Writes annotated images to OUT and, with ``--save-json``, ``OUT/predictions.json`` (COCO results
-list) and ``OUT/predictions_coco.json`` (COCO dataset file with scores).
+Writes annotated images to OUT (video and stream sources: ``OUT/<stem>.mp4``) and, with
+``--save-json``, ``OUT/predictions.json`` (COCO results list) and ``OUT/predictions_coco.json``
+(COCO dataset file with scores).
 """
 
 from __future__ import annotations
@@ -68,35 +69,38 @@ def load_detector(model_path: str, device: str = "auto", batch: int = 8) -> Any:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from cvapps.cli.predict import common_sinks, exit_code, print_written, run_common
+    from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
     from cvapps.errors import CvappsError
-    from cvapps.io.coco import CocoJsonSink, load_coco_gt
-    from cvapps.io.sinks import AnnotatedImages, make_drawer
+    from cvapps.formats.coco import ImageIndex, read_coco_json
+    from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
 
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
         raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
-    gt = load_coco_gt(args.coco_gt) if args.coco_gt else None
+    gt = read_coco_json(args.coco_gt) if args.coco_gt else None
     predictor = load_detector(args.model, args.device, args.batch)
     out = Path(args.out)
-    root = args.source if isinstance(args.source, str) and Path(args.source).is_dir() else None
+    root = source_root(args.source)
+    images, video = frame_outputs(args)
     sinks: list[Any] = []
     image_sink = None
-    if not args.no_images:
+    if images:
         image_sink = AnnotatedImages(out, make_drawer(predictor.class_names), root=root)
         sinks.append(image_sink)
     json_sink = None
     if args.save_json or gt is not None:
-        json_sink = CocoJsonSink(out, predictor.class_names, predictor.category_ids, gt=gt, source_root=root)
+        index = ImageIndex(root, gt, image_dir="" if images else None)
+        json_sink = CocoSink(out / "predictions_coco.json", predictor.class_names, predictor.category_ids,
+                             results_path=out / "predictions.json", gt=gt, index=index)
         sinks.append(json_sink)
     counter = _Counter(predictor.class_names)
-    sinks += [counter, *common_sinks(args, predictor)]  # --save-video/--save-jsonl/--show/--serve
+    sinks += [counter, *common_sinks(args, predictor, video=video, images=False)]  # video/jsonl/show/serve
     report = run_common(args, predictor, sinks, {"conf": args.conf, "iou": args.iou, "max_det": args.max_det})
     print(f"{report.summary()}; detected: {counter.summary() or 'nothing'}")
     if image_sink is not None:
         print(f"wrote {image_sink.count} annotated images to {out}")
     if json_sink is not None:
-        print(f"wrote {json_sink.predictions_path} and {json_sink.dataset_path}")
-    print_written(sinks)
+        print(f"wrote {json_sink.results_path} and {json_sink.path}")
+    print_written([s for s in sinks if s is not json_sink])
     return exit_code(report)
 
 

@@ -31,8 +31,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconnect", type=float, default=10.0, metavar="SECONDS",
                    help="live sources: keep reconnecting a stalled stream this long before finishing (default 10)")
     p.add_argument("--save-video", action="store_true",
-                   help="write OUT/<source name>.mp4 with the predictions drawn (same fps and size as the input)")
-    p.add_argument("--save-images", action="store_true", help="write each annotated frame to OUT/annotated/")
+                   help="write OUT/<source name>.mp4 with the predictions drawn (same fps and size as the input; "
+                        "detect/segment do this by default for video and stream sources)")
+    p.add_argument("--save-images", action="store_true",
+                   help="write each annotated frame as an image (detect/segment: the default for image sources; "
+                        "classify: to OUT/annotated/)")
     p.add_argument("--save-jsonl", action="store_true",
                    help="write OUT/predictions.jsonl, one JSON object per frame")
     p.add_argument("--show", action="store_true", help="preview window (needs a display)")
@@ -45,18 +48,42 @@ def _source_stem(source: str) -> str:
     return name or "stream"
 
 
-def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None = None) -> list[Any]:
-    """Sinks for --save-video, --save-images, --save-jsonl, --show and --serve (in that order)."""
-    from cvapps.io.sinks import AnnotatedImages, make_drawer
-    from cvapps.io.video import JsonLinesSink, VideoWriterSink
+def is_video_source(source: str) -> bool:
+    """A video file, webcam index or stream URL (anything whose frames are not image files)."""
+    from cvapps.io.images import VIDEO_EXTENSIONS
+
+    text = str(source)
+    return "://" in text or text.isdigit() or Path(text.split("?")[0]).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def source_root(source: str) -> str | None:
+    """The folder outputs mirror (a folder source), else None."""
+    return source if isinstance(source, str) and Path(source).is_dir() else None
+
+
+def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool]:
+    """``(per-frame images, annotated video)`` for detect/segment: image sources default to images,
+    video and stream sources to ``OUT/<stem>.mp4``; ``--save-images``/``--save-video`` add either,
+    ``--no-images`` drops the images."""
+    video_source = is_video_source(args.source)
+    images = (getattr(args, "save_images", False) or not video_source) and not getattr(args, "no_images", False)
+    return images, bool(getattr(args, "save_video", False) or video_source)
+
+
+def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None = None, *,
+                 video: bool | None = None, images: bool | None = None) -> list[Any]:
+    """Sinks for the annotated video, annotated images (``OUT/annotated/``), --save-jsonl, --show and
+    --serve (in that order). video/images: override --save-video/--save-images (detect and segment
+    decide with :func:`frame_outputs` and write their own images)."""
+    from cvapps.io.sinks import AnnotatedImages, JsonLinesSink, VideoWriterSink, make_drawer
 
     draw = draw or make_drawer(predictor.class_names)
     out = Path(args.out)
-    root = args.source if Path(str(args.source)).is_dir() else None
+    root = source_root(args.source)
     sinks: list[Any] = []
-    if getattr(args, "save_video", False):
+    if getattr(args, "save_video", False) if video is None else video:
         sinks.append(VideoWriterSink(out / f"{_source_stem(args.source)}.mp4", draw))
-    if getattr(args, "save_images", False):
+    if getattr(args, "save_images", False) if images is None else images:
         sinks.append(AnnotatedImages(out / "annotated", draw, root=root))
     if getattr(args, "save_jsonl", False):
         sinks.append(JsonLinesSink(out / "predictions.jsonl", predictor.class_names, root=root))
@@ -95,10 +122,12 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
 
 def print_written(sinks: list[Any]) -> None:
     """``wrote PATH`` for each sink with a ``path`` that exists (files only appear complete)."""
+    from cvapps.formats.names import safe_name
+
     for sink in sinks:
         path = getattr(sink, "path", None)
         if path is not None and Path(path).exists():
-            print(f"wrote {path}")
+            print(f"wrote {safe_name(str(path))}")
 
 
 def exit_code(report: Any) -> int:

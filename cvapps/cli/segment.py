@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvapps.cli.predict import add_common, common_sinks, exit_code, print_written, run_common
+from cvapps.cli.predict import (add_common, common_sinks, exit_code, frame_outputs, print_written, run_common,
+                                source_root)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images/video pixel by pixel with a segmentation checkpoint",
-                       description="Segment every image or frame of SOURCE. Writes OUT/overlays/<stem>.jpg "
-                                   "(colour overlay), OUT/masks/<stem>.png (class index per pixel, 0 = background; "
-                                   "video frames are named <video>_<frame>), and with --save-json "
-                                   "OUT/predictions.json (COCO results, compressed RLE).")
+                       description="Segment every image or frame of SOURCE. For image sources writes "
+                                   "OUT/overlays/<path>.jpg (colour overlay) and OUT/masks/<path>.png (class index "
+                                   "per pixel, 0 = background), mirroring the source folder; for video and stream "
+                                   "sources OUT/<stem>.mp4 (per-frame files with --save-images, named "
+                                   "<video>_<frame>). With --save-json OUT/predictions.json (COCO segm results, "
+                                   "compressed RLE) and OUT/predictions_coco.json (COCO dataset file).")
     add_common(p)
-    p.add_argument("--save-json", action="store_true", help="also write OUT/predictions.json (COCO segm results)")
+    p.add_argument("--save-json", action="store_true",
+                   help="also write OUT/predictions.json (COCO segm results) and OUT/predictions_coco.json")
+    p.add_argument("--coco-gt", metavar="FILE",
+                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched by "
+                        "name) the JSON files use; implies --save-json")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
     p.add_argument("--no-masks", action="store_true", help="do not write mask PNGs")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
@@ -25,24 +32,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.engine.predict import Predictor
     from cvapps.errors import CvappsError
-    from cvapps.io.segm_sinks import CocoSegmJSON, MaskWriter, OverlayWriter
+    from cvapps.formats.coco import ImageIndex, read_coco_json
+    from cvapps.io.sinks import CocoSink, MaskImages, OverlayImages
 
     if not 0 <= args.alpha <= 1:
         raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
     out = Path(args.out)
+    root = source_root(args.source)
+    images, video = frame_outputs(args)
     predictor = Predictor.from_checkpoint(args.model, "segment", device=args.device, batch=args.batch)
     sinks: list = []
-    if not args.no_overlay:
-        sinks.append(OverlayWriter(out / "overlays", predictor.class_names, args.alpha))
-    if not args.no_masks:
-        sinks.append(MaskWriter(out / "masks"))
+    overlays = images and not args.no_overlay
+    if overlays:
+        sinks.append(OverlayImages(out / "overlays", predictor.class_names, args.alpha, root=root))
+    if images and not args.no_masks:
+        sinks.append(MaskImages(out / "masks", root=root))
     json_sink = None
-    if args.save_json:
-        json_sink = CocoSegmJSON(out / "predictions.json", predictor.category_ids)
+    gt = read_coco_json(args.coco_gt) if args.coco_gt else None
+    if args.save_json or gt is not None:
+        index = ImageIndex(root, gt, image_dir="overlays" if overlays else None)
+        json_sink = CocoSink(out / "predictions_coco.json", predictor.class_names, predictor.category_ids,
+                             results_path=out / "predictions.json", gt=gt, index=index)
         sinks.append(json_sink)
-    if not sinks:
+    extra = common_sinks(args, predictor, video=video, images=False)  # video/jsonl/show/serve (cli.predict)
+    if not sinks and not extra:
         raise CvappsError("nothing to write: drop --no-overlay or --no-masks, or add --save-json")
-    extra = common_sinks(args, predictor)  # --save-video/--save-jsonl/--show/--serve (cli.predict)
     report = run_common(args, predictor, sinks + extra)
     print(report.summary())
     print_written(extra)
@@ -50,5 +64,5 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if (out / sub).is_dir() and report.processed:
             print(f"wrote {out / sub}/")
     if json_sink is not None:
-        print(f"wrote {json_sink.path} ({len(json_sink.entries)} entries)")
+        print(f"wrote {json_sink.results_path} ({len(json_sink.results)} results) and {json_sink.path}")
     return exit_code(report)

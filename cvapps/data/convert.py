@@ -17,11 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
 from cvapps.checkpoint import atomic_write_text
 from cvapps.data.check import DetectionSplit, available_splits, load_detection_split
 from cvapps.errors import DataError
+from cvapps.formats.coco import dumps
+from cvapps.formats.yolo import read_data_yaml, write_data_yaml, write_yolo_labels
 
 
 def _check_writable(paths: list[Path], overwrite: bool) -> None:
@@ -60,16 +60,10 @@ def coco_to_yolo(root: str | Path, out: str | Path | None = None, splits: list[s
     for sp in loaded:
         _copy_images(sp, out)
         for rec in sp.records:
-            lines = []
-            for (x1, y1, x2, y2), label in zip(rec.boxes.tolist(), rec.labels.tolist()):
-                cx, cy = (x1 + x2) / 2 / rec.width, (y1 + y2) / 2 / rec.height
-                w, h = (x2 - x1) / rec.width, (y2 - y1) / rec.height
-                lines.append(f"{label} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
             path = out / "labels" / sp.split / f"{Path(rec.file_name).with_suffix('').as_posix()}.txt"
-            atomic_write_text(path, "".join(line + "\n" for line in lines))
-    data = {**{sp.split: f"images/{sp.split}" for sp in loaded}, "names": dict(enumerate(names)),
-            "category_ids": list(cat_ids)}
-    atomic_write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False))
+            write_yolo_labels(path, rec.boxes, rec.labels.tolist(), rec.width, rec.height)
+    write_data_yaml(out / "data.yaml", names, {sp.split: f"images/{sp.split}" for sp in loaded},
+                    {"category_ids": list(cat_ids)})
     return loaded
 
 
@@ -83,8 +77,7 @@ def yolo_to_coco(root: str | Path, out: str | Path | None = None, splits: list[s
     loaded = [load_detection_split(root, s, layout="yolo") for s in splits]
     if not loaded:
         raise DataError(f"{root}: no YOLO splits (labels/<split>/ + data.yaml) to convert")
-    meta = yaml.safe_load((root / "data.yaml").read_text(encoding="utf-8")) or {}
-    ids = meta.get("category_ids") if isinstance(meta, dict) else None
+    ids = read_data_yaml(root).get("category_ids")
     names = loaded[0].class_names
     if not (isinstance(ids, list) and len(ids) == len(names) and len(set(ids)) == len(ids)
             and all(isinstance(i, int) for i in ids)):
@@ -100,5 +93,5 @@ def yolo_to_coco(root: str | Path, out: str | Path | None = None, splits: list[s
             a["area"] = round(a["area"], 3)
         gt["categories"] = [{"id": cid, "name": n} for cid, n in zip(ids, names)]
         dataset = {"info": {"description": f"converted from YOLO txt ({sp.split})"}, "licenses": [], **gt}
-        atomic_write_text(out / "annotations" / f"{sp.split}.json", json.dumps(dataset))
+        atomic_write_text(out / "annotations" / f"{sp.split}.json", dumps(dataset))
     return loaded

@@ -1,22 +1,29 @@
 """Segmentation datasets: images with class-index mask PNGs, or masks rasterised from COCO.
 
 ``ROOT/images/<split>/*`` with ``ROOT/masks/<split>/<stem>.png`` (pixel = class index, 0 background,
-255 ignore) or ``ROOT/annotations/<split>.json`` (COCO polygons/RLE, rasterised with pycocotools).
-Bad masks (size differs from the image, values >= the class count other than 255) are reported with
-the file name and skipped when the split is scanned.
+255 ignore; :mod:`cvapps.formats.masks`) or ``ROOT/annotations/<split>.json`` (COCO polygons/RLE,
+read with the same check rules as detection by :func:`cvapps.formats.coco_checks.load_coco_split`
+and rasterised with pycocotools). Bad masks (size differs from the image, values >= the class count
+other than 255), bad annotations and unreadable images are reported with the file name and skipped
+when the split is scanned.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 from torch.utils.data import Dataset
+
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline
 from cvapps.errors import DataError, ImageReadError
+from cvapps.formats.coco import read_coco_json, rle_to_mask
+from cvapps.formats.coco_checks import load_coco_split, read_categories
+from cvapps.formats.masks import check_mask, read_mask
+from cvapps.formats.report import CheckReport, image_size
 from cvapps.io.images import IMAGE_EXTENSIONS, read_image
 
 
@@ -41,72 +48,15 @@ class SegmentExtra:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Single-channel class-index mask (PNG, 8 or 16 bit, grey or palette) -> HxW array.
-
-    PIL keeps palette indices (OpenCV would expand a palette PNG to colours). Raises
-    ImageReadError with a short reason.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "1"):
-                raise ImageReadError(path, f"mask must be single-channel class indices, got mode {img.mode}")
-            arr = np.array(img)
-    except ImageReadError:
-        raise
-    except FileNotFoundError:
-        raise ImageReadError(path, "mask file not found") from None
-    except Exception:  # noqa: BLE001 - PIL raises many types for broken files
-        raise ImageReadError(path, "unreadable or corrupt mask") from None
-    return arr.astype(np.int64) if arr.dtype != np.uint8 else arr
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image after its EXIF orientation, from the header only (no pixel decoding)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001
-        raise ImageReadError(path, "not an image or unreadable header") from None
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
-def check_mask(mask: np.ndarray, hw: tuple[int, int], num_classes: int) -> str | None:
-    """Why ``mask`` cannot be used with an image of size ``hw`` and ``num_classes`` classes, or None."""
-    if mask.shape != tuple(hw):
-        return f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {hw[1]}x{hw[0]}"
-    values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
-    if len(bad):
-        shown = ", ".join(str(int(v)) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        return f"mask values {shown} >= class count {num_classes} (only 0..{num_classes - 1} and {IGNORE_INDEX} allowed)"
-    return None
-
-
 def rasterize_coco(anns: list[tuple[int, Any, int]], height: int, width: int) -> np.ndarray:
     """COCO polygons/RLE -> HxW uint8 class-index mask (0 background, crowd regions 255).
 
     Larger objects are drawn first so smaller ones on top of them stay visible.
     """
-    from pycocotools import mask as mask_utils
-
     out = np.zeros((height, width), dtype=np.uint8)
     decoded = []
     for cls, segm, crowd in anns:
-        if isinstance(segm, list):  # polygons
-            if not segm:
-                continue
-            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(segm, height, width)
-        else:
-            rle = segm
-        m = mask_utils.decode(rle).astype(bool)
+        m = rle_to_mask(segm, height, width)
         decoded.append((int(m.sum()), cls, m, crowd))
     for _, cls, m, crowd in sorted(decoded, key=lambda t: -t[0]):
         out[m] = IGNORE_INDEX if crowd else cls
@@ -149,13 +99,11 @@ def _list_images(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def _coco_categories(path: Path) -> tuple[list[str], list[int], dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        cats = sorted(data["categories"], key=lambda c: c["id"])
-        return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats], data
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable COCO annotation file ({type(exc).__name__}: {exc})") from None
+def _coco_categories(path: Path) -> tuple[list[str], list[int]]:
+    """Names and ids (sorted by id) of a COCO file's categories, read with the check rules."""
+    cats = read_categories(read_coco_json(path), CheckReport(path.stem), path)
+    ids = sorted(cats)
+    return [str(cats[i]) for i in ids], ids
 
 
 def class_names_for(root: Path, names: list[str] | None) -> tuple[list[str], list[int]]:
@@ -167,7 +115,7 @@ def class_names_for(root: Path, names: list[str] | None) -> tuple[list[str], lis
     ann = root / "annotations" / "train.json"
     cat_names, cat_ids = ([], [])
     if ann.is_file():
-        cat_names, cat_ids, _ = _coco_categories(ann)
+        cat_names, cat_ids = _coco_categories(ann)
     if names:
         if cat_ids and len(cat_ids) + 1 != len(names):
             raise DataError(f"data.names has {len(names)} classes but {ann} has {len(cat_ids)} categories "
@@ -193,7 +141,8 @@ def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int]
                 skipped.append((str(img), f"no mask {mask_path.name} in {masks_dir}"))
                 continue
             try:
-                reason = check_mask(read_mask(mask_path), image_size(img), num_classes)
+                w, h = image_size(img)
+                reason = check_mask(read_mask(mask_path), (h, w), num_classes)
             except ImageReadError as exc:
                 skipped.append((exc.path, exc.reason))
                 continue
@@ -202,31 +151,35 @@ def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int]
                 continue
             samples.append(SegSample(str(img), str(mask_path)))
     elif ann.is_file():
-        _, _, data = _coco_categories(ann)
-        index_of = {cid: i for i, cid in enumerate(category_ids) if i > 0}
-        by_image: dict[int, list] = {}
-        for a in data.get("annotations", []):
-            by_image.setdefault(a.get("image_id"), []).append(a)
-        for info in sorted(data.get("images", []), key=lambda d: d["id"]):
-            path = images_dir / info["file_name"]
-            anns, bad = [], None
-            for a in by_image.get(info["id"], []):
-                if a.get("category_id") not in index_of:
-                    bad = f"annotation {a.get('id')} has category_id {a.get('category_id')} not in the categories"
-                    break
-                if "segmentation" in a:
-                    anns.append((index_of[a["category_id"]], a["segmentation"], int(a.get("iscrowd", 0))))
-            if bad is None:
-                try:
-                    hw = image_size(path)
-                    if hw != (info["height"], info["width"]):
-                        bad = f"image is {hw[1]}x{hw[0]} but {ann.name} says {info['width']}x{info['height']}"
-                except ImageReadError as exc:
-                    bad = exc.reason
-            if bad:
-                skipped.append((str(path), bad))
-                continue
-            samples.append(SegSample(str(path), None, info["height"], info["width"], anns))
+        samples = _coco_samples(root, split, category_ids, skipped)
     else:
         raise DataError(f"no masks for {images_dir}: expected {masks_dir}/<stem>.png or {ann}")
+    return samples
+
+
+def _coco_samples(root: Path, split: str, category_ids: list[int],
+                  skipped: list[tuple[str, str]]) -> list[SegSample]:
+    """Samples of a COCO-annotated split: the data-check rules drop bad entries (each reported in
+    ``skipped`` against the annotation file); an image whose file differs in size from its entry,
+    or with an object of a category that is not a class, is skipped."""
+    ann = root / "annotations" / f"{split}.json"
+    checked = load_coco_split(root, split, segments=True)
+    skipped += [(str(ann), problem) for problem in checked.report.problems]
+    index_of = {cid: i for i, cid in enumerate(category_ids) if i > 0}
+    samples: list[SegSample] = []
+    for rec in checked.records:
+        bad = next((f"category_id {cid} is not one of the classes" for cid, _, _ in rec.segments
+                    if cid not in index_of), None)
+        if bad is None:
+            try:
+                w, h = image_size(rec.path)
+                if (h, w) != (rec.height, rec.width):
+                    bad = f"image is {w}x{h} but {ann.name} says {rec.width}x{rec.height}"
+            except ImageReadError as exc:
+                bad = exc.reason
+        if bad:
+            skipped.append((str(rec.path), bad))
+            continue
+        samples.append(SegSample(str(rec.path), None, rec.height, rec.width,
+                                 [(index_of[cid], segm, crowd) for cid, segm, crowd in rec.segments]))
     return samples

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cvapps.engine.device import progress_interval
 from cvapps.engine.predict import Predictor
 from cvapps.errors import CvappsError
-from cvapps.io.sinks import Sink
+from cvapps.io.sinks import Sink, close_all
 from cvapps.io.sources import Source, open_source
 
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
@@ -208,17 +208,17 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
         if writer is not None and writer.is_alive():  # an exception skipped finish(): stop it now
             writer.abort.set()
             writer.finish()
-        errors = []
-        for sink in sinks:
-            try:
-                sink.close()
-            except Exception as exc:  # noqa: BLE001 - close the others, then report
-                errors.append(exc)
+        # all-or-nothing: whole-file outputs are moved into place only if every sink closed and the
+        # run did not fail (a run stopped by Ctrl-C, even twice, is complete up to where it stopped)
+        stopped = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        errors = close_all(sinks, commit=completed or stopped)
+        if errors and not completed and report.processed:
+            print(errors[-1], file=sys.stderr)
         report.wall_s = time.perf_counter() - t_start
         report.timings = {k: predictor.timings.get(k, 0.0) - before.get(k, 0.0) for k in STAGES if k != "write"}
         report.timings["write"] = writer.write_s if writer is not None else 0.0
         if errors and completed:
-            raise errors[0]
+            raise CvappsError(errors[-1])
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return report

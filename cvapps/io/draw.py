@@ -1,13 +1,17 @@
-"""Drawing detections on images (OpenCV): boxes, class names and scores in a fixed palette."""
+"""Drawing any prediction on an image (OpenCV): boxes with class names and scores in a fixed palette,
+mask overlays (:mod:`cvapps.io.overlay`) and a class label; used by every annotated output."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
-from cvapps.structures import Detections
+from cvapps.io.overlay import overlay_mask
+from cvapps.structures import Classification, Detections, SegmentationMask
+
+Draw = Callable[[np.ndarray, Any], np.ndarray]
 
 # A fixed palette (BGR) so a class keeps its colour across images, runs and models.
 PALETTE: list[tuple[int, int, int]] = [
@@ -44,3 +48,38 @@ def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequenc
                     max(1, t - 1), cv2.LINE_AA)
     return out
 
+
+
+def _label(image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
+    scale = max(0.4, min(image.shape[:2]) / 600)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    y = max(th + base, y)
+    cv2.rectangle(image, (x, y - th - base), (x + tw, y), colour, -1)
+    cv2.putText(image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[str]) -> np.ndarray:
+    """A copy of ``image`` (HxWx3 BGR uint8) with ``prediction`` drawn on it.
+
+    Detections: boxes (xyxy, original pixels) with "name score" (:func:`draw_detections`);
+    SegmentationMask: classes blended at 50 % with a legend (:func:`cvapps.io.overlay.overlay_mask`;
+    class index = mask value, background 0 first in ``class_names``); Classification: "name score"
+    top left.
+    """
+    if isinstance(prediction, Detections):
+        return draw_detections(image, prediction, class_names)
+    if isinstance(prediction, SegmentationMask):
+        mask = np.asarray(prediction.mask)
+        return overlay_mask(image, np.where(mask == 255, 0, mask).astype(np.uint8), class_names=list(class_names))
+    out = image.copy()
+    if isinstance(prediction, Classification):
+        label = prediction.label
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        _label(out, f"{name} {prediction.score:.2f}", 4, 4, color(label))
+    return out
+
+
+def make_drawer(class_names: Sequence[str]) -> Draw:
+    """``draw(image, prediction) -> image`` for the given class names (see :func:`draw_prediction`)."""
+    names = list(class_names)
+    return lambda image, prediction: draw_prediction(image, prediction, names)

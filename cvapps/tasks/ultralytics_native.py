@@ -298,8 +298,8 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     YOLO txt (class cx cy w h, normalised) from the checked COCO or YOLO annotations. The user's
     dataset is only read. Returns the data.yaml path.
     """
-    from cvapps.checkpoint import atomic_write_text
     from cvapps.data.check import available_splits, load_detection_split
+    from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 
     root = Path(root)
     if not root.is_dir():
@@ -325,17 +325,12 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
                 link.symlink_to(rec.path.resolve())
             except OSError:
                 shutil.copyfile(rec.path, link)
-            w, h = float(rec.width), float(rec.height)
-            lines = [f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
-                     f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}" for b, c in zip(rec.boxes, rec.labels)]
-            (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+            write_yolo_labels(lbl_dir / f"{stem}.txt", rec.boxes, rec.labels.tolist(), rec.width, rec.height)
     val = "val" if "val" in splits else "train"
     if val == "train":
         print(f"note: {root} has no val split; ultralytics validates on the train split", file=sys.stderr)
-    spec = {"path": str(dest.resolve()), "train": "images/train", "val": f"images/{val}",
-            "names": dict(enumerate(class_names or []))}
-    atomic_write_text(dest / "data.yaml", yaml.safe_dump(spec, sort_keys=False))
-    return dest / "data.yaml"
+    return write_data_yaml(dest / "data.yaml", class_names or [], {"train": "images/train", "val": f"images/{val}"},
+                           {"path": str(dest.resolve())})
 
 
 def read_results_csv(path: Path) -> list[dict[str, float]]:

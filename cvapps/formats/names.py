@@ -1,0 +1,81 @@
+"""Names of images and video frames in every output: one rule for each, used by all writers.
+
+* A video or stream frame is named ``<source>#frame=<index, 6 digits>`` (:func:`frame_name`,
+  :func:`parse_frame_name`); in output files a video file's frame keeps only the file name
+  (``clip.mp4#frame=000123``), a stream URL is kept whole.
+* A per-frame output file (annotated image, overlay, mask) goes to ``<relative path>`` for images
+  under the source folder (the input tree is mirrored), ``<file name>`` for other images and
+  ``<video stem>_<index>`` for video frames (``stream_<index>`` for URLs) (:func:`output_relpath`).
+* A name that is not valid UTF-8 (a file name of undecodable bytes, held by Python as lone
+  surrogates) is written with those bytes backslash-escaped (``bad\\xffname.png``) so text writers
+  never fail on it (:func:`safe_name`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+FRAME_TAG = "#frame="
+_FRAME = re.compile(r"^(?P<video>.*)#frame=(?P<index>\d+)$", re.DOTALL)
+
+
+def frame_name(video: str, index: int) -> str:
+    """``frame_name("clip.mp4", 7) == "clip.mp4#frame=000007"``."""
+    return f"{video}{FRAME_TAG}{int(index):06d}"
+
+
+def parse_frame_name(source: str) -> tuple[str, int] | None:
+    """``"a/clip.mp4#frame=000123" -> ("a/clip.mp4", 123)``; None for a still image's path."""
+    m = _FRAME.match(str(source))
+    return (m["video"], int(m["index"])) if m else None
+
+
+def safe_name(name: str) -> str:
+    """``name`` with undecodable file-name bytes backslash-escaped (always encodable as UTF-8)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace") if _has_surrogates(name) else name
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _under(path: str, root: str | Path | None) -> PurePosixPath | None:
+    if root is None:
+        return None
+    try:
+        rel = Path(os.path.relpath(path, root))
+    except ValueError:  # another drive on Windows
+        return None
+    return None if rel.parts[:1] == ("..",) else PurePosixPath(rel.as_posix())
+
+
+def frame_file_name(source: str, root: str | Path | None = None) -> str:
+    """The name a frame has in JSON outputs when no image of it is written: a video file's frame
+    ``clip.mp4#frame=000123``, a stream frame its URL with the tag, an image under ``root`` its
+    path relative to ``root``, any other image its file name."""
+    parsed = parse_frame_name(source)
+    if parsed is not None:
+        video, index = parsed
+        return safe_name(frame_name(video if "://" in video else Path(video).name, index))
+    rel = _under(source, root)
+    return safe_name(rel.as_posix() if rel is not None else Path(source).name)
+
+
+def output_relpath(source: str, root: str | Path | None = None, ext: str | None = None) -> PurePosixPath:
+    """Where a per-frame output file of ``source`` goes, relative to its output folder.
+
+    ext: replace the suffix (``".png"`` for masks); video frames always get one (default ``.jpg``).
+    """
+    parsed = parse_frame_name(source)
+    if parsed is not None:
+        video, index = parsed
+        stem = "stream" if "://" in video else (re.sub(r"[^\w.\-]+", "_", Path(video).stem) or "video")
+        return PurePosixPath(f"{stem}_{index:06d}{ext or '.jpg'}")
+    rel = _under(source, root) or PurePosixPath(Path(source).name)
+    return rel.with_suffix(ext) if ext else rel

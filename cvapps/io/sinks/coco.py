@@ -1,0 +1,107 @@
+"""The one COCO sink: detections, masks and frames of any source -> a COCO dataset file (and a results list).
+
+* ``path`` (``predictions_coco.json``): ``{"info", "images", "annotations", "categories"}``; images
+  from :class:`~cvapps.formats.coco.ImageIndex` (the one image-id and file-name rule; video frames
+  also carry ``frame_index`` and ``timestamp``), annotations carry ``score``:
+  Detections -> ``bbox`` [x, y, w, h] + ``area``; SegmentationMask -> one RLE ``segmentation`` per
+  class present + ``bbox`` + ``area``; Classification -> no annotation (images only).
+* ``results_path`` (``predictions.json``), if given: the COCO results list of the same predictions
+  (bbox results, or segm results with RLE), or the one empty-result placeholder when nothing was
+  found (:func:`cvapps.formats.coco.empty_results`).
+
+Categories: ``category_ids[i]`` is the COCO id of class i (default i + 1); a class named
+``background`` with id 0 (segmentation) gets no category. With ``gt`` (``--coco-gt``) ids follow the
+ground truth: images matched by file_name, categories by name; unmatched frames are left out.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pycocotools import mask as mask_utils
+
+from cvapps.formats.coco import (ImageIndex, detections_to_results, dumps, empty_results, gt_category_ids,
+                                 mask_to_results)
+from cvapps.formats.names import parse_frame_name
+from cvapps.io.sinks.base import StagedSink
+from cvapps.structures import Classification, Detections, Frame, SegmentationMask
+
+
+class CocoSink(StagedSink):
+    def __init__(self, path: str | Path, class_names: Sequence[str], category_ids: Sequence[int] | None = None, *,
+                 results_path: str | Path | None = None, root: str | Path | None = None,
+                 gt: dict[str, Any] | None = None, index: ImageIndex | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.results_path = Path(results_path) if results_path is not None else None
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.class_names) + 1))
+        if gt is not None:
+            self.category_ids, missing = gt_category_ids(gt, self.class_names, self.category_ids)
+            if missing:
+                print(f"warning: classes {missing} are not in --coco-gt's categories; they keep the model's ids",
+                      file=sys.stderr)
+        self.index = index if index is not None else ImageIndex(root, gt)
+        self.info = info or {"description": "cvapps predictions"}
+        self.images: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self._ids: set[int] = set()
+
+    @property
+    def categories(self) -> list[dict[str, Any]]:
+        return [{"id": cid, "name": name, "supercategory": ""} for cid, name in zip(self.category_ids, self.class_names)
+                if not (cid == 0 and name == "background")]
+
+    def write(self, frame: Frame, prediction: Any) -> None:
+        h, w = frame.image.shape[:2]
+        extra = {}
+        if parse_frame_name(frame.source) is not None:
+            extra = {"frame_index": frame.index, "timestamp": round(frame.timestamp, 4)}
+        image = self.index.lookup(frame.source, w, h, **extra)
+        if image is None:
+            return  # not in --coco-gt (counted by the index)
+        if image["id"] not in self._ids:
+            self._ids.add(image["id"])
+            self.images.append(image)
+        if isinstance(prediction, Detections):
+            self.results += detections_to_results(prediction, image["id"], self.category_ids)
+        elif isinstance(prediction, SegmentationMask):
+            self.results += mask_to_results(prediction.mask, prediction.scores, image["id"], self.category_ids)
+        elif not isinstance(prediction, Classification):
+            raise TypeError(f"cannot write a {type(prediction).__name__} prediction to COCO")
+
+    def dataset(self) -> dict[str, Any]:
+        """The dataset dict: images, categories and annotations (with score)."""
+        anns = []
+        for i, r in enumerate(self.results, 1):
+            ann = {"id": i, **r, "iscrowd": 0}
+            if "segmentation" in r:
+                ann["bbox"] = [round(float(v), 2) for v in mask_utils.toBbox(r["segmentation"])]
+                ann["area"] = float(mask_utils.area(r["segmentation"]))
+            else:
+                ann["area"] = round(r["bbox"][2] * r["bbox"][3], 2)
+            anns.append(ann)
+        return {"info": self.info, "licenses": [], "images": self.images, "annotations": anns,
+                "categories": self.categories}
+
+    def results_for_file(self) -> list[dict[str, Any]]:
+        """The results list; the empty-result placeholder when nothing was found in any image."""
+        if self.results or not self.images or not self.categories:
+            return self.results
+        first = self.images[0]
+        return empty_results(first["id"], self.categories[0]["id"], first["height"], first["width"])
+
+    @property
+    def targets(self) -> list[Path]:
+        return [p for p in (self.results_path, self.path) if p is not None]
+
+    def prepare(self) -> None:
+        if self.results_path is not None:
+            self.stage_text(self.results_path, dumps(self.results_for_file()))
+        self.stage_text(self.path, dumps(self.dataset()))
+        if self.index.unmatched:
+            print(f"warning: {self.index.unmatched} images are not in --coco-gt (matched by file_name) and were "
+                  f"left out of the JSON files, e.g. {self.index.unmatched_example}", file=sys.stderr)
