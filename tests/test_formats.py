@@ -214,7 +214,7 @@ def test_merge_json_refusals(tmp_path: Path, capsys) -> None:
         ([str(a), str(a), str(b)], "one of the inputs"),
         ([str(tmp_path / "m.json"), str(a), str(tmp_path / "." / "a.json")], "given twice"),
         ([str(tmp_path), str(a), str(b)], "is a folder"),
-        (["/proc/cvapps_merged.json", str(a), str(b)], "cannot write"),
+        (["/proc/cvapps_merged.json", str(a), str(b)], "could not write"),
     ]
     nan = tmp_path / "nan.json"
     nan.write_text('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": NaN}]')

@@ -99,7 +99,7 @@ def test_merge_json_output_may_not_be_an_input(tmp_path: Path, capsys) -> None:
     before = tree_digest(tmp_path)
     assert main(["merge-json", str(a), str(a), str(b)]) == 1
     err = capsys.readouterr().err
-    assert "is an input of this command" in err and err.count("\n") == 1
+    assert "is one of the inputs" in err and err.count("\n") == 1
     assert tree_digest(tmp_path) == before
 
 
@@ -212,7 +212,7 @@ def test_train_without_usable_annotations_is_an_error(shapes: Path, tmp_path: Pa
     for split in ("train", "val"):
         doc = json.loads((shapes / "annotations" / f"{split}.json").read_text())
         if split == "train":  # every box malformed: dropped by the data-check rules
-            doc["annotations"] = [{**a, "bbox": "oops"} for a in doc["annotations"]]
+            doc["annotations"] = [{**a, "bbox": "oops", "segmentation": "oops"} for a in doc["annotations"]]
         (root / "annotations" / f"{split}.json").write_text(json.dumps(doc))
     cfg = load_config(ROOT / "configs/yolo_shapes.yaml", [f"data.root={root}", f"out={tmp_path / 'r'}",
                                                           "data.imgsz=64", "data.workers=0", "train.device=cpu"])
