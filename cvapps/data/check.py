@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from cvapps.errors import DataError, ImageReadError
-from cvapps.io.images import IMAGE_EXTENSIONS
+from cvapps.io.images import IMAGE_EXTENSIONS, image_size
 
 # Problem kinds in report order, with the words used in summaries.
 PROBLEM_KINDS: dict[str, str] = {
@@ -133,20 +133,6 @@ def _is_number(v: Any) -> bool:
 
 def _is_id(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header alone, after EXIF orientation (as :func:`read_image` returns it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-    except Exception as exc:  # PIL raises many types for broken files
-        raise ImageReadError(path, f"cannot read image header ({type(exc).__name__})") from None
-    return int(w), int(h)
 
 
 def _inside(path: Path, root: Path) -> bool:

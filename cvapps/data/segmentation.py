@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline
 from cvapps.errors import DataError, ImageReadError
-from cvapps.io.images import IMAGE_EXTENSIONS, read_image
+from cvapps.io.images import IMAGE_EXTENSIONS, image_size, read_image
 
 
 @dataclass
@@ -61,19 +61,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files
         raise ImageReadError(path, "unreadable or corrupt mask") from None
     return arr.astype(np.int64) if arr.dtype != np.uint8 else arr
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image after its EXIF orientation, from the header only (no pixel decoding)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001
-        raise ImageReadError(path, "not an image or unreadable header") from None
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def check_mask(mask: np.ndarray, hw: tuple[int, int], num_classes: int) -> str | None:
@@ -193,7 +180,8 @@ def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int]
                 skipped.append((str(img), f"no mask {mask_path.name} in {masks_dir}"))
                 continue
             try:
-                reason = check_mask(read_mask(mask_path), image_size(img), num_classes)
+                w, h = image_size(img)  # (w, h); masks are (h, w) arrays
+                reason = check_mask(read_mask(mask_path), (h, w), num_classes)
             except ImageReadError as exc:
                 skipped.append((exc.path, exc.reason))
                 continue
@@ -218,9 +206,9 @@ def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int]
                     anns.append((index_of[a["category_id"]], a["segmentation"], int(a.get("iscrowd", 0))))
             if bad is None:
                 try:
-                    hw = image_size(path)
-                    if hw != (info["height"], info["width"]):
-                        bad = f"image is {hw[1]}x{hw[0]} but {ann.name} says {info['width']}x{info['height']}"
+                    w, h = image_size(path)
+                    if (w, h) != (info["width"], info["height"]):
+                        bad = f"image is {w}x{h} but {ann.name} says {info['width']}x{info['height']}"
                 except ImageReadError as exc:
                     bad = exc.reason
             if bad:
