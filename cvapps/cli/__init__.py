@@ -7,8 +7,13 @@ user's input (:class:`~cvapps.errors.CvappsError`) print as one line and exit no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 from cvapps import __version__
 from cvapps.errors import CvappsError
@@ -46,6 +51,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def quiet_output(enabled: bool) -> Iterator[None]:
+    """``--quiet``: nothing on stderr but errors, for the duration of the command.
+
+    Library chatter is switched off at its source (ultralytics' logger and progress bars via
+    ``YOLO_VERBOSE``, OpenCV's log level, Python warnings); what native code (OpenCV, FFmpeg)
+    still prints to file descriptor 2 goes to the null device, while Python's ``sys.stderr``
+    keeps writing to the real stderr, so cvapps' own one-line errors still show.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ["YOLO_VERBOSE"] = "False"  # read when ultralytics is first imported
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at FFmpeg's first use
+    logging.getLogger("ultralytics").setLevel(logging.ERROR)  # in case it is imported already
+    import cv2  # noqa: PLC0415 - heavy; only a quiet run needs it this early
+
+    previous_level = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
+    cv2.setLogLevel(2)  # LOG_LEVEL_ERROR: no OpenCV warnings
+    saved_fd: int | None = None
+    old_stderr = sys.stderr
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        saved_fd = os.dup(2)
+        if old_stderr.fileno() == 2:  # else a test harness has replaced sys.stderr: leave it
+            sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=old_stderr.encoding,
+                                   errors="backslashreplace")
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 here: the log levels must do
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_fd is not None:
+            if sys.stderr is not old_stderr:
+                sys.stderr.flush()
+                sys.stderr.close()
+                sys.stderr = old_stderr
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        if previous_level is not None:
+            cv2.setLogLevel(previous_level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -55,14 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        result = args.func(args)
-    except CvappsError as exc:
-        print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with quiet_output(bool(getattr(args, "quiet", False))):
+        try:
+            result = args.func(args)
+        except CvappsError as exc:
+            print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     return int(result or 0)
 
 

@@ -22,7 +22,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no timing report")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing on stderr but errors (no progress bar, timing report, library logs "
+                        "or OpenCV/FFmpeg warnings)")
+    p.add_argument("--max-file-mb", type=float, default=None, metavar="MB",
+                   help="skip (and report) input files larger than this before reading them "
+                        "(default $CVAPPS_MAX_FILE_MB, else 256)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="process only items I, I+N, I+2N, ... (0-based I); run N processes with I=0..N-1 "
                         "to split a folder or video")
@@ -61,13 +66,17 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     if getattr(args, "save_jsonl", False):
         sinks.append(JsonLinesSink(out / "predictions.jsonl", predictor.class_names, root=root))
     if getattr(args, "show", False) or getattr(args, "serve", None):
-        from cvapps.io.preview import MJPEGServer, PreviewWindow
+        from cvapps.io.preview import MJPEGServer, PreviewWindow, exposure_warning
 
         if args.show:
             sinks.append(PreviewWindow(draw))
         if args.serve:
             server = MJPEGServer(args.serve, draw)
-            print(f"serving the live preview at {server.url}", file=sys.stderr)
+            warning = exposure_warning(server.host, server.port)
+            if warning:  # printed even with --quiet: it is about who can see the user's stream
+                print(warning, file=sys.stderr)
+            if not getattr(args, "quiet", False):
+                print(f"serving the live preview at {server.url}", file=sys.stderr)
             sinks.append(server)
     return sinks
 
@@ -79,7 +88,9 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     stopped by Ctrl-C/SIGTERM (``report.interrupted``).
     """
     from cvapps.engine.runner import run_source
+    from cvapps.io.images import set_max_file_mb
 
+    set_max_file_mb(getattr(args, "max_file_mb", None))
     report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
                         vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
                         buffer=True if getattr(args, "buffer", False) else None,
