@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -439,3 +440,43 @@ def test_folder_symlink_cycle_terminates(tmp_path: Path) -> None:
     (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
     with open_source(tmp_path) as src:
         assert [Path(f.source).name for f in src] == ["a.png"]
+
+
+def test_hostile_entries_in_a_folder_are_reported(tmp_path: Path) -> None:
+    """Issue 17: a FIFO, a symlink to /dev/zero, a file over the cap and symlink loops are skipped
+    with a reason (none read, none hangs); the good image is still processed."""
+    from cvapps.io.images import set_max_file_mb
+
+    cv2.imwrite(str(tmp_path / "good.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "huge.bmp"), np.zeros((800, 800, 3), np.uint8))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")  # ELOOP
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
+    set_max_file_mb(1)
+    try:
+        with open_source(tmp_path) as src:
+            frames = list(src)
+    finally:
+        set_max_file_mb(None)
+    assert [Path(f.source).name for f in frames] == ["good.png"]
+    skipped = {Path(p).relative_to(tmp_path).as_posix(): reason for p, reason in src.skipped}
+    assert "file too large" in skipped["huge.bmp"]
+    assert "not a regular file" in skipped["zero.jpg"]
+    assert skipped["loop.jpg"] == "symlink loop"
+    assert "symlink loop" in skipped["sub/up"]
+    if hasattr(os, "mkfifo"):
+        assert "not a regular file" in skipped["fifo.jpg"]
+
+
+def test_fifo_as_single_source_is_skipped(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(tmp_path / "x.jpg")
+    with open_source(tmp_path / "x.jpg") as src:
+        assert list(src) == [] and "not a regular file" in src.skipped[0][1]
+    os.mkfifo(tmp_path / "clip.mp4")
+    with pytest.raises(CvappsError, match="not a regular file"):
+        open_source(tmp_path / "clip.mp4")

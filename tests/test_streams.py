@@ -232,3 +232,26 @@ def test_ffmpeg_complaint_parsing() -> None:
     text = "[http @ 0x5600727] Stream ends prematurely at 102400, should be 1\n[ WARN:0@0.3] global cap.cpp:212 open\n"
     assert ffmpeg_complaint(text) == "http: Stream ends prematurely at 102400, should be 1"
     assert ffmpeg_complaint("") == ""
+
+
+def test_quiet_stream_run_prints_nothing_on_stderr(ts_bytes: bytes, tmp_path: Path) -> None:
+    """Issue 11: --quiet silences OpenCV/FFmpeg warnings (here: timeouts while reconnecting a
+    stalled stream, printed by native code in the reader thread) and the progress bar; the same
+    run without --quiet shows them, so the test can fail."""
+    from tiny_checkpoints import SHAPES, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "cls.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
+    stderr = {}
+    for quiet in (False, True):
+        server = Server("stall", ts_bytes, life_s=60, stall_at=len(ts_bytes) // 2)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "cvapps", "classify", f"{server.url}/cam.ts", "--model",
+                                   str(ckpt), "--out", str(tmp_path / f"out{quiet}"), "--reconnect", "1",
+                                   "--buffer", "--device", "cpu", *(["--quiet"] if quiet else [])],
+                                  capture_output=True, text=True, timeout=GUARD_S)
+        finally:
+            server.stop()
+        assert proc.returncode == 0, proc.stderr
+        stderr[quiet] = proc.stderr
+    assert "WARN" in stderr[False] or "timeout" in stderr[False]
+    assert stderr[True] == ""

@@ -67,10 +67,12 @@ def quiet_output(enabled: bool) -> Iterator[None]:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at FFmpeg's first use
     logging.getLogger("ultralytics").setLevel(logging.ERROR)  # in case it is imported already
-    import cv2  # noqa: PLC0415 - heavy; only a quiet run needs it this early
+    import cv2  # heavy: imported here so that `cvapps --help` stays fast
 
-    previous_level = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
-    cv2.setLogLevel(2)  # LOG_LEVEL_ERROR: no OpenCV warnings
+    cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    previous_level = cv_logging.getLogLevel() if cv_logging is not None else None
+    if cv_logging is not None:
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_ERROR)  # no OpenCV warnings
     saved_fd: int | None = None
     old_stderr = sys.stderr
     try:
@@ -96,8 +98,8 @@ def quiet_output(enabled: bool) -> Iterator[None]:
                 sys.stderr = old_stderr
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
-        if previous_level is not None:
-            cv2.setLogLevel(previous_level)
+        if cv_logging is not None and previous_level is not None:
+            cv_logging.setLogLevel(previous_level)
 
 
 def main(argv: list[str] | None = None) -> int:
