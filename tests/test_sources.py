@@ -480,3 +480,12 @@ def test_fifo_as_single_source_is_skipped(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "clip.mp4")
     with pytest.raises(CvappsError, match="not a regular file"):
         open_source(tmp_path / "clip.mp4")
+
+
+def test_stream_that_opens_but_never_decodes_is_an_error() -> None:
+    """Issue 11: no decodable frame is an error naming the source, not an empty, successful run."""
+    counter = [0]
+    src = StreamSource("rtsp://u:pw@cam/live", capture_factory=lambda _: FakeCapture(counter, fail_after=0),
+                       buffer=True, reconnect_s=0.3)
+    with src, pytest.raises(CvappsError, match=r"^stream rtsp://u:\*\*\*@cam/live: no decodable video frame"):
+        list(src)
