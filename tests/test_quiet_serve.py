@@ -51,3 +51,24 @@ def test_quiet_run_prints_nothing_on_stderr(tmp_path: Path, command: str) -> Non
         loud = subprocess.run([*base, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env,
                               cwd=tmp_path, timeout=300)
         assert loud.returncode == 0 and "frames/s" in loud.stderr
+
+
+def test_max_file_mb_option_skips_big_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cvapps.cli import main
+    from cvapps.io.images import DEFAULT_MAX_FILE_MB, max_file_bytes
+    from tiny_checkpoints import SHAPES, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "cls.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "small.png"), np.zeros((20, 20, 3), np.uint8))
+    cv2.imwrite(str(folder / "big.bmp"), np.zeros((800, 800, 3), np.uint8))  # 1.9 MB
+    rc = main(["classify", str(folder), "--model", str(ckpt), "--out", str(tmp_path / "o"), "--quiet",
+               "--device", "cpu", "--max-file-mb", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "big.bmp: file too large" in err and "small.png" not in err
+    assert (tmp_path / "o" / "predictions.csv").read_text().count("small.png") == 1
+    assert max_file_bytes() == DEFAULT_MAX_FILE_MB << 20  # the option does not outlive the command
+    assert main(["classify", str(folder), "--model", str(ckpt), "--out", str(tmp_path / "o2"),
+                 "--max-file-mb", "0"]) == 1

@@ -34,7 +34,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer", action="store_true",
                    help="live sources (webcam, stream URL): keep every frame instead of only the newest")
     p.add_argument("--reconnect", type=float, default=10.0, metavar="SECONDS",
-                   help="live sources: keep reconnecting a stalled stream this long before finishing (default 10)")
+                   help="live sources (webcam, any URL): keep reconnecting a stalled stream this long before "
+                        "finishing; also the longest a frozen server can hold one open or read (default 10)")
     p.add_argument("--save-video", action="store_true",
                    help="write OUT/<source name>.mp4 with the predictions drawn (same fps and size as the input)")
     p.add_argument("--save-images", action="store_true", help="write each annotated frame to OUT/annotated/")
@@ -88,13 +89,13 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     stopped by Ctrl-C/SIGTERM (``report.interrupted``).
     """
     from cvapps.engine.runner import run_source
-    from cvapps.io.images import set_max_file_mb
+    from cvapps.io.images import file_size_cap
 
-    set_max_file_mb(getattr(args, "max_file_mb", None))
-    report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
-                        vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
-                        buffer=True if getattr(args, "buffer", False) else None,
-                        reconnect_s=getattr(args, "reconnect", 10.0))
+    with file_size_cap(getattr(args, "max_file_mb", None)):
+        report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
+                            vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
+                            buffer=True if getattr(args, "buffer", False) else None,
+                            reconnect_s=getattr(args, "reconnect", 10.0))
     if not args.quiet:
         print(report.timing_report(), file=sys.stderr)
     return report

@@ -20,6 +20,7 @@ Behaviour verified against OpenCV 5.0 (see ``tests/test_io_images.py``):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -27,6 +28,7 @@ import re
 import stat
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -41,6 +43,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "DEFAULT_MAX_FILE_MB",
+    "file_size_cap",
     "image_size",
     "max_file_bytes",
     "read_file_bytes",
@@ -163,6 +166,19 @@ def set_max_file_mb(mb: float | None) -> None:
     if mb is not None and not mb > 0:
         raise CvappsError(f"--max-file-mb must be > 0, got {mb:g}")
     _max_file_mb = mb
+
+
+@contextlib.contextmanager
+def file_size_cap(mb: float | None) -> Iterator[None]:
+    """Within the block, the file-size cap is ``mb`` MiB (None: leave it as it is)."""
+    global _max_file_mb
+    previous = _max_file_mb
+    if mb is not None:
+        set_max_file_mb(mb)
+    try:
+        yield
+    finally:
+        _max_file_mb = previous
 
 
 def _stat_reason(e: OSError) -> str:
