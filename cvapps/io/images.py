@@ -5,9 +5,14 @@ returns an HxWx3 BGR uint8 array with the EXIF orientation applied, or raises
 :class:`~cvapps.errors.ImageReadError` with a short, user-facing reason so callers can skip the
 file and report ``path: reason``.
 
-Decoding goes through ``cv2.imdecode`` (fast, reads the bytes once). PIL is used only to read the
-header lazily (format, size, for the decompression-bomb check before any pixels are decoded) and
-as a fallback decoder for formats or modes OpenCV rejects.
+Decoding goes through ``cv2.imdecode`` (fast, reads the bytes once). Before it, the image size is
+read from the header for the decompression-bomb check, for every format OpenCV decodes: by
+:mod:`cvapps.io.headers` (HDR, EXR, PFM, PNM/PAM, Sun Raster) or by PIL's lazy ``Image.open``;
+bytes neither recognises are refused. PIL is also the fallback decoder for formats or modes
+OpenCV rejects. Only regular files up to the size cap (:func:`max_file_bytes`, 256 MiB by
+default) are read; FIFOs and devices are refused from ``stat``, before they are opened.
+
+Sizes are ``(w, h)`` throughout (:func:`image_size`); array shapes are ``(h, w)``.
 
 Behaviour verified against OpenCV 5.0 (see ``tests/test_io_images.py``):
 
@@ -238,20 +243,23 @@ def _probe(path: object, data: bytes) -> tuple[Image.Image | None, tuple[int, in
     bytes neither recognises are refused, never handed to a decoder whose size is unknown.
     """
     pil: Image.Image | None = None
-    try:
-        pil = _pil_open(io.BytesIO(data))
-        size = pil.size
-    except Image.DecompressionBombError as e:  # > 2x PIL's limit: only the pixel count is known
-        m = re.search(r"\((\d+) pixels\)", str(e))
-        count = f"{m.group(1)} pixels" if m else "pixels"
-        raise ImageReadError(path, f"image too large ({count} > {MAX_IMAGE_PIXELS})") from None
-    except UnidentifiedImageError:
-        found = header_size(data[:HEAD_BYTES])
-        if found is None:
-            raise ImageReadError(path, "not an image (unrecognised format)") from None
+    # Our parsers first: they match the signatures OpenCV's own decoders use for these formats,
+    # so a file that some Pillow plugin would also accept cannot slip past with another size.
+    found = header_size(data[:HEAD_BYTES])
+    if found is not None:
         size = found
-    except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
-        raise ImageReadError(path, "truncated or corrupt image data") from None
+    else:
+        try:
+            pil = _pil_open(io.BytesIO(data))
+            size = pil.size
+        except Image.DecompressionBombError as e:  # > 2x PIL's limit: only the pixel count is known
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            count = f"{m.group(1)} pixels" if m else "pixels"
+            raise ImageReadError(path, f"image too large ({count} > {MAX_IMAGE_PIXELS})") from None
+        except UnidentifiedImageError:
+            raise ImageReadError(path, "not an image (unrecognised format)") from None
+        except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
+            raise ImageReadError(path, "truncated or corrupt image data") from None
     w, h = size
     if w * h > MAX_IMAGE_PIXELS:
         raise ImageReadError(path, f"image too large ({w} x {h} pixels > {MAX_IMAGE_PIXELS})")
