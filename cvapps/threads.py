@@ -22,11 +22,14 @@ from typing import Any, Generic, TypeVar
 
 from cvapps.errors import CvappsError
 
-__all__ = ["POLL_S", "Producer", "Consumer"]
+__all__ = ["POLL_S", "QUEUE_BYTES", "Producer", "Consumer"]
 
 T = TypeVar("T")
 
 POLL_S = 0.1  # how often blocked queue operations re-check the stop event
+#: Decoded frames queued between two stages (source -> prefetch -> ... -> writer) take at most
+#: about this many bytes per queue (plus one item), whatever the frame count limit says.
+QUEUE_BYTES = 256 << 20
 
 
 class _End:
@@ -45,6 +48,32 @@ class _Raised:
         self.exc = exc
 
 
+class _Budget:
+    """Bytes held by queued items, bounded: a put waits while the queue holds other items and
+    adding this one would pass ``limit`` (one item alone always fits, however large)."""
+
+    def __init__(self, limit: int, weigh: Callable[[Any], int]) -> None:
+        self.limit, self.weigh = limit, weigh
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, item: Any, give_up: Callable[[], bool]) -> bool:
+        """Reserve ``item``'s bytes; False when ``give_up()`` turns true while waiting."""
+        n = self.weigh(item)
+        with self._cond:
+            while self.used > 0 and self.used + n > self.limit:
+                if give_up():
+                    return False
+                self._cond.wait(POLL_S)
+            self.used += n
+        return True
+
+    def release(self, item: Any) -> None:
+        with self._cond:
+            self.used = max(0, self.used - self.weigh(item))
+            self._cond.notify_all()
+
+
 def _drain(q: queue.Queue[Any]) -> None:
     try:
         while True:
@@ -56,8 +85,9 @@ def _drain(q: queue.Queue[Any]) -> None:
 class Producer(Generic[T]):
     """A worker thread that runs ``produce(stop_event)`` and queues its items for the caller.
 
-    ``maxsize``: items queued ahead at most (the worker blocks while the queue is full).
-    ``keep_newest``: one slot; a new item replaces one the caller has not taken yet (counted in
+    ``maxsize``: items queued ahead at most (the worker blocks while the queue is full);
+    ``max_bytes`` with ``weigh(item) -> bytes``: also at most this many bytes queued (a frame
+    count alone lets a queue of large photos grow to gigabytes). ``keep_newest``: one slot; a new item replaces one the caller has not taken yet (counted in
     ``dropped``), for live sources. ``on_exit``: called in the worker once it is done (releases
     what it held). Iterating starts the worker; an exception raised in it is re-raised by the
     iteration, as is. Single pass: iterating again after the end yields nothing.
@@ -65,8 +95,11 @@ class Producer(Generic[T]):
 
     def __init__(self, produce: Callable[[threading.Event], Iterable[T]], *, maxsize: int = 2,
                  keep_newest: bool = False, name: str = "cvapps-producer",
-                 on_exit: Callable[[], None] | None = None) -> None:
+                 on_exit: Callable[[], None] | None = None, max_bytes: int | None = None,
+                 weigh: Callable[[T], int] | None = None) -> None:
         self.name = name
+        use_budget = max_bytes is not None and weigh is not None and not keep_newest
+        self._budget = _Budget(max_bytes, weigh) if use_budget else None  # type: ignore[arg-type]
         self.stop_event = threading.Event()
         self.dropped = 0
         self._produce, self._on_exit = produce, on_exit
@@ -95,7 +128,10 @@ class Producer(Generic[T]):
                     break
                 if self._keep_newest:
                     self._put_newest(item)
-                elif not self._put(item):
+                    continue
+                if self._budget is not None and not self._budget.acquire(item, self.stop_event.is_set):
+                    break
+                if not self._put(item):
                     break
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, not swallowed
@@ -143,6 +179,8 @@ class Producer(Generic[T]):
             if isinstance(item, _Raised):
                 self._finished = True
                 raise item.exc
+            if self._budget is not None:
+                self._budget.release(item)
             yield item
 
     def stop(self) -> None:
@@ -172,11 +210,14 @@ class Consumer(Generic[T]):
 
     After ``handle`` raises, the worker keeps draining (so the caller never blocks) and the next
     :meth:`put` raises that exception; ``error`` holds it. :meth:`finish` handles what is queued
-    and joins; after :meth:`abort` queued items are dropped.
+    and joins; after :meth:`abort` queued items are dropped. ``max_bytes``/``weigh``: as for
+    :class:`Producer`.
     """
 
-    def __init__(self, handle: Callable[[T], None], *, maxsize: int = 32, name: str = "cvapps-consumer") -> None:
+    def __init__(self, handle: Callable[[T], None], *, maxsize: int = 32, name: str = "cvapps-consumer",
+                 max_bytes: int | None = None, weigh: Callable[[T], int] | None = None) -> None:
         self.error: BaseException | None = None
+        self._budget = _Budget(max_bytes, weigh) if max_bytes is not None and weigh is not None else None
         self.aborted = threading.Event()
         self._handle = handle
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
@@ -193,15 +234,19 @@ class Consumer(Generic[T]):
             item = self._queue.get()
             if item is _END or self.aborted.is_set():
                 return
-            if self.error is not None:
-                continue  # keep draining; the caller raises the error at its next put
             try:
-                self._handle(item)
+                if self.error is None:  # after an error: keep draining; the caller raises it
+                    self._handle(item)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's side
                 self.error = exc
+            finally:
+                if self._budget is not None:
+                    self._budget.release(item)
 
     def put(self, item: T) -> None:
         """Queue ``item`` (blocks while full); raises the worker's error, if any."""
+        if self._budget is not None:
+            self._budget.acquire(item, lambda: self.error is not None or not self._thread.is_alive())
         while True:
             if self.error is not None:
                 raise self.error

@@ -114,3 +114,40 @@ def test_consumer_abort_drops_queue() -> None:
     assert len(seen) <= 1  # at most the item being handled when aborted
     with pytest.raises(CvappsError, match="stopped unexpectedly"):
         stage.put(99)
+
+
+def test_byte_budget_bounds_queued_bytes() -> None:
+    """A frame count alone lets a queue of large photos hold gigabytes: the byte budget waits."""
+    produced = []
+
+    def produce(stop: threading.Event):
+        for i in range(10):
+            produced.append(i)
+            yield bytes(100)
+
+    stage = Producer(produce, maxsize=64, max_bytes=250, weigh=len)
+    it = iter(stage)
+    next(it)
+    time.sleep(0.2)
+    assert len(produced) <= 4  # 1 taken + 2 queued (200 bytes) + 1 waiting for room
+    assert len(list(it)) == 9
+
+    sizes = []
+    held = threading.Event()
+
+    def handle(item: bytes) -> None:
+        held.wait(5)
+        sizes.append(len(item))
+
+    sink = Consumer(handle, maxsize=64, max_bytes=250, weigh=len)
+    sink.start()
+    putter = threading.Thread(target=lambda: [sink.put(bytes(100)) for _ in range(10)], daemon=True)
+    putter.start()
+    time.sleep(0.2)
+    assert putter.is_alive()  # blocked: the budget is full while the writer is busy
+    held.set()
+    putter.join(5)
+    sink.finish()
+    assert sizes == [100] * 10
+    big = Producer(lambda stop: iter([bytes(1000)]), max_bytes=10, weigh=len)
+    assert [len(b) for b in big] == [1000]  # one item alone always fits

@@ -22,7 +22,7 @@ from cvapps.checkpoint import load_checkpoint
 from cvapps.engine.device import images_to_device, resolve_device
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
-from cvapps.threads import Producer
+from cvapps.threads import QUEUE_BYTES, Producer
 
 
 @dataclass
@@ -175,8 +175,9 @@ class Predictor:
         if self.prefetch <= 0:
             yield from self._predict_inline(frames, options)
             return
-        stage: Producer[list[_Batch]] = Producer(lambda stop: self._batches(frames, stop),
-                                                 maxsize=self.prefetch, name="cvapps-prefetch")
+        stage: Producer[list[_Batch]] = Producer(
+            lambda stop: self._batches(frames, stop), maxsize=self.prefetch, name="cvapps-prefetch",
+            max_bytes=QUEUE_BYTES, weigh=lambda batches: sum(f.image.nbytes for b in batches for f in b.frames))
         try:
             for batches in stage:
                 yield from self._infer_all(batches, options)

@@ -29,7 +29,7 @@ from cvapps.engine.device import progress_interval
 from cvapps.engine.predict import Predictor
 from cvapps.io.sinks import Sink
 from cvapps.io.sources import Source, open_source
-from cvapps.threads import Consumer
+from cvapps.threads import QUEUE_BYTES, Consumer
 
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
 
@@ -75,7 +75,9 @@ class _Writer:
         self.sinks, self.bar = list(sinks), bar
         self.write_s = 0.0
         self.written = 0
-        self.stage: Consumer[tuple[Any, Any]] = Consumer(self._write, maxsize=maxsize, name="cvapps-writer")
+        self.stage: Consumer[tuple[Any, Any]] = Consumer(
+            self._write, maxsize=maxsize, name="cvapps-writer", max_bytes=QUEUE_BYTES,
+            weigh=lambda item: item[0].image.nbytes)
         self.stage.start()
 
     def _write(self, item: tuple[Any, Any]) -> None:

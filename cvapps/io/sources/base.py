@@ -11,7 +11,7 @@ import numpy as np
 
 from cvapps.errors import CvappsError
 from cvapps.structures import Frame
-from cvapps.threads import Producer
+from cvapps.threads import QUEUE_BYTES, Producer
 
 _CLOSE_JOIN_S = 1.0  # close() waits at most this long for the reader thread
 
@@ -83,7 +83,8 @@ class Source:
         # Keep-newest needs exactly one slot: the consumer always gets the latest frame.
         self._stage: Producer[Frame] = Producer(
             lambda _stop: self._produce(), maxsize=queue_size, keep_newest=keep_newest,
-            name=f"cvapps-source:{name}", on_exit=self._release)
+            name=f"cvapps-source:{name}", on_exit=self._release,
+            max_bytes=QUEUE_BYTES, weigh=lambda frame: frame.image.nbytes)
         self._stop: threading.Event = self._stage.stop_event
         self._close_called = False
 
