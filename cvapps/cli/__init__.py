@@ -63,29 +63,37 @@ def quiet_output(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    os.environ["YOLO_VERBOSE"] = "False"  # read when ultralytics is first imported
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at FFmpeg's first use
-    logging.getLogger("ultralytics").setLevel(logging.ERROR)  # in case it is imported already
+    quiet_env = {"YOLO_VERBOSE": "False",  # read when ultralytics is first imported
+                 "OPENCV_LOG_LEVEL": "ERROR",
+                 "OPENCV_FFMPEG_LOGLEVEL": "-8"}  # AV_LOG_QUIET, read at FFmpeg's first use
+    previous_env = {key: os.environ.get(key) for key in quiet_env}
+    os.environ.update(quiet_env)
+    ultralytics_logger = logging.getLogger("ultralytics")  # in case ultralytics is imported already
+    previous_logger_level = ultralytics_logger.level
+    ultralytics_logger.setLevel(logging.ERROR)
     import cv2  # heavy: imported here so that `cvapps --help` stays fast
 
     cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
     previous_level = cv_logging.getLogLevel() if cv_logging is not None else None
     if cv_logging is not None:
         cv_logging.setLogLevel(cv_logging.LOG_LEVEL_ERROR)  # no OpenCV warnings
-    saved_fd: int | None = None
     old_stderr = sys.stderr
     try:
-        sys.stderr.flush()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        saved_fd = os.dup(2)
-        if old_stderr.fileno() == 2:  # else a test harness has replaced sys.stderr: leave it
+        stderr_is_fd2 = old_stderr.fileno() == 2  # else a test harness has replaced sys.stderr
+    except (OSError, ValueError, AttributeError):
+        stderr_is_fd2 = False
+    try:
+        old_stderr.flush()
+        saved_fd: int | None = os.dup(2)
+    except OSError:  # no fd 2 at all: the log levels above must do
+        saved_fd = None
+    if saved_fd is not None:
+        if stderr_is_fd2:  # Python's own stderr keeps the real terminal/pipe
             sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=old_stderr.encoding,
                                    errors="backslashreplace")
+        devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 here: the log levels must do
-        pass
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -100,6 +108,12 @@ def quiet_output(enabled: bool) -> Iterator[None]:
             os.close(saved_fd)
         if cv_logging is not None and previous_level is not None:
             cv_logging.setLogLevel(previous_level)
+        ultralytics_logger.setLevel(previous_logger_level)
+        for key, value in previous_env.items():  # main() may be called again in this process
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
