@@ -5,8 +5,9 @@
     reader thread (Source: decode)  ->  prefetch thread (Predictor: batch + preprocess)
         ->  main thread (forward + postprocess)  ->  writer thread (sinks: draw, encode, write)
 
-Every hand-over is a bounded queue, so memory stays flat however long the input is, and decode,
-inference and encode run at the same time. The writer thread feeds every sink each
+Every hand-over is a bounded queue (a :mod:`cvapps.threads` stage: frame count and byte budget),
+so memory stays flat however long the input is, and decode, inference and encode run at the same
+time. The writer thread feeds every sink each
 ``(frame, prediction)`` in input order.
 
 Stopping: Ctrl-C or SIGTERM (when run from the main thread) stops *reading*; frames already read
