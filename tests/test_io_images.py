@@ -240,3 +240,153 @@ def test_write_image_errors(tmp_path: Path) -> None:
     with pytest.raises(CvappsError, match="expected HxW or HxWx3"):
         write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile files (issue 17): only regular files, a size cap, a header check for every format
+# --------------------------------------------------------------------------------------------
+def _bounded_read(path: Path) -> str:
+    """read_image in a thread (a FIFO read would block forever); the skip reason it raised."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            read_image(path)
+            box["reason"] = "read"
+        except ImageReadError as e:
+            box["reason"] = e.reason
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"reading {path.name} hung"
+    return str(box["reason"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_named_jpg_is_skipped_unopened(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _bounded_read(fifo)
+    # No reader holds it open: a non-blocking writer finds nobody at the other end.
+    with pytest.raises(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_symlink_to_dev_zero_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "z.png").symlink_to("/dev/zero")
+    assert "not a regular file" in _bounded_read(tmp_path / "z.png")
+
+
+def test_size_cap_checked_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvapps.io.images import MAX_FILE_MB_ENV, max_file_bytes, set_max_file_mb
+
+    big = tmp_path / "big.bmp"
+    cv2.imwrite(str(big), np.zeros((800, 800, 3), np.uint8))  # 1.9 MB
+    assert max_file_bytes() == 256 << 20  # the default
+    try:
+        set_max_file_mb(1)
+        with pytest.raises(ImageReadError, match=r"file too large \(1.8 MiB > cap 1 MiB"):
+            read_image(big)
+        set_max_file_mb(None)
+        monkeypatch.setenv(MAX_FILE_MB_ENV, "1.5")
+        with pytest.raises(ImageReadError, match="file too large"):
+            read_image(big)
+        monkeypatch.setenv(MAX_FILE_MB_ENV, "4")
+        assert read_image(big).shape == (800, 800, 3)
+        monkeypatch.setenv(MAX_FILE_MB_ENV, "lots")
+        with pytest.raises(CvappsError, match="CVAPPS_MAX_FILE_MB must be a number"):
+            read_image(big)
+    finally:
+        set_max_file_mb(None)
+
+
+def test_radiance_hdr_bomb_named_png_refused_from_header(tmp_path: Path) -> None:
+    """A Radiance HDR (which Pillow does not read) named .png claiming 12000 x 12000 = 144 Mpx."""
+    hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 12000 +X 12000\n" + b"\x02\x02\x2e\xe0" * 4096
+    (tmp_path / "photo.png").write_bytes(hdr)
+    with pytest.raises(ImageReadError, match=r"image too large \(12000 x 12000 pixels > 89478485\)"):
+        read_image(tmp_path / "photo.png")
+
+
+def _exr_header(width: int, height: int) -> bytes:
+    """The start of an OpenEXR file: magic, version, a channel list and the dataWindow attribute."""
+    def attr(name: bytes, kind: bytes, value: bytes) -> bytes:
+        return name + b"\0" + kind + b"\0" + struct.pack("<i", len(value)) + value
+    return (b"\x76\x2f\x31\x01" + struct.pack("<i", 2) + attr(b"channels", b"chlist", b"R\0" + bytes(16) + b"\0")
+            + attr(b"dataWindow", b"box2i", struct.pack("<4i", 0, 0, width - 1, height - 1)) + b"\0")
+
+
+BOMB_HEADERS = {  # formats OpenCV decodes, each claiming 12000 x 12000 pixels
+    "hdr": b"#?RGBE\n\n+X 12000 -Y 12000\n",
+    "pfm": b"PF\n12000 12000\n-1.0\n",
+    "ppm": b"P6\n# comment\n12000 12000\n255\n",
+    "pam": b"P7\nWIDTH 12000\nHEIGHT 12000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n",
+    "ras": b"\x59\xa6\x6a\x95" + struct.pack(">7I", 12000, 12000, 24, 0, 1, 0, 0),
+    "exr": _exr_header(12000, 12000),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BOMB_HEADERS))
+def test_bomb_headers_of_every_opencv_format(tmp_path: Path, fmt: str) -> None:
+    from cvapps.io.headers import header_size
+
+    data = BOMB_HEADERS[fmt] + bytes(4096)
+    assert header_size(data) == (12000, 12000)
+    (tmp_path / "x.jpg").write_bytes(data)  # the extension is no guide
+    assert "image too large" in _bounded_read(tmp_path / "x.jpg")
+
+
+@pytest.mark.parametrize("ext", [".hdr", ".pic", ".pfm", ".ppm", ".pgm", ".pam", ".ras"])
+def test_small_opencv_formats_still_read(tmp_path: Path, ext: str) -> None:
+    from cvapps.io.headers import header_size
+    from cvapps.io.images import image_size
+
+    img = np.zeros((30, 50, 3), np.uint8)
+    img[:, :25] = 200
+    data = img.astype(np.float32) / 255 if ext in (".hdr", ".pic", ".pfm") else img
+    data = data[:, :, 0] if ext == ".pgm" else data
+    ok, encoded = cv2.imencode(".hdr" if ext == ".pic" else ext, data)
+    assert ok
+    path = tmp_path / f"x{ext}"
+    path.write_bytes(encoded.tobytes())
+    assert header_size(encoded.tobytes()) in (None, (50, 30))  # None: a format Pillow identifies
+    assert read_image(path).shape == (30, 50, 3)
+    assert image_size(path) == (50, 30)  # (w, h)
+
+
+def test_exr_header_parser_size() -> None:
+    from cvapps.io.headers import header_size
+
+    assert header_size(_exr_header(640, 480)) == (640, 480)
+    assert header_size(b"\x76\x2f\x31\x01" + bytes(8)) == (0, 0)  # damaged: refused as corrupt
+
+
+def test_decoder_error_is_a_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4, 3), np.uint8))
+
+    def explode(*args: object) -> None:
+        raise cv2.error("OpenCV(5.0.0) loadsave.cpp:1: error: (-215:Assertion failed) size check")
+
+    monkeypatch.setattr(cv2, "imdecode", explode)
+    with pytest.raises(ImageReadError, match=r"could not decode \(.*size check\)"):
+        read_image(tmp_path / "a.png")
+
+
+def test_image_size_is_width_height_after_exif(tmp_path: Path) -> None:
+    from cvapps.io.images import image_size
+
+    img = Image.fromarray(np.zeros((30, 50, 3), np.uint8))
+    img.save(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: read_image returns it 50 high, 30 wide
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert image_size(tmp_path / "plain.png") == (50, 30)
+    assert image_size(tmp_path / "rotated.jpg") == (30, 50)
+    assert read_image(tmp_path / "rotated.jpg").shape[:2] == (50, 30)
+    with pytest.raises(ImageReadError, match="not an image"):
+        (tmp_path / "t.png").write_text("hello")
+        image_size(tmp_path / "t.png")

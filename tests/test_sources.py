@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -383,7 +384,7 @@ def test_close_mid_iteration_is_prompt(video: Path, corpus: tuple[Path, dict[str
         src.close()
         assert time.monotonic() - t0 < 1.0
         assert list(it) == []  # the iteration in progress ends
-        assert src._thread is not None and not src._thread.is_alive()
+        assert src._stage.thread is not None and not src._stage.thread.is_alive()
     assert live._cap is None  # capture released
 
 
@@ -419,15 +420,13 @@ def test_open_source_dispatch(video: Path, monkeypatch: pytest.MonkeyPatch) -> N
             raise CvappsError("recorded")
 
     monkeypatch.setattr("cvapps.io.sources.StreamSource", Recorder)
-    urls = ["rtsp://h/s", "RTSPS://h/s", "http://h/live", "https://h/s.m3u8", "udp://@:5000", "tcp://h:1"]
+    urls = ["rtsp://h/s", "RTSPS://h/s", "http://h/live", "https://h/s.m3u8", "udp://@:5000", "tcp://h:1",
+            "http://h/cam.ts", "https://h/clip.mp4", "srt://h:9000"]  # any scheme://, any extension
     for url in urls:
         with pytest.raises(CvappsError, match="recorded"):
             open_source(url, buffer=True)
     assert [u for u, _ in made] == urls
     assert all(b is True for _, b in made)
-    # An http URL to a video file is a (non-live) video; here it cannot be fetched.
-    with pytest.raises(CvappsError, match="cannot open video: http://127.0.0.1:9/clip.mp4"):
-        open_source("http://127.0.0.1:9/clip.mp4")
 
 
 def test_redact_url() -> None:
@@ -441,3 +440,52 @@ def test_folder_symlink_cycle_terminates(tmp_path: Path) -> None:
     (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
     with open_source(tmp_path) as src:
         assert [Path(f.source).name for f in src] == ["a.png"]
+
+
+def test_hostile_entries_in_a_folder_are_reported(tmp_path: Path) -> None:
+    """Issue 17: a FIFO, a symlink to /dev/zero, a file over the cap and symlink loops are skipped
+    with a reason (none read, none hangs); the good image is still processed."""
+    from cvapps.io.images import set_max_file_mb
+
+    cv2.imwrite(str(tmp_path / "good.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "huge.bmp"), np.zeros((800, 800, 3), np.uint8))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")  # ELOOP
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)
+    set_max_file_mb(1)
+    try:
+        with open_source(tmp_path) as src:
+            frames = list(src)
+    finally:
+        set_max_file_mb(None)
+    assert [Path(f.source).name for f in frames] == ["good.png"]
+    skipped = {Path(p).relative_to(tmp_path).as_posix(): reason for p, reason in src.skipped}
+    assert "file too large" in skipped["huge.bmp"]
+    assert "not a regular file" in skipped["zero.jpg"]
+    assert skipped["loop.jpg"] == "symlink loop"
+    assert "symlink loop" in skipped["sub/up"]
+    if hasattr(os, "mkfifo"):
+        assert "not a regular file" in skipped["fifo.jpg"]
+
+
+def test_fifo_as_single_source_is_skipped(tmp_path: Path) -> None:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(tmp_path / "x.jpg")
+    with open_source(tmp_path / "x.jpg") as src:
+        assert list(src) == [] and "not a regular file" in src.skipped[0][1]
+    os.mkfifo(tmp_path / "clip.mp4")
+    with pytest.raises(CvappsError, match="not a regular file"):
+        open_source(tmp_path / "clip.mp4")
+
+
+def test_stream_that_opens_but_never_decodes_is_an_error() -> None:
+    """Issue 11: no decodable frame is an error naming the source, not an empty, successful run."""
+    counter = [0]
+    src = StreamSource("rtsp://u:pw@cam/live", capture_factory=lambda _: FakeCapture(counter, fail_after=0),
+                       buffer=True, reconnect_s=0.3)
+    with src, pytest.raises(CvappsError, match=r"^stream rtsp://u:\*\*\*@cam/live: no decodable video frame"):
+        list(src)

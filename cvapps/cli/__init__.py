@@ -7,10 +7,15 @@ user's input (:class:`~cvapps.errors.CvappsError`) print as one line and exit no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import signal
 import sys
 import threading
+import warnings
+from collections.abc import Iterator
 
 from cvapps import __version__
 from cvapps.errors import CvappsError
@@ -48,6 +53,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def quiet_output(enabled: bool) -> Iterator[None]:
+    """``--quiet``: nothing on stderr but errors, for the duration of the command.
+
+    Library chatter is switched off at its source (ultralytics' logger and progress bars via
+    ``YOLO_VERBOSE``, OpenCV's log level, Python warnings); what native code (OpenCV, FFmpeg)
+    still prints to file descriptor 2 goes to the null device, while Python's ``sys.stderr``
+    keeps writing to the real stderr, so cvapps' own one-line errors still show.
+    """
+    if not enabled:
+        yield
+        return
+    quiet_env = {"YOLO_VERBOSE": "False",  # read when ultralytics is first imported
+                 "OPENCV_LOG_LEVEL": "ERROR",
+                 "OPENCV_FFMPEG_LOGLEVEL": "-8"}  # AV_LOG_QUIET, read at FFmpeg's first use
+    previous_env = {key: os.environ.get(key) for key in quiet_env}
+    os.environ.update(quiet_env)
+    ultralytics_logger = logging.getLogger("ultralytics")  # in case ultralytics is imported already
+    previous_logger_level = ultralytics_logger.level
+    ultralytics_logger.setLevel(logging.ERROR)
+    import cv2  # heavy: imported here so that `cvapps --help` stays fast
+
+    cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    previous_level = cv_logging.getLogLevel() if cv_logging is not None else None
+    if cv_logging is not None:
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_ERROR)  # no OpenCV warnings
+    old_stderr = sys.stderr
+    try:
+        stderr_is_fd2 = old_stderr.fileno() == 2  # else a test harness has replaced sys.stderr
+    except (OSError, ValueError, AttributeError):
+        stderr_is_fd2 = False
+    try:
+        old_stderr.flush()
+        saved_fd: int | None = os.dup(2)
+    except OSError:  # no fd 2 at all: the log levels above must do
+        saved_fd = None
+    if saved_fd is not None:
+        if stderr_is_fd2:  # Python's own stderr keeps the real terminal/pipe
+            sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=old_stderr.encoding,
+                                   errors="backslashreplace")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_fd is not None:
+            if sys.stderr is not old_stderr:
+                sys.stderr.flush()
+                sys.stderr.close()
+                sys.stderr = old_stderr
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        if cv_logging is not None and previous_level is not None:
+            cv_logging.setLogLevel(previous_level)
+        ultralytics_logger.setLevel(previous_logger_level)
+        for key, value in previous_env.items():  # main() may be called again in this process
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         # Past a file-size limit (`ulimit -f`) the write fails with EFBIG, reported as one line,
@@ -61,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        result = args.func(args)
-    except CvappsError as exc:
-        print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with quiet_output(bool(getattr(args, "quiet", False))):
+        try:
+            result = args.func(args)
+        except CvappsError as exc:
+            print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     return int(result or 0)
 
 

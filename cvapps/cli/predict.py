@@ -22,14 +22,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no timing report")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing on stderr but errors (no progress bar, timing report, library logs "
+                        "or OpenCV/FFmpeg warnings)")
+    p.add_argument("--max-file-mb", type=float, default=None, metavar="MB",
+                   help="skip (and report) input files larger than this before reading them "
+                        "(default $CVAPPS_MAX_FILE_MB, else 256)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="process only items I, I+N, I+2N, ... (0-based I); run N processes with I=0..N-1 "
                         "to split a folder or video")
     p.add_argument("--buffer", action="store_true",
                    help="live sources (webcam, stream URL): keep every frame instead of only the newest")
     p.add_argument("--reconnect", type=float, default=10.0, metavar="SECONDS",
-                   help="live sources: keep reconnecting a stalled stream this long before finishing (default 10)")
+                   help="live sources (webcam, any URL): keep reconnecting a stalled stream this long before "
+                        "finishing; also the longest a frozen server can hold one open or read (default 10)")
     p.add_argument("--save-video", action="store_true",
                    help="write OUT/<source name>.mp4 with the predictions drawn (same fps and size as the input; "
                         "detect/segment do this by default for video and stream sources)")
@@ -88,13 +94,17 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     if getattr(args, "save_jsonl", False):
         sinks.append(JsonLinesSink(out / "predictions.jsonl", predictor.class_names, root=root))
     if getattr(args, "show", False) or getattr(args, "serve", None):
-        from cvapps.io.preview import MJPEGServer, PreviewWindow
+        from cvapps.io.preview import MJPEGServer, PreviewWindow, exposure_warning
 
         if args.show:
             sinks.append(PreviewWindow(draw))
         if args.serve:
             server = MJPEGServer(args.serve, draw)
-            print(f"serving the live preview at {server.url}", file=sys.stderr)
+            warning = exposure_warning(server.host, server.port)
+            if warning:  # printed even with --quiet: it is about who can see the user's stream
+                print(warning, file=sys.stderr)
+            if not getattr(args, "quiet", False):
+                print(f"serving the live preview at {server.url}", file=sys.stderr)
             sinks.append(server)
     return sinks
 
@@ -107,10 +117,13 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     """
     from cvapps.engine.runner import run_source
     from cvapps.io.guard import protected
+    from cvapps.io.images import file_size_cap
     from cvapps.io.sources import local_inputs
 
     others = (getattr(args, "model", None), getattr(args, "coco_gt", None))
-    with protected(args.out, *local_inputs(args.source), others=others):  # no output may replace an input
+    # no output may replace an input; files over the size cap are skipped unread
+    with protected(args.out, *local_inputs(args.source), others=others), \
+            file_size_cap(getattr(args, "max_file_mb", None)):
         report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
                             vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
                             buffer=True if getattr(args, "buffer", False) else None,

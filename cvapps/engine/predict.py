@@ -7,7 +7,6 @@ maps outputs back with the task's postprocess. Per-stage wall time is kept in ``
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import defaultdict
@@ -23,6 +22,7 @@ from cvapps.checkpoint import load_checkpoint
 from cvapps.engine.device import images_to_device, resolve_device
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
+from cvapps.threads import QUEUE_BYTES, Producer
 
 
 @dataclass
@@ -36,14 +36,6 @@ class _Batch:
     positions: list[int]
     device_images: torch.Tensor | None = None  # CUDA only: copy in flight on the side stream
     ready: Any = None  # CUDA only: event recorded after that copy
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_DONE = object()
 
 
 class Predictor:
@@ -168,24 +160,10 @@ class Predictor:
     def _run(self, frames: list[Frame], options: dict[str, Any]) -> list[Any]:
         return [result for _, result in self._infer_all(self._prepare(frames), options)]
 
-    def _batches(self, frames: Iterable[Frame], out: "queue.Queue[Any]", stop: threading.Event) -> None:
+    def _batches(self, frames: Iterable[Frame], stop: threading.Event) -> Iterator[list[_Batch]]:
         """Prefetch thread: read frames, group them into batches, preprocess, hand over in order."""
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        try:
-            for frames_batch in self._groups(frames, stop):
-                if not put(self._prepare(frames_batch)):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put(_Raised(exc))
+        for frames_batch in self._groups(frames, stop):
+            yield self._prepare(frames_batch)
 
     def predict(self, frames: Iterable[Frame], **options: Any) -> Iterator[tuple[Frame, Any]]:
         """Yield ``(frame, prediction)`` in input order; ``options`` go to the task's postprocess
@@ -197,26 +175,14 @@ class Predictor:
         if self.prefetch <= 0:
             yield from self._predict_inline(frames, options)
             return
-        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        worker = threading.Thread(target=self._batches, args=(frames, q, stop), name="cvapps-prefetch", daemon=True)
-        worker.start()
+        stage: Producer[list[_Batch]] = Producer(
+            lambda stop: self._batches(frames, stop), maxsize=self.prefetch, name="cvapps-prefetch",
+            max_bytes=QUEUE_BYTES, weigh=lambda batches: sum(f.image.nbytes for b in batches for f in b.frames))
         try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.exc
-                yield from self._infer_all(item, options)
+            for batches in stage:
+                yield from self._infer_all(batches, options)
         finally:
-            stop.set()
-            try:
-                while True:
-                    q.get_nowait()
-            except queue.Empty:
-                pass
-            worker.join(timeout=2.0)
+            stage.close(join_s=2.0)
 
     def _predict_inline(self, frames: Iterable[Frame], options: dict[str, Any]) -> Iterator[tuple[Frame, Any]]:
         for frames_batch in self._groups(frames):

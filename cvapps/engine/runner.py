@@ -5,8 +5,9 @@
     reader thread (Source: decode)  ->  prefetch thread (Predictor: batch + preprocess)
         ->  main thread (forward + postprocess)  ->  writer thread (sinks: draw, encode, write)
 
-Every hand-over is a bounded queue, so memory stays flat however long the input is, and decode,
-inference and encode run at the same time. The writer thread feeds every sink each
+Every hand-over is a bounded queue (a :mod:`cvapps.threads` stage: frame count and byte budget),
+so memory stays flat however long the input is, and decode, inference and encode run at the same
+time. The writer thread feeds every sink each
 ``(frame, prediction)`` in input order.
 
 Stopping: Ctrl-C or SIGTERM (when run from the main thread) stops *reading*; frames already read
@@ -16,7 +17,6 @@ its index, JSON files are whole). A second Ctrl-C aborts the flush but still clo
 
 from __future__ import annotations
 
-import queue
 import signal
 import sys
 import threading
@@ -31,6 +31,7 @@ from cvapps.engine.predict import Predictor
 from cvapps.errors import CvappsError
 from cvapps.io.sinks import Sink, close_all
 from cvapps.io.sources import Source, open_source
+from cvapps.threads import QUEUE_BYTES, Consumer
 
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
 
@@ -68,64 +69,27 @@ class RunReport:
                 f"ms/frame per stage (stages overlap): {stages}")
 
 
-class _WriterThread(threading.Thread):
-    """Consumes (frame, prediction) from a bounded queue and writes them to every sink."""
-
-    _END = object()
+class _Writer:
+    """The writer stage: a :class:`~cvapps.threads.Consumer` that hands each queued
+    ``(frame, prediction)`` to every sink, counting and timing what it wrote."""
 
     def __init__(self, sinks: Sequence[Sink], maxsize: int, bar: tqdm) -> None:
-        super().__init__(name="cvapps-writer", daemon=True)
         self.sinks, self.bar = list(sinks), bar
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, maxsize))
-        self.error: BaseException | None = None
-        self.abort = threading.Event()  # second Ctrl-C: stop writing what is queued
         self.write_s = 0.0
         self.written = 0
+        self.stage: Consumer[tuple[Any, Any]] = Consumer(
+            self._write, maxsize=maxsize, name="cvapps-writer", max_bytes=QUEUE_BYTES,
+            weigh=lambda item: item[0].image.nbytes)
+        self.stage.start()
 
-    def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is self._END or self.abort.is_set():
-                return
-            if self.error is not None:
-                continue  # keep draining so the producer never blocks; the error is raised there
-            frame, prediction = item
-            t0 = time.perf_counter()
-            try:
-                for sink in self.sinks:
-                    sink.write(frame, prediction)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                self.error = exc
-                continue
-            self.write_s += time.perf_counter() - t0
-            self.written += 1
-            self.bar.update(1)
-
-    def put(self, item: Any) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            if not self.is_alive():
-                raise CvappsError("writer thread stopped unexpectedly")
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self) -> None:
-        """Write everything queued, then stop (returns at once when aborted)."""
-        while self.is_alive():
-            try:
-                self.queue.put(self._END, timeout=0.1)
-                break
-            except queue.Full:
-                if self.abort.is_set():
-                    try:
-                        self.queue.get_nowait()
-                    except queue.Empty:
-                        pass
-        self.join()
+    def _write(self, item: tuple[Any, Any]) -> None:
+        frame, prediction = item
+        t0 = time.perf_counter()
+        for sink in self.sinks:
+            sink.write(frame, prediction)
+        self.write_s += time.perf_counter() - t0
+        self.written += 1
+        self.bar.update(1)
 
 
 class _StopOnSignal:
@@ -172,7 +136,7 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
     report = RunReport()
     before = dict(predictor.timings)
     t_start = time.perf_counter()
-    writer: _WriterThread | None = None
+    writer: _Writer | None = None
     completed = False
     try:
         src = source if isinstance(source, Source) else open_source(
@@ -184,30 +148,29 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
                     start(src)
             bar = tqdm(total=src.expected_frames if not src.is_live else None, desc="predict", unit="img",
                        disable=not progress, dynamic_ncols=True, mininterval=progress_interval())
-            writer = _WriterThread(sinks, write_queue, bar)
-            writer.start()
+            writer = _Writer(sinks, write_queue, bar)
             try:
                 for frame, prediction in predictor.predict(src, **(options or {})):
-                    writer.put((frame, prediction))
+                    writer.stage.put((frame, prediction))
                     report.processed += 1
-                writer.finish()
+                writer.stage.finish()
             except KeyboardInterrupt:
                 report.interrupted = "SIGINT"
-                writer.abort.set()
-                writer.finish()
+                writer.stage.abort()
+                writer.stage.finish()
             finally:
                 bar.close()
                 report.skipped = list(src.skipped)
                 report.dropped = src.dropped
                 report.interrupted = report.interrupted or stopper.signal_name
-            if writer.error is not None:
-                raise writer.error
+            if writer.stage.error is not None:
+                raise writer.stage.error
             report.processed = writer.written
         completed = True
     finally:
-        if writer is not None and writer.is_alive():  # an exception skipped finish(): stop it now
-            writer.abort.set()
-            writer.finish()
+        if writer is not None and writer.stage.is_alive():  # an exception skipped finish(): stop it now
+            writer.stage.abort()
+            writer.stage.finish()
         # all-or-nothing: whole-file outputs are moved into place only if every sink closed and the
         # run did not fail (a run stopped by Ctrl-C, even twice, is complete up to where it stopped)
         stopped = isinstance(sys.exc_info()[1], KeyboardInterrupt)

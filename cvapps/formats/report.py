@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cvapps.errors import ImageReadError
-from cvapps.io.images import read_image
+from cvapps.io.images import image_size, read_image  # image_size: re-exported for the loaders
 
 # Problem kinds in report order, with the words used in summaries.
 PROBLEM_KINDS: dict[str, str] = {
@@ -116,21 +115,6 @@ def is_number(v: Any) -> bool:
 
 def is_id(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header alone, after EXIF orientation (as :func:`read_image` returns it).
-    Only regular files are opened (a FIFO would block)."""
-    if not Path(path).is_file():
-        raise ImageReadError(path, "not a regular file" if Path(path).exists() else "file not found")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-    except Exception as exc:  # PIL raises many types for broken files
-        raise ImageReadError(path, f"cannot read image header ({type(exc).__name__})") from None
-    return int(w), int(h)
 
 
 def inside(path: Path, root: Path) -> bool:

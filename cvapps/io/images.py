@@ -5,9 +5,14 @@ returns an HxWx3 BGR uint8 array with the EXIF orientation applied, or raises
 :class:`~cvapps.errors.ImageReadError` with a short, user-facing reason so callers can skip the
 file and report ``path: reason``.
 
-Decoding goes through ``cv2.imdecode`` (fast, reads the bytes once). PIL is used only to read the
-header lazily (format, size, for the decompression-bomb check before any pixels are decoded) and
-as a fallback decoder for formats or modes OpenCV rejects.
+Decoding goes through ``cv2.imdecode`` (fast, reads the bytes once). Before it, the image size is
+read from the header for the decompression-bomb check, for every format OpenCV decodes: by
+:mod:`cvapps.io.headers` (HDR, EXR, PFM, PNM/PAM, Sun Raster) or by PIL's lazy ``Image.open``;
+bytes neither recognises are refused. PIL is also the fallback decoder for formats or modes
+OpenCV rejects. Only regular files up to the size cap (:func:`max_file_bytes`, 256 MiB by
+default) are read; FIFOs and devices are refused from ``stat``, before they are opened.
+
+Sizes are ``(w, h)`` throughout (:func:`image_size`); array shapes are ``(h, w)``.
 
 Behaviour verified against OpenCV 5.0 (see ``tests/test_io_images.py``):
 
@@ -20,11 +25,15 @@ Behaviour verified against OpenCV 5.0 (see ``tests/test_io_images.py``):
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import re
+import stat
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -33,13 +42,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.guard import check_writable_target
+from cvapps.io.headers import HEAD_BYTES, header_size
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_FILE_MB",
+    "file_size_cap",
+    "image_size",
+    "max_file_bytes",
+    "read_file_bytes",
     "read_image",
     "read_image_rgb",
+    "set_max_file_mb",
     "write_image",
 ]
 
@@ -53,6 +69,15 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 #: Largest accepted image in pixels (PIL's decompression-bomb limit): bigger images are refused
 #: from the header alone, before any memory is allocated for the pixels.
 MAX_IMAGE_PIXELS = 89_478_485
+
+#: Files larger than this (MiB) are skipped before they are opened; ``--max-file-mb`` or the
+#: environment variable below change it.
+DEFAULT_MAX_FILE_MB = 256
+MAX_FILE_MB_ENV = "CVAPPS_MAX_FILE_MB"
+_MIB = 1 << 20
+_max_file_mb: float | None = None  # set_max_file_mb() (the CLI option) wins over the environment
+_EXIF_ORIENTATION = 0x0112
+_SIZE_HEAD = 1 << 20  # image_size reads this much: headers (EXIF, ICC) fit in it
 
 # We enforce the same limit ourselves and report it as an ImageReadError, so PIL's warning for
 # images just above its limit is noise (catch_warnings is not thread-safe, hence a filter).
@@ -126,46 +151,162 @@ def _pil_open(fp: io.BytesIO) -> Image.Image:
     return (original if callable(original) else Image.open)(fp)
 
 
+def max_file_bytes() -> int:
+    """The file-size cap in bytes: :func:`set_max_file_mb`, else ``$CVAPPS_MAX_FILE_MB``, else
+    :data:`DEFAULT_MAX_FILE_MB` (MiB)."""
+    mb: float | str | None = _max_file_mb
+    if mb is None:
+        mb = os.environ.get(MAX_FILE_MB_ENV) or DEFAULT_MAX_FILE_MB
+    try:
+        value = float(mb)
+    except ValueError:
+        raise CvappsError(f"{MAX_FILE_MB_ENV} must be a number of MiB, got {str(mb)[:40]!r}") from None
+    if not value > 0:
+        raise CvappsError(f"the file size cap must be > 0 MiB, got {value:g}")
+    return int(value * _MIB)
+
+
+def set_max_file_mb(mb: float | None) -> None:
+    """Set the file-size cap (MiB) for this process (``--max-file-mb``); None: back to the default."""
+    global _max_file_mb
+    if mb is not None and not mb > 0:
+        raise CvappsError(f"--max-file-mb must be > 0, got {mb:g}")
+    _max_file_mb = mb
+
+
+@contextlib.contextmanager
+def file_size_cap(mb: float | None) -> Iterator[None]:
+    """Within the block, the file-size cap is ``mb`` MiB (None: leave it as it is)."""
+    global _max_file_mb
+    previous = _max_file_mb
+    if mb is not None:
+        set_max_file_mb(mb)
+    try:
+        yield
+    finally:
+        _max_file_mb = previous
+
+
+def _stat_reason(e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return "file not found"
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.EISDIR:
+        return "not a file (is a directory)"
+    return f"cannot read file ({e.strerror or e})"
+
+
+def _check_regular(path: object, st: os.stat_result, cap: int) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(path, "not a file (is a directory)")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(path, "not a regular file (FIFO, device or socket): not read")
+    if st.st_size > cap:
+        raise ImageReadError(path, f"file too large ({st.st_size / _MIB:.1f} MiB > cap {cap / _MIB:g} MiB; "
+                                   "raise it with --max-file-mb)")
+
+
+def read_file_bytes(path: str | os.PathLike[str], max_bytes: int | None = None, head: int | None = None) -> bytes:
+    """All bytes of a regular file of at most ``max_bytes`` (default :func:`max_file_bytes`), or
+    only its first ``head`` bytes.
+
+    FIFOs, devices (a symlink to ``/dev/zero``), sockets and folders are refused from ``stat``
+    before they are opened, as are files over the cap, so no read can hang or exhaust memory.
+    Raises :class:`ImageReadError` with a short reason.
+    """
+    cap = max_file_bytes() if max_bytes is None else max_bytes
+    try:
+        _check_regular(path, os.stat(path), cap)
+        # O_NONBLOCK: if the file was swapped for a FIFO after the stat, open and read return
+        # at once instead of hanging; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise ImageReadError(path, _stat_reason(e)) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            _check_regular(path, os.fstat(f.fileno()), cap)
+            data = f.read(cap + 1 if head is None else min(head, cap + 1))
+    except OSError as e:
+        raise ImageReadError(path, _stat_reason(e)) from None
+    if len(data) > cap:
+        raise ImageReadError(path, f"file too large (> cap {cap / _MIB:g} MiB; raise it with --max-file-mb)")
+    return data
+
+
+def _probe(path: object, data: bytes) -> tuple[Image.Image | None, tuple[int, int]]:
+    """(lazy PIL image or None, (w, h) as stored) from the header; refuses bombs and unknown formats.
+
+    Every format OpenCV may decode has its size checked here first: Pillow's formats through its
+    lazy ``Image.open``, the others (HDR, EXR, PFM, PNM, Sun Raster) by :func:`header_size`;
+    bytes neither recognises are refused, never handed to a decoder whose size is unknown.
+    """
+    pil: Image.Image | None = None
+    # Our parsers first: they match the signatures OpenCV's own decoders use for these formats,
+    # so a file that some Pillow plugin would also accept cannot slip past with another size.
+    found = header_size(data[:HEAD_BYTES])
+    if found is not None:
+        size = found
+    else:
+        try:
+            pil = _pil_open(io.BytesIO(data))
+            size = pil.size
+        except Image.DecompressionBombError as e:  # > 2x PIL's limit: only the pixel count is known
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            count = f"{m.group(1)} pixels" if m else "pixels"
+            raise ImageReadError(path, f"image too large ({count} > {MAX_IMAGE_PIXELS})") from None
+        except UnidentifiedImageError:
+            raise ImageReadError(path, "not an image (unrecognised format)") from None
+        except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
+            raise ImageReadError(path, "truncated or corrupt image data") from None
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageReadError(path, f"image too large ({w} x {h} pixels > {MAX_IMAGE_PIXELS})")
+    if w <= 0 or h <= 0:
+        raise ImageReadError(path, "truncated or corrupt image data")
+    return pil, (w, h)
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` returns it (EXIF orientation applied),
+    from the header only; the same file checks and refusals as :func:`read_image`.
+
+    Convention for the whole package: a *size* is ``(w, h)``; an array *shape* is ``(h, w)``.
+    """
+    data = read_file_bytes(path, head=_SIZE_HEAD)
+    try:
+        pil, (w, h) = _probe(path, data)
+    except ImageReadError:
+        if len(data) < _SIZE_HEAD:
+            raise
+        pil, (w, h) = _probe(path, read_file_bytes(path))  # a header longer than the head read
+    if pil is not None:
+        try:
+            if pil.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+        except Exception:  # noqa: BLE001 - a broken EXIF block: size as stored
+            pass
+    return int(w), int(h)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as HxWx3 BGR uint8 with its EXIF orientation applied.
 
-    The file is read once and never modified. Raises :class:`ImageReadError` with a short reason
-    ("file not found", "empty file (0 bytes)", "not an image (unrecognised format)",
-    "truncated or corrupt image data", "image too large (W x H pixels > limit)",
-    "could not decode").
+    The file is read once and never modified; only regular files under the size cap are read.
+    Raises :class:`ImageReadError` with a short reason ("file not found", "empty file (0 bytes)",
+    "not a regular file ...", "file too large ...", "symlink loop", "not an image (unrecognised
+    format)", "truncated or corrupt image data", "image too large (W x H pixels > limit)",
+    "could not decode ...").
     """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "not a file (is a directory)") from None
-    except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
-    except OSError as e:
-        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from None
+    data = read_file_bytes(path)
     if not data:
         raise ImageReadError(path, "empty file (0 bytes)")
 
-    # Header only: Image.open is lazy, so a bomb is refused before its pixels are allocated.
-    pil: Image.Image | None
-    try:
-        pil = _pil_open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # > 2x PIL's limit: only the pixel count is known
-        m = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{m.group(1)} pixels" if m else "pixels"
-        raise ImageReadError(path, f"image too large ({size} > {MAX_IMAGE_PIXELS})") from None
-    except UnidentifiedImageError:
-        pil = None  # maybe a format only OpenCV knows (e.g. PFM); imdecode decides below
-    except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
-        raise ImageReadError(path, "truncated or corrupt image data") from None
+    # Header only: a bomb is refused before its pixels are allocated.
+    pil, _ = _probe(path, data)
     if pil is not None:
-        w, h = pil.size
-        if w * h > MAX_IMAGE_PIXELS:
-            raise ImageReadError(path, f"image too large ({w} x {h} pixels > {MAX_IMAGE_PIXELS})")
-        if w == 0 or h == 0:
-            raise ImageReadError(path, "truncated or corrupt image data")
         # OpenCV 4.x decodes a truncated JPEG into a partly grey image without any error.
         # Structural checks also keep the PIL fallback honest if some other library has set
         # the process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True.
@@ -175,12 +316,18 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             raise ImageReadError(path, "truncated or corrupt image data")
 
     buf = np.frombuffer(data, dtype=np.uint8)  # zero-copy view of the bytes already read
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        lines = str(e).strip().splitlines()
+        raise ImageReadError(path, f"could not decode ({(lines[-1] if lines else 'OpenCV error')[:120]})") from None
+    except MemoryError:
+        raise ImageReadError(path, "could not decode (out of memory)") from None
     if img is not None and img.size:
         return _as_bgr3(img)
 
     if pil is None:
-        raise ImageReadError(path, "not an image (unrecognised format)")
+        raise ImageReadError(path, "truncated or corrupt image data")
     # OpenCV refused it: let PIL tell truncation apart from an unsupported encoding.
     try:
         return _pil_to_bgr(pil)

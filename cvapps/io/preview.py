@@ -13,6 +13,7 @@ Both are sinks (``write(frame, prediction)``, ``close()``) fed by the runner's w
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -85,6 +86,25 @@ def parse_host_port(spec: str | int) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise CvappsError(f"--serve: port {number} is out of range 0..65535")
     return host, number
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """A one-line warning when ``--serve`` binds a non-loopback host, else None."""
+    if is_loopback(host):
+        return None
+    where = "on EVERY network interface" if host in ("0.0.0.0", "::", "") else f"on {host}"
+    return (f"warning: the live preview is served {where} (port {port}) without authentication: anyone who can "
+            "reach this machine can watch it; use 127.0.0.1:PORT to keep it local")
 
 
 _PAGE = """<!doctype html>
