@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 
 from cvapps.data.augment import SamplePipeline, build_augment
 from cvapps.data.check import load_detection_split
-from cvapps.formats.report import DetectionSplit, ImageRecord
 from cvapps.errors import ImageReadError
+from cvapps.formats.report import DetectionSplit, ImageRecord
 from cvapps.io.images import read_image
 
 

@@ -23,8 +23,8 @@ from cvapps.errors import DataError, ImageReadError
 from cvapps.formats.coco import read_coco_json, rle_to_mask
 from cvapps.formats.coco_checks import load_coco_split, read_categories
 from cvapps.formats.masks import check_mask, read_mask
-from cvapps.formats.report import CheckReport, image_size
-from cvapps.io.images import IMAGE_EXTENSIONS, read_image
+from cvapps.formats.report import CheckReport
+from cvapps.io.images import IMAGE_EXTENSIONS, image_size, read_image
 
 
 @dataclass

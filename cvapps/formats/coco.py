@@ -34,9 +34,12 @@ from pycocotools.coco import COCO
 
 from cvapps.errors import DataError
 from cvapps.formats.masks import IGNORE_INDEX
-from cvapps.formats.names import frame_file_name, output_relpath, parse_frame_name, safe_name
-
-
+from cvapps.formats.names import (
+    frame_file_name,
+    output_relpath,
+    parse_frame_name,
+    safe_name,
+)
 
 # ---------------------------------------------------------------------------------------------
 # reading

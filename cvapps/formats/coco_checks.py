@@ -16,8 +16,17 @@ from pycocotools import mask as mask_utils
 
 from cvapps.errors import DataError, ImageReadError
 from cvapps.formats.coco import read_coco_json, segmentation_bbox
-from cvapps.formats.report import (CheckReport, DetectionSplit, clean_box, image_size, inside, is_id, is_number,
-                                   make_record, read_check)
+from cvapps.formats.report import (
+    CheckReport,
+    DetectionSplit,
+    clean_box,
+    inside,
+    is_id,
+    is_number,
+    make_record,
+    read_check,
+)
+from cvapps.io.images import image_size
 
 
 def check_segmentation(segm: Any, height: int, width: int) -> str | None:

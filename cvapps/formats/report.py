@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cvapps.errors import ImageReadError
-from cvapps.io.images import image_size, read_image  # image_size: re-exported for the loaders
+from cvapps.io.images import read_image
 
 # Problem kinds in report order, with the words used in summaries.
 PROBLEM_KINDS: dict[str, str] = {

@@ -18,8 +18,15 @@ import yaml
 
 from cvapps.checkpoint import atomic_write_text
 from cvapps.errors import DataError, ImageReadError
-from cvapps.formats.report import CheckReport, DetectionSplit, clean_box, image_size, inside, make_record, read_check
-from cvapps.io.images import IMAGE_EXTENSIONS
+from cvapps.formats.report import (
+    CheckReport,
+    DetectionSplit,
+    clean_box,
+    inside,
+    make_record,
+    read_check,
+)
+from cvapps.io.images import IMAGE_EXTENSIONS, image_size
 
 
 def yolo_lines(boxes: np.ndarray | Sequence[Sequence[float]], labels: Sequence[int], width: float,
