@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_ours(data: Path, out: Path, args) -> tuple[float, float, Path]:
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
     cfg = load_config(ROOT / "configs" / "yolo_shapes.yaml",
@@ -38,7 +38,7 @@ def train_ours(data: Path, out: Path, args) -> tuple[float, float, Path]:
 
 
 def train_ultralytics(data: Path, out: Path, args) -> tuple[float, float, Path]:
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
     cfg = load_config(ROOT / "configs" / "ultralytics_shapes.yaml",
@@ -101,8 +101,7 @@ def main() -> None:
         p.error("--skip-train needs --weights")
 
     from cvapps.data.synth import generate_shapes
-    from cvapps.engine.predict import Predictor
-    from cvapps.tasks.ultralytics_native import build_predictor
+    from cvapps.engine.load import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -120,7 +119,7 @@ def main() -> None:
             m_ours, t_ours, ckpt = train_ours(data, work / "ours", args)
             m_ul, t_ul, weights_trained = train_ultralytics(data, work / "ultralytics", args)
             weights = weights or weights_trained
-            ours_ms = 1000 * time_cvapps(Predictor.from_checkpoint(ckpt, device=args.device, batch=args.predict_batch),
+            ours_ms = 1000 * time_cvapps(load_model(ckpt, device=args.device, batch=args.predict_batch).predictor(),
                                          folder, args.repeat)
             ul_ms = 1000 * time_ultralytics(weights_trained, folder, psize, args.device, args.repeat)
             print(f"\n== training from scratch, {args.epochs} epochs ==")
@@ -131,7 +130,7 @@ def main() -> None:
                   f"inference speed {ul_ms / ours_ms:.2f}x")
 
         print(f"\n== same yolov8n weights ({weights}) on {folder}, imgsz {psize} ==")
-        ours = build_predictor(weights, device=args.device, batch=args.predict_batch, imgsz=psize)
+        ours = load_model(weights, device=args.device, batch=args.predict_batch, imgsz=psize).predictor()
         s_ours = time_cvapps(ours, folder, args.repeat)
         s_ul = time_ultralytics(weights, folder, psize, args.device, args.repeat)
         print(f"cvapps detect path : {1 / s_ours:8.1f} img/s ({1000 * s_ours:.2f} ms/img, batch {args.predict_batch})")

@@ -20,7 +20,8 @@ from cvapps.errors import CvappsError
 from cvapps.heads.fcn import FCN8sHead, bilinear_kernel, bilinear_upsampler, upsample_crop
 from cvapps.io.coco_segm import load_results, mask_to_coco, results_to_json
 from cvapps.io.segm_sinks import output_stem
-from cvapps.tasks.segment import FCN, TASK, SegmentConfig, segmentation_metrics
+from cvapps.metrics.segmentation import segmentation_metrics
+from cvapps.tasks.segment import FCN, TASK, SegmentConfig
 
 # pycocotools' decode trips a numpy-2 copy= DeprecationWarning; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -255,7 +255,7 @@ def test_coco_is_mirrored_as_yolo_txt_in_the_run_folder(shapes, tmp_path):
 def test_ultralytics_trainer_runs_on_our_coco_layout(shapes, tmp_path):
     """`model.arch: ultralytics` trains through ultralytics' trainer via cvapps' train(); the
     COCO dataset is only read; the result runs through `cvapps detect` as a native model."""
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
     from cvapps.tasks.ultralytics_native import build_predictor, is_native_model
 

@@ -23,14 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from cvapps.engine.predict import Predictor
+    from cvapps.engine.load import load_model
     from cvapps.errors import CvappsError
     from cvapps.io.segm_sinks import CocoSegmJSON, MaskWriter, OverlayWriter
 
     if not 0 <= args.alpha <= 1:
         raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
     out = Path(args.out)
-    predictor = Predictor.from_checkpoint(args.model, "segment", device=args.device, batch=args.batch)
+    predictor = load_model(args.model, tasks="segment", device=args.device, batch=args.batch,
+                           trust=args.trust_model).predictor()
     sinks: list = []
     if not args.no_overlay:
         sinks.append(OverlayWriter(out / "overlays", predictor.class_names, args.alpha))

@@ -1,4 +1,4 @@
-"""COCO JSON: detection results, full dataset files with scores, and COCO mAP via pycocotools.
+"""COCO JSON: detection results and full dataset files with scores.
 
 Formats (https://cocodataset.org/#format-data and #format-results):
 
@@ -7,20 +7,15 @@ Formats (https://cocodataset.org/#format-data and #format-results):
 * dataset file (``predictions_coco.json``): ``{"images", "categories", "annotations"}`` where each
   annotation also carries ``score``, which ``pycocotools.COCO()`` and labelling tools import.
 
-:func:`coco_evaluate` is the one place mAP is computed (``cvapps val`` and training); it runs
-pycocotools' COCOeval, so its numbers are COCO's.
+COCO mAP lives in :mod:`cvapps.metrics.coco`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
-
-import numpy as np
 
 from cvapps.checkpoint import atomic_write_text
 from cvapps.errors import DataError
@@ -39,87 +34,6 @@ def detections_to_results(det: Detections, image_id: int, category_ids: Sequence
                     "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                     "score": round(float(score), 5)})
     return out
-
-
-def make_coco(gt: dict[str, Any]) -> Any:
-    """A ``pycocotools.coco.COCO`` from an in-memory dataset dict (without printing)."""
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = {"info": {}, "licenses": [], **gt}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names: Sequence[str],
-                  category_ids: Sequence[int], img_ids: Sequence[int] | None = None,
-                  pr_curve: str | Path | None = None) -> dict[str, float]:
-    """COCO bbox metrics of ``results`` against the dataset dict ``gt``.
-
-    Returns ``map`` (AP@[.5:.95]), ``map50``, ``map75`` and ``ap/<class>`` (AP@[.5:.95] of each
-    class with ground truth). img_ids: evaluate these images only (e.g. those actually read).
-    pr_curve: write the precision-recall curves at IoU 0.5 there (PNG).
-    """
-    from pycocotools.cocoeval import COCOeval
-
-    metrics = {"map": 0.0, "map50": 0.0, "map75": 0.0}
-    coco_gt = make_coco(gt)
-    has_gt = {c for c in category_ids if coco_gt.getAnnIds(catIds=[c], iscrowd=False)}
-    if not results:  # COCO.loadRes([]) raises; nothing detected is AP 0 for every class.
-        metrics.update({f"ap/{n}": 0.0 for n, c in zip(class_names, category_ids) if c in has_gt})
-        if pr_curve is not None:
-            plot_pr_curves(None, class_names, category_ids, has_gt, pr_curve)
-        return metrics
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        if img_ids is not None:
-            ev.params.imgIds = sorted(set(int(i) for i in img_ids))
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    metrics.update({"map": max(0.0, float(ev.stats[0])), "map50": max(0.0, float(ev.stats[1])),
-                    "map75": max(0.0, float(ev.stats[2]))})
-    # precision: (T iou thresholds, R recall points, K categories, A area ranges, M max dets);
-    # -1 marks "no ground truth". Area "all" (0) and maxDets 100 (-1), as ev.stats[0].
-    precision = ev.eval["precision"]
-    cat_index = {c: k for k, c in enumerate(ev.params.catIds)}
-    for name, cid in zip(class_names, category_ids):
-        if cid not in has_gt or cid not in cat_index:
-            continue
-        p = precision[:, :, cat_index[cid], 0, -1]
-        metrics[f"ap/{name}"] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
-    if pr_curve is not None:
-        plot_pr_curves(ev, class_names, category_ids, has_gt, pr_curve)
-    return metrics
-
-
-def plot_pr_curves(ev: Any, class_names: Sequence[str], category_ids: Sequence[int], has_gt: set[int],
-                   path: str | Path) -> None:
-    """Precision-recall curve at IoU 0.5 of each class (and their mean) as a PNG."""
-    from cvapps.engine.plots import plt, save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    recall = np.linspace(0, 1, 101)
-    curves = []
-    if ev is not None:
-        cat_index = {c: k for k, c in enumerate(ev.params.catIds)}
-        for name, cid in zip(class_names, category_ids):
-            if cid not in has_gt or cid not in cat_index:
-                continue
-            p = np.clip(ev.eval["precision"][0, :, cat_index[cid], 0, -1], 0, None)
-            curves.append(p)
-            ax.plot(recall, p, linewidth=1, label=f"{name} AP50 {p.mean():.3f}")
-    if curves:
-        mean = np.mean(curves, axis=0)
-        ax.plot(recall, mean, linewidth=2.5, color="black", label=f"all classes mAP50 {mean.mean():.3f}")
-    else:
-        ax.text(0.5, 0.5, "no detections", ha="center", va="center")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall (IoU 0.5)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    save_figure(fig, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------
