@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a model cvapps train wrote (cvapps or ultralytics .pt), or an ONNX export")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=path/to/dataset")
     p.add_argument("--out", help="folder for plots and the metrics JSON")
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8, as the predict commands)")
     p.add_argument("--trust-model", action="store_true",
                    help="allow a model file that can only be read by a full unpickle (it can run code stored "
                         "in the file; also CVAPPS_TRUST_MODEL=1)")
@@ -52,7 +53,8 @@ def cmd_val(args: argparse.Namespace) -> int:
     from cvapps.engine.evaluate import evaluate_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    metrics = evaluate_checkpoint(args.checkpoint, args.overrides, out, trust=args.trust_model)
+    metrics = evaluate_checkpoint(args.checkpoint, args.overrides, out, trust=args.trust_model,
+                                  batch=max(1, args.batch))
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))
     return 0
 

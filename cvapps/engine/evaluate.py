@@ -68,10 +68,12 @@ def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing:
 
 
 def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, out_dir: Path | None = None,
-                        *, trust: bool = False) -> dict[str, float]:
+                        *, trust: bool = False, batch: int = 8) -> dict[str, float]:
     """``cvapps val``: any model ``cvapps train`` writes (cvapps checkpoints, native ultralytics
     ``.pt``) or exports, on the val split of its dataset (``data.root=...`` to choose another).
-    Only the val split is needed. Writes ``val_metrics.json`` (and plots) to ``out_dir``."""
+    Only the val split is needed. Writes ``val_metrics.json`` (and plots) to ``out_dir``.
+    batch: images per forward pass, as ``--batch`` of the predict commands (same default, so the
+    same images share a forward pass and the numbers match ``cvapps detect`` bit for bit)."""
     loaded = load_model(path, trust=trust, overrides=overrides)
     cfg, task = loaded.config, loaded.task
     if cfg is None:
@@ -82,7 +84,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, ou
     if list(splits.class_names) != list(loaded.class_names):
         raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {loaded.class_names}")
     device = resolve_device(cfg.train.device)
-    metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device, batch=cfg.train.batch,
+    metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device, batch=batch,
                        out_dir=out_dir, category_ids=loaded.category_ids)
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "val_metrics.json", json.dumps(metrics, indent=1))

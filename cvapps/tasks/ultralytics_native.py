@@ -150,8 +150,21 @@ class UltralyticsTask(DetectionTask):
         layout); returns (best map50, history rows). ``OUT/best.pt``/``last.pt`` are ultralytics files."""
         out = Path(cfg.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        data_yaml = mirror_as_yolo(cfg.data.root, out / "dataset", cfg.data.names)
         tc = cfg.train
+        # The model first: a file that must be refused is refused before any work.
+        resume = False
+        if tc.resume:
+            last = out / "weights" / "last.pt"
+            if not last.is_file():
+                raise CvappsError(f"train.resume=true but {last} does not exist; train once without resume first")
+            if not trusted(trust):  # ultralytics' resume unpickles last.pt in full
+                raise refusal(last, "train.resume refused: ultralytics resumes by unpickling the whole file")
+            yolo, resume = YOLO(str(last)), True
+        else:
+            yolo = trainable_model(cfg.model.model, out, trust)
+            if cfg.model.weights:
+                yolo.load(load_native(cfg.model.weights, trust)[0])  # a module: ultralytics unpickles nothing
+        data_yaml = mirror_as_yolo(cfg.data.root, out / "dataset", cfg.data.names)
         args: dict[str, Any] = dict(
             data=str(data_yaml), epochs=tc.epochs, imgsz=cfg.data.imgsz, batch=tc.batch,
             device=ultralytics_device(device), workers=cfg.data.workers, seed=tc.seed,
@@ -163,17 +176,8 @@ class UltralyticsTask(DetectionTask):
         if cfg.model.freeze:
             args["freeze"] = None if cfg.model.freeze < 0 else cfg.model.freeze
         args.update(cfg.model.trainer_args)
-        if tc.resume:
-            last = out / "weights" / "last.pt"
-            if not last.is_file():
-                raise CvappsError(f"train.resume=true but {last} does not exist; train once without resume first")
-            if not trusted(trust):  # ultralytics' resume unpickles last.pt in full
-                raise refusal(last, "train.resume refused: ultralytics resumes by unpickling the whole file")
-            yolo, args = YOLO(str(last)), {"resume": True}
-        else:
-            yolo = trainable_model(cfg.model.model, out, trust)
-            if cfg.model.weights:
-                yolo.load(load_native(cfg.model.weights, trust)[0])  # a module: ultralytics unpickles nothing
+        if resume:
+            args = {"resume": True}
         log(f"ultralytics: training {cfg.model.model} on {cfg.data.root} (mirrored as YOLO txt in {data_yaml.parent})")
         try:
             yolo.train(**args)
