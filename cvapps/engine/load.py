@@ -124,18 +124,16 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
 
 def _load_native(spec: str, trust: bool, imgsz: int | None) -> LoadedModel:
     # The ultralytics task module imports ultralytics (heavy): only loaded for native models.
-    from cvapps.tasks.ultralytics_native import UltralyticsTask, coco_category_ids, native_detector
+    from cvapps.tasks.ultralytics_native import UltralyticsTask, coco_category_ids, native_detector, trained_on
 
     model, names, trained_size, ckpt = native_detector(spec, trust=trust)
     size = int(imgsz or trained_size)
     if size % 32:
         raise ConfigError(f"--imgsz {size}: ultralytics models need a multiple of 32")
     task = UltralyticsTask(model.num_classes, model.end2end)
-    # For `cvapps val`: the dataset ultralytics trained on (cvapps mirrors it as YOLO txt).
-    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
-    data = {"imgsz": size}
-    if isinstance(train_args.get("data"), str) and Path(train_args["data"]).is_file():
-        data["root"] = str(Path(train_args["data"]).parent)
+    # For `cvapps val`: the dataset a `cvapps train` run of ultralytics used.
+    root = trained_on(ckpt["train_args"]) if isinstance(ckpt.get("train_args"), dict) else None
+    data = {"imgsz": size, **({"root": root} if root else {})}
     raw = {"task": "ultralytics", "model": {"model": spec}, "data": data}
     info = {k: v for k, v in ckpt.items() if k in ("date", "version", "epoch", "train_metrics")}
     return LoadedModel(task, model, names, coco_category_ids(names),

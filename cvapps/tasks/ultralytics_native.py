@@ -45,6 +45,23 @@ from cvapps.tasks.ultralytics_files import YAML_SUFFIXES, load_native, refusal, 
 
 
 # --- config ---------------------------------------------------------------------------------------
+# Key of the mirrored data.yaml naming the user's dataset (ultralytics ignores it).
+SOURCE_KEY = "cvapps_source"
+
+
+def trained_on(train_args: dict[str, Any]) -> str | None:
+    """The dataset root a ``cvapps train`` run of ultralytics used (from the mirror's data.yaml)."""
+    data = train_args.get("data")
+    if not isinstance(data, str) or not Path(data).is_file():
+        return None
+    try:
+        spec = yaml.safe_load(Path(data).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    source = spec.get(SOURCE_KEY) if isinstance(spec, dict) else None
+    return str(source) if isinstance(source, str) and Path(source).is_dir() else None
+
+
 class UltralyticsModelConfig(ModelConfig):
     arch: Literal["ultralytics"] = "ultralytics"
     model: str = Field("yolov8n.yaml", description="ultralytics model: a .yaml (random init) or a local .pt file")
@@ -264,7 +281,8 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     if val == "train":
         print(f"note: {root} has no val split; ultralytics validates on the train split", file=sys.stderr)
     spec = {"path": str(dest.resolve()), "train": "images/train", "val": f"images/{val}",
-            "names": dict(enumerate(class_names or []))}
+            "names": dict(enumerate(class_names or [])),
+            SOURCE_KEY: str(root.resolve())}  # what `cvapps val` evaluates on by default
     atomic_write_text(dest / "data.yaml", yaml.safe_dump(spec, sort_keys=False))
     return dest / "data.yaml"
 
