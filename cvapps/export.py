@@ -41,6 +41,7 @@ from cvapps.checkpoint import atomic_write
 from cvapps.engine.load import load_model
 from cvapps.engine.onnx_model import INPUT_NAME, ONNX_FORMAT, need_onnxruntime, read_onnx_metadata
 from cvapps.errors import CvappsError
+from cvapps.heads.yolo import head_of
 
 __all__ = ["ONNX_FORMAT", "OUTPUTS", "PARITY_ATOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
 
@@ -94,8 +95,6 @@ class _EvalForward(nn.Module):
 def _prepare_yolo_head(model: nn.Module) -> None:
     # ultralytics' own exporter sets these: `export` makes Detect return the decoded tensor only,
     # and anchors/strides are then computed for the traced (fixed) input size.
-    from cvapps.heads.yolo import head_of
-
     head = head_of(model)
     if head is not None:
         head.export, head.format, head.dynamic = True, "onnx", False

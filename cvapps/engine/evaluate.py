@@ -48,7 +48,9 @@ def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing:
             yield Frame(image, name, index)
 
     was = model.training
-    predictor = Predictor(task, model, splits.class_names, preprocessing, device, batch, category_ids=category_ids)
+    # A model under training keeps its memory layout (the optimizer's state matches it).
+    predictor = Predictor(task, model, splits.class_names, preprocessing, device, batch, category_ids=category_ids,
+                          channels_last=not was)
     try:
         pending_preds, pending_targets = [], []
         for frame, prediction in predictor.predict(frames(), **task.eval_options):

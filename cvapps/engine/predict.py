@@ -53,7 +53,7 @@ class Predictor:
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
-                 category_ids: list[int] | None = None, prefetch: int = 2) -> None:
+                 category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True) -> None:
         self.task, self.class_names = task, list(class_names)
         self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
@@ -65,7 +65,8 @@ class Predictor:
         # Rect letterbox (less padding) unless the model only takes its export-time input size.
         self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
         self.model = model.to(self.device).eval()
-        if self.device.type == "cuda":
+        # channels_last=False leaves a model under training as it is (its optimizer state keeps the layout).
+        if self.device.type == "cuda" and channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Side stream for host-to-device copies, so they overlap compute (see _prepare).
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None

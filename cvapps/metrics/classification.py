@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from cvapps.metrics.plots import plot_confusion_matrix
+from cvapps.metrics.base import ConfusionMatrixMetric
 
 
 def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
@@ -21,16 +20,8 @@ def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[s
     return metrics
 
 
-class ClassificationMetric:
+class ClassificationMetric(ConfusionMatrixMetric):
     """predictions: Classification (``label``); targets: class indices."""
-
-    def __init__(self, class_names: list[str]) -> None:
-        self.class_names = list(class_names)
-        self.reset()
-
-    def reset(self) -> None:
-        k = len(self.class_names)
-        self.matrix = np.zeros((k, k), dtype=np.int64)
 
     def process(self, predictions: Sequence[Any], targets: Sequence[int]) -> None:
         for pred, label in zip(predictions, targets):
@@ -38,6 +29,3 @@ class ClassificationMetric:
 
     def summarize(self) -> dict[str, float]:
         return classification_metrics(self.matrix, self.class_names)
-
-    def plot(self, out_dir: Path) -> None:
-        plot_confusion_matrix(self.matrix, self.class_names, Path(out_dir) / "confusion_matrix.png")

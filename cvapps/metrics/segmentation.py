@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from cvapps.data.augment import IGNORE_INDEX
-from cvapps.metrics.plots import plot_confusion_matrix
+from cvapps.metrics.base import ConfusionMatrixMetric
 
 
 def segmentation_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
@@ -30,17 +29,9 @@ def segmentation_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str
     return metrics
 
 
-class SegmentationMetric:
+class SegmentationMetric(ConfusionMatrixMetric):
     """predictions: SegmentationMask (``mask`` HxW class indices, original pixels); targets: the
     ground-truth class-index masks HxW of the same images (255 = ignore)."""
-
-    def __init__(self, class_names: list[str]) -> None:
-        self.class_names = list(class_names)
-        self.reset()
-
-    def reset(self) -> None:
-        k = len(self.class_names)
-        self.matrix = np.zeros((k, k), dtype=np.int64)
 
     def process(self, predictions: Sequence[Any], targets: Sequence[np.ndarray]) -> None:
         k = len(self.class_names)
@@ -52,6 +43,3 @@ class SegmentationMetric:
 
     def summarize(self) -> dict[str, float]:
         return segmentation_metrics(self.matrix, self.class_names)
-
-    def plot(self, out_dir: Path) -> None:
-        plot_confusion_matrix(self.matrix, self.class_names, Path(out_dir) / "confusion_matrix.png")

@@ -36,6 +36,7 @@ from ultralytics.nn.tasks import guess_model_task
 
 from cvapps.checkpoint import atomic_write, atomic_write_text
 from cvapps.config import ModelConfig, TaskConfig
+from cvapps.data.check import available_splits, load_detection_split
 from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import ConfigError, CvappsError, DataError
 from cvapps.structures import Detections
@@ -247,8 +248,6 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     YOLO txt (class cx cy w h, normalised) from the checked COCO or YOLO annotations. The user's
     dataset is only read. Returns the data.yaml path.
     """
-    from cvapps.data.check import available_splits, load_detection_split
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root not found: {root}")
