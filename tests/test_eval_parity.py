@@ -87,3 +87,23 @@ def test_coco_eval_check_reports_zero_difference_on_mixed_sizes(mixed, tmp_path,
     assert CHECK["main"]([str(ckpt), "--data", str(mixed.parent / "shapes"), "--tolerance", "0"]) == 0
     out = capsys.readouterr().out
     assert "largest difference 0.0000 on mixed non-square sizes" in out
+
+
+@pytest.mark.parametrize("kind", ["classify", "segment"])
+def test_val_needs_only_a_val_split(kind, small_shapes, tmp_path):
+    """`cvapps val CKPT data.root=DIR` where DIR holds nothing but a val split (issue 11)."""
+    import shutil
+
+    root = tmp_path / "only_val"
+    if kind == "classify":
+        shutil.copytree(small_shapes / "classify" / "val", root / "val")
+        ckpt = make_checkpoint(tmp_path / "c.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
+    else:
+        for sub in ("images", "masks"):
+            shutil.copytree(small_shapes / sub / "val", root / sub / "val")
+        ckpt = make_checkpoint(tmp_path / "s.pt", "segment_shapes.yaml", ["data.imgsz=64"], ["background", *SHAPES])
+    out = tmp_path / "val_out"
+    assert main(["val", str(ckpt), f"data.root={root}", "train.device=cpu", "--out", str(out)]) == 0
+    metrics = json.loads((out / "val_metrics.json").read_text())
+    assert ("accuracy" if kind == "classify" else "miou") in metrics
+    assert (out / "confusion_matrix.png").is_file()
