@@ -29,7 +29,7 @@ from torch import nn
 from cvapps.config import ModelConfig, TaskConfig
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline, build_augment
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta
-from cvapps.errors import DataError
+from cvapps.errors import DataError, ImageReadError
 from cvapps.data.segmentation import SegmentationDataset, SegmentExtra, class_names_for, scan_split
 from cvapps.heads.fcn import AuxHead, FCN8sHead, pad_to_multiple
 from cvapps.metrics.segmentation import SegmentationMetric
@@ -153,8 +153,14 @@ class SegmentTask(Task):
         return SegmentationMetric(splits.class_names)
 
     def eval_items(self, dataset: SegmentationDataset):
+        def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+            image, mask = dataset.load(i)
+            if mask.shape != image.shape[:2]:  # changed on disk since the dataset was built
+                raise ImageReadError(dataset.samples[i].image, "mask size differs from the image")
+            return image, mask
+
         for i, sample in enumerate(dataset.samples):
-            yield str(sample.image), (lambda i=i: dataset.load(i))
+            yield str(sample.image), (lambda i=i: load(i))
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[SegmentationMask]:
         """logits (B, K, S, S) -> per image: the scores mapped to ORIGINAL pixels (crop the letterbox
