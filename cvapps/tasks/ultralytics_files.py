@@ -53,7 +53,9 @@ def _allowed_class(name: str) -> type | None:
         obj = getattr(importlib.import_module(module), attr, None)
     except ImportError:
         return None
-    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+    # Defined in that very module (not a name it imported from elsewhere) and a layer or model.
+    ok = isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module
+    return obj if ok else None
 
 
 def load_pickled_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
