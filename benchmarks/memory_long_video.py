@@ -80,15 +80,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from cvapps.engine.load import load_model
     from cvapps.engine.predict import Predictor
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, make_drawer
 
     if args.model:
-        predictor = Predictor.from_checkpoint(args.model, device=args.device, batch=args.batch)
+        predictor = load_model(args.model, device=args.device, batch=args.batch).predictor()
     else:
-        from cvapps.config import load_config
-        from cvapps.tasks import get_task
+        from cvapps.tasks import get_task, load_config
 
         torch.manual_seed(0)
         cfg = load_config(ROOT / "configs" / "classify_shapes.yaml", ["data.imgsz=32"])

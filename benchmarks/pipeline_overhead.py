@@ -29,16 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_predictor(args: argparse.Namespace):
     import torch
 
+    from cvapps.engine.load import load_model
     from cvapps.engine.predict import Predictor
 
     if args.model:
-        if Path(args.model).suffix in (".yaml", ".yml") or args.task == "detect":
-            from cvapps.cli.detect import load_detector
-
-            return load_detector(args.model, args.device, args.batch)
-        return Predictor.from_checkpoint(args.model, device=args.device, batch=args.batch)
-    from cvapps.config import load_config
-    from cvapps.tasks import get_task
+        return load_model(args.model, device=args.device, batch=args.batch).predictor()
+    from cvapps.tasks import get_task, load_config
 
     torch.manual_seed(0)
     for config, names in (("yolo_shapes.yaml", ["circle", "square", "triangle"]),

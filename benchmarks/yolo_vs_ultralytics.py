@@ -44,7 +44,7 @@ EVAL = {"conf": 0.001, "iou": 0.7, "max_det": 300}  # ultralytics' validator set
 
 
 def train_ours(data: Path, out: Path, args) -> tuple[float, Path]:
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
     cfg = load_config(ROOT / "configs" / "yolo_shapes.yaml",
@@ -59,7 +59,7 @@ def train_ours(data: Path, out: Path, args) -> tuple[float, Path]:
 def train_ultralytics(data: Path, out: Path, args) -> tuple[float, Path]:
     import ultralytics.utils.torch_utils as ul_torch
 
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
     # ultralytics' select_device() sets torch to NUM_THREADS (cpu_count - 1) threads for CPU
@@ -89,11 +89,11 @@ class _Collect:
 
 def predict_ours(ckpt: Path, folder: Path, device: str) -> list[tuple[str, Any, Any, Any]]:
     """(file name, boxes xyxy px, scores, class indices) per image from our predictor."""
-    from cvapps.engine.predict import Predictor
+    from cvapps.engine.load import load_model
     from cvapps.engine.runner import run_source
 
     sink = _Collect()
-    run_source(Predictor.from_checkpoint(ckpt, device=device), str(folder), [sink], progress=False,
+    run_source(load_model(ckpt, device=device).predictor(), str(folder), [sink], progress=False,
                options=dict(EVAL))
     return [(name, d.boxes.tolist(), d.scores.tolist(), d.labels.tolist()) for name, d in sink.items]
 
@@ -182,8 +182,7 @@ def main() -> None:
         p.error("--skip-train needs --weights")
 
     from cvapps.data.synth import generate_shapes
-    from cvapps.engine.predict import Predictor
-    from cvapps.tasks.ultralytics_native import build_predictor
+    from cvapps.engine.load import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -209,7 +208,7 @@ def main() -> None:
             val_images = data / "images" / "val"
             m50_ours, m_ours = coco_map(gt, predict_ours(ckpt, val_images, args.device), names)
             m50_ul, m_ul = coco_map(gt, predict_ultralytics(weights_trained, val_images, args.imgsz, args.device), names)
-            ours_ms = 1000 * time_cvapps(Predictor.from_checkpoint(ckpt, device=args.device, batch=args.predict_batch),
+            ours_ms = 1000 * time_cvapps(load_model(ckpt, device=args.device, batch=args.predict_batch).predictor(),
                                          folder, args.repeat)
             ul_ms = 1000 * time_ultralytics(weights_trained, folder, psize, args.device, args.repeat)
             print(f"\n== training from scratch, {args.epochs} epochs; both scored by pycocotools at conf "
@@ -221,7 +220,7 @@ def main() -> None:
                   f"{m_ours / max(m_ul, 1e-9):.2f}, train time {t_ours / t_ul:.2f}, inference speed {ul_ms / ours_ms:.2f}x")
 
         print(f"\n== same yolov8n weights ({weights}) on {folder}, imgsz {psize} ==")
-        ours = build_predictor(weights, device=args.device, batch=args.predict_batch, imgsz=psize)
+        ours = load_model(weights, device=args.device, batch=args.predict_batch, imgsz=psize).predictor()
         s_ours = time_cvapps(ours, folder, args.repeat)
         s_ul = time_ultralytics(weights, folder, psize, args.device, args.repeat)
         print(f"cvapps detect path : {1 / s_ours:8.1f} img/s ({1000 * s_ours:.2f} ms/img, batch {args.predict_batch})")

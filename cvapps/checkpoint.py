@@ -24,6 +24,10 @@ from cvapps.io.guard import check_writable_target
 FORMAT = "cvapps-checkpoint-v1"
 
 
+class ForeignCheckpoint(CheckpointError):
+    """The file exists but is not a cvapps checkpoint (e.g. a native ultralytics model)."""
+
+
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file.
 
@@ -110,13 +114,16 @@ def load_checkpoint(path: str | Path, task: str | tuple[str, ...] | None = None)
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign pickles
+        raise ForeignCheckpoint(
             f"{path}: not a cvapps checkpoint (cannot be read with weights_only=True: {type(exc).__name__}); "
-            "ultralytics .pt files are used with `cvapps detect --model FILE.pt`"
+            "native ultralytics models load through cvapps.engine.load.load_model"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cvapps checkpoint (no {FORMAT!r} marker)")
+        raise ForeignCheckpoint(f"{path}: not a cvapps checkpoint (no {FORMAT!r} marker)")
+    missing = {"task", "config", "class_names", "preprocessing", "model"} - set(ckpt)
+    if missing:
+        raise CheckpointError(f"{path}: damaged cvapps checkpoint: no {', '.join(sorted(missing))}")
     wanted = (task,) if isinstance(task, str) else task
     if wanted and ckpt["task"] not in wanted:
         raise CheckpointError(f"{path} is a {ckpt['task']!r} checkpoint; this command needs {' or '.join(map(repr, wanted))}")

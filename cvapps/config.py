@@ -2,7 +2,7 @@
 
 Every task config has the sections ``model``, ``data``, ``train``, ``augment`` and the keys
 ``task`` and ``out``; a task adds its own model keys by subclassing :class:`ModelConfig` (see
-``cvapps/tasks/*.py``). Unknown keys and wrong types are :class:`~cvapps.errors.ConfigError`
+``cvapps/tasks/*.py``; :func:`cvapps.tasks.load_config` picks the task's class). Unknown keys and wrong types are :class:`~cvapps.errors.ConfigError`
 naming the key, e.g. ``config error: train.lr: should be a number, got 'abc'``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -49,6 +49,10 @@ def _admits_bool(annotation: Any) -> bool:
 
 
 class ModelConfig(Section):
+    # Keys read only when a model is first built (initial weights). A saved model already holds
+    # those weights, so loading one clears these keys and never reads them again (engine/load.py).
+    BUILD_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("pretrained", "backbone_weights", "weights")
+
     arch: str = Field(description="architecture of the task (e.g. classifier, fcn8s, faster_rcnn, yolo)")
     backbone: str = Field("tiny", description="name in the backbone registry (cvapps summary --backbones)")
     backbone_weights: str | None = Field(None, description="torchvision-format .pth state dict for the backbone")
@@ -56,6 +60,10 @@ class ModelConfig(Section):
     weights: str | None = Field(None, description="a cvapps checkpoint whose weights start this model (fine-tuning)")
     freeze: int = Field(0, ge=-1, le=1000, description="freeze the first N backbone stages; -1 freezes the whole backbone")
     in_channels: int = Field(3, ge=1, le=4, description="1 for grayscale models such as the MNIST convnet")
+
+    def without_build_only(self) -> "ModelConfig":
+        """A copy with :attr:`BUILD_ONLY_KEYS` at their defaults, for rebuilding a saved model."""
+        return self.model_copy(update={k: type(self).model_fields[k].default for k in self.BUILD_ONLY_KEYS})
 
 
 class DataConfig(Section):
@@ -243,20 +251,3 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = ann
     return list(model.model_fields)
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
-    """Read a YAML config, apply dotted overrides, and validate it against its task's schema."""
-    from cvapps.tasks import get_task
-
-    raw = deep_merge(read_yaml(path), parse_overrides(overrides or []))
-    task = get_task(raw.get("task"))
-    return validate(task.config_class, raw, str(path))
-
-
-def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> TaskConfig:
-    """Like :func:`load_config` for a dict (e.g. the config stored in a checkpoint)."""
-    from cvapps.tasks import get_task
-
-    raw = deep_merge(raw, parse_overrides(overrides or []))
-    return validate(get_task(raw.get("task")).config_class, raw)

@@ -10,8 +10,8 @@ import csv
 import time
 from pathlib import Path
 
-from cvapps.config import load_config
-from cvapps.engine.predict import Predictor
+from cvapps.tasks import load_config
+from cvapps.engine.load import load_model
 from cvapps.engine.runner import run_source
 from cvapps.engine.train import train
 from cvapps.errors import DataError
@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
 
     val = sample / "classify" / "val"
     print(f"[2/2] classifying {val} with {result.best} ...")
-    predictor = Predictor.from_checkpoint(result.best, "classify", device=device, batch=32)
+    predictor = load_model(result.best, tasks="classify", device=device, batch=32).predictor()
     sink = ClassificationCSV(out / "predictions.csv", predictor.class_names)
     report = run_source(predictor, val, [sink], progress=progress)
     rows = list(csv.DictReader(sink.path.open()))

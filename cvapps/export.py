@@ -37,11 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvapps.checkpoint import atomic_write, load_checkpoint
-from cvapps.errors import CheckpointError, CvappsError
+from cvapps.checkpoint import atomic_write
+from cvapps.engine.load import load_model
+from cvapps.engine.onnx_model import INPUT_NAME, ONNX_FORMAT, need_onnxruntime, read_onnx_metadata
+from cvapps.errors import CvappsError
+from cvapps.heads.yolo import head_of
 
-ONNX_FORMAT = "cvapps-onnx-v1"
-INPUT_NAME = "images"
+__all__ = ["ONNX_FORMAT", "OUTPUTS", "PARITY_ATOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
+
 
 #: Output names and the absolute tolerance of the onnxruntime-vs-PyTorch check, per task.
 #: Logits are O(10) so 1e-4 is ~1e-5 relative; YOLO boxes are pixels (up to imgsz) so 1e-3 px.
@@ -71,22 +74,10 @@ class ExportReport:
 
 def _need_onnx() -> tuple[Any, Any]:
     try:
-        import onnx
-        import onnxruntime
+        import onnx  # optional heavy dependency: only `cvapps export` needs it
     except ImportError:
         raise CvappsError("ONNX export needs the onnx and onnxruntime packages: pip install 'cvapps[export]'") from None
-    return onnx, onnxruntime
-
-
-def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """The eval-mode model a loaded checkpoint describes, with its weights (no downloads)."""
-    from cvapps.config import config_from_dict
-    from cvapps.tasks import get_task
-
-    cfg = config_from_dict(ckpt["config"], ["model.pretrained=false", "model.backbone_weights=null", "model.weights=null"])
-    model = get_task(ckpt["task"]).build_model(cfg, ckpt["class_names"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return onnx, need_onnxruntime()
 
 
 class _EvalForward(nn.Module):
@@ -104,8 +95,6 @@ class _EvalForward(nn.Module):
 def _prepare_yolo_head(model: nn.Module) -> None:
     # ultralytics' own exporter sets these: `export` makes Detect return the decoded tensor only,
     # and anchors/strides are then computed for the traced (fixed) input size.
-    from cvapps.heads.yolo import head_of
-
     head = head_of(model)
     if head is not None:
         head.export, head.format, head.dynamic = True, "onnx", False
@@ -120,8 +109,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     """
     onnx, ort = _need_onnx()
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    task = ckpt["task"]
+    loaded = load_model(checkpoint)
+    ckpt = {**loaded.info, "config": loaded.raw_config}
+    task = loaded.task.name
     if task == "faster_rcnn":
         raise CvappsError("export: Faster R-CNN is not exported to ONNX: torchvision's export traces a fixed number "
                           "of images, so the model would not take a dynamic batch; run the .pt checkpoint instead")
@@ -133,7 +123,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     if out.suffix.lower() != ".onnx":
         raise CvappsError(f"export: the output file must end in .onnx, got {out}")
 
-    model = build_from_checkpoint(ckpt)
+    model = loaded.model.eval()
     if task == "yolo":
         _prepare_yolo_head(model)
     pre = ckpt["preprocessing"]
@@ -207,35 +197,3 @@ def check_parity(onnx_path: str | Path, model: nn.Module, task: str, channels: i
             raise CvappsError(f"export check failed: onnxruntime differs from PyTorch by up to {diff.max():.3g} "
                               f"at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
     return ExportReport(Path(onnx_path), task, 0, worst, atol, tuple(batches))
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The cvapps metadata of an exported model, decoded (lists/dicts from JSON).
-
-    Raises CheckpointError for a missing file, a file onnxruntime cannot read, or an ONNX model
-    that cvapps did not export (no ``format`` marker).
-    """
-    _, ort = _need_onnx()
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model not found: {path}")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
-        raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-    return _decode(session.get_modelmeta().custom_metadata_map, path)
-
-
-def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
-    if raw.get("format") != ONNX_FORMAT:
-        raise CheckpointError(f"{path}: not a cvapps ONNX export (no {ONNX_FORMAT!r} in its metadata); "
-                              "export one with `cvapps export CKPT --format onnx`")
-    try:
-        meta: dict[str, Any] = dict(raw)
-        for key in ("class_names", "category_ids", "preprocessing", "config"):
-            meta[key] = json.loads(raw[key]) if key in raw else None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt cvapps metadata ({exc.msg})") from None
-    if not meta.get("class_names") or not meta.get("preprocessing"):
-        raise CheckpointError(f"{path}: cvapps metadata lacks class_names or preprocessing")
-    return meta

@@ -9,23 +9,15 @@ DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
 
 def load_model(path: str, device: str = "auto", batch: int = 8, tasks: tuple[str, ...] | None = None) -> Any:
-    """A predictor for any cvapps checkpoint, or a native ultralytics model file via ``cvapps detect``'s
-    loader. ``tasks`` restricts what the checkpoint may be (a clear error otherwise)."""
-    from cvapps.checkpoint import load_checkpoint
-    from cvapps.engine.predict import Predictor
-    from cvapps.errors import CheckpointError
+    """A predictor for any model :func:`cvapps.engine.load.load_model` loads (cvapps checkpoints,
+    ONNX exports, native ultralytics files). ``tasks`` restricts what it may be (a clear error
+    otherwise); asking for a detector also accepts native ultralytics detectors."""
+    from cvapps.engine.load import load_model as load
 
-    try:
-        task = load_checkpoint(path)["task"]
-    except CheckpointError:
-        task = None
-    if task is None or task in DETECTION_TASKS:
-        if tasks and not set(tasks) & set(DETECTION_TASKS):
-            raise CheckpointError(f"{path}: expected a {' or '.join(tasks)} checkpoint")
-        from cvapps.cli.detect import load_detector
-
-        return load_detector(path, device, batch)
-    return Predictor.from_checkpoint(path, tasks, device=device, batch=batch)
+    wanted = tuple(tasks or ())
+    if set(wanted) & set(DETECTION_TASKS):
+        wanted = tuple(dict.fromkeys((*wanted, "ultralytics")))
+    return load(path, tasks=wanted or None, device=device, batch=batch).predictor()
 
 
 class Chain:

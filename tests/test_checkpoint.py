@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cvapps.checkpoint import load_checkpoint, save_checkpoint
-from cvapps.config import load_config
-from cvapps.engine.predict import Predictor
+from cvapps.tasks import load_config
+from cvapps.engine.load import load_model
 from cvapps.errors import CheckpointError
 from cvapps.tasks import get_task
 
@@ -32,7 +32,7 @@ def test_round_trip_with_weights_only(tmp_path: Path) -> None:
     path, model = _ckpt(tmp_path)
     raw = torch.load(path, weights_only=True)
     assert raw["task"] == "classify" and raw["class_names"] == ["circle", "square", "triangle"]
-    predictor = Predictor.from_checkpoint(path, "classify", device="cpu")
+    predictor = load_model(path, tasks="classify", device="cpu").predictor()
     x = torch.rand(2, 3, 64, 64)
     model.eval()
     with torch.no_grad():

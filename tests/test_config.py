@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cvapps.cli import main
-from cvapps.config import load_config, parse_overrides
+from cvapps.config import parse_overrides
+from cvapps.tasks import load_config
 from cvapps.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -68,13 +68,13 @@ def test_segment_and_yolo_export_parity(tmp_path: Path) -> None:
     assert read_onnx_metadata(report.path)["category_ids"] == [1, 2, 3]
 
     # segment / detect run the ONNX model through the same predictor as the .pt.
-    from cvapps.engine.predict import Predictor
+    from cvapps.engine.load import load_model
     from cvapps.structures import Frame
 
     img = cv2.imread(str(write_images(tmp_path / "im", 1, (50, 70)) / "img0.png"))
     for pt, task in ((seg, "segment"), (yolo, ("faster_rcnn", "yolo"))):
-        ref = Predictor.from_checkpoint(pt, task, device="cpu")
-        got = Predictor.from_checkpoint(pt.with_suffix(".onnx"), task, device="cpu")
+        ref = load_model(pt, tasks=task, device="cpu").predictor()
+        got = load_model(pt.with_suffix(".onnx"), tasks=task, device="cpu").predictor()
         assert got.class_names == ref.class_names and got.imgsz == ref.imgsz
         (_, a), = ref.predict([Frame(img, "x.png")], conf=0.0)
         (_, b), = got.predict([Frame(img, "x.png")], conf=0.0)

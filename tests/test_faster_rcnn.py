@@ -11,7 +11,7 @@ import torchvision
 
 from cvapps.checkpoint import save_checkpoint
 from cvapps.cli import main as cli
-from cvapps.config import config_from_dict
+from cvapps.tasks import config_from_dict
 from cvapps.errors import CheckpointError
 from cvapps.tasks import get_task
 
@@ -192,7 +192,7 @@ def test_detect_cli_bad_input_is_one_line(checkpoint: Path, tmp_path: Path, caps
 
 
 def test_shipped_config_is_valid() -> None:
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
 
     cfg = load_config(REPO / "configs" / "faster_rcnn_shapes.yaml")
     assert cfg.task == "faster_rcnn" and cfg.model.backbone == "tiny"
@@ -205,7 +205,7 @@ def test_acceptance_shipped_config_reaches_map50_and_export_agrees(tmp_path: Pat
     import runpy
     import time
 
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
     cfg = load_config(REPO / "configs" / "faster_rcnn_shapes.yaml",

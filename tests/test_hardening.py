@@ -20,7 +20,7 @@ import torch
 
 from cvapps.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from cvapps.cli import main
-from cvapps.config import load_config
+from cvapps.tasks import load_config
 from cvapps.data.synth import generate_shapes
 from cvapps.engine.train import train
 from cvapps.errors import CvappsError, DataError, OutputError

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cvapps.engine.load import load_model
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.io.preview import MJPEGServer, parse_host_port
@@ -106,7 +107,7 @@ def test_auto_label_folder(tmp_path: Path) -> None:
 
 def test_detect_then_classify(tmp_path: Path, classify_ckpt: Path) -> None:
     mod = load_pipeline("detect_then_classify")
-    classifier = Predictor.from_checkpoint(classify_ckpt, "classify", device="cpu")
+    classifier = load_model(classify_ckpt, tasks="classify", device="cpu").predictor()
     video = _write_video(tmp_path / "clip.mp4", 12, size=(80, 60))
     report, sink = mod.detect_then_classify(fake_predictor(), classifier, video, tmp_path / "out",
                                             save_video=True, progress=False)

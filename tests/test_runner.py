@@ -100,7 +100,7 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def classify_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny classifier checkpoint (the runtime does not need accuracy)."""
     from cvapps.checkpoint import save_checkpoint
-    from cvapps.config import load_config
+    from cvapps.tasks import load_config
     from cvapps.tasks import get_task
 
     torch.manual_seed(0)

@@ -20,7 +20,8 @@ from cvapps.errors import CvappsError
 from cvapps.heads.fcn import FCN8sHead, bilinear_kernel, bilinear_upsampler, upsample_crop
 from cvapps.formats.coco import dumps, load_results, mask_to_results
 from cvapps.formats.names import output_relpath
-from cvapps.tasks.segment import FCN, TASK, SegmentConfig, segmentation_metrics
+from cvapps.metrics.segmentation import segmentation_metrics
+from cvapps.tasks.segment import FCN, TASK, SegmentConfig
 
 # pycocotools' decode trips a numpy-2 copy= DeprecationWarning; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -131,10 +131,10 @@ def test_native_yaml_model_gives_detections_in_original_pixels():
     from ultralytics.utils.nms import non_max_suppression
     from ultralytics.utils.ops import scale_boxes
 
-    from cvapps.tasks.ultralytics_native import build_predictor
+    from cvapps.engine.load import load_model
 
     torch.manual_seed(0)
-    predictor = build_predictor("yolov8n.yaml", device="cpu", batch=2, imgsz=128)
+    predictor = load_model("yolov8n.yaml", device="cpu", batch=2, imgsz=128).predictor()
     assert predictor.class_names[:2] == ["0", "1"] and len(predictor.class_names) == 80
     image = (np.random.default_rng(0).random((90, 200, 3)) * 255).astype(np.uint8)
     det = predictor(image, conf=0.0, iou=0.7, max_det=25)
@@ -156,9 +156,9 @@ def test_native_yaml_model_gives_detections_in_original_pixels():
 
 
 def test_native_segmentation_model_returns_boxes():
-    from cvapps.tasks.ultralytics_native import build_predictor
+    from cvapps.engine.load import load_model
 
-    predictor = build_predictor("yolov8n-seg.yaml", device="cpu", imgsz=64)
+    predictor = load_model("yolov8n-seg.yaml", device="cpu", imgsz=64).predictor()
     det = predictor(np.full((48, 64, 3), 100, np.uint8), conf=0.0, max_det=5)
     assert isinstance(det, Detections) and len(det) == 5
     assert int(det.labels.max()) < 80  # mask coefficients were not taken for classes
@@ -203,14 +203,19 @@ def test_missing_ultralytics_weights_is_a_one_line_error(tmp_path, monkeypatch, 
     assert "yolov8n.pt" in err and "place the file at" in err and str(tmp_path) in err
 
 
-def test_native_model_detection_by_file_contents(tmp_path):
-    from cvapps.tasks.ultralytics_native import is_native_model
+def test_model_files_are_told_apart_by_loading_not_by_their_bytes(tmp_path):
+    """A cvapps checkpoint that mentions "ultralytics" is still a cvapps checkpoint; a published
+    ultralytics name that is missing gets the "place the file" message."""
+    from tiny_checkpoints import SHAPES, make_checkpoint
 
-    cvapps_like = tmp_path / "model.pt"
-    torch.save({"format": "cvapps-checkpoint-v1", "model": {}}, cvapps_like)
-    assert not is_native_model(cvapps_like)
-    assert is_native_model("yolo11n.pt") and is_native_model("yolov8n-seg.yaml")
-    assert not is_native_model(tmp_path / "missing_custom.pt")
+    from cvapps.engine.load import load_model
+    from cvapps.errors import CheckpointError
+
+    ckpt = make_checkpoint(tmp_path / "model.pt", "yolo_shapes.yaml", ["data.imgsz=64", "data.names=[ultralytics, b, c]"],
+                           SHAPES)
+    assert load_model(ckpt).task.name == "yolo"
+    with pytest.raises(CheckpointError, match="place the file at"):
+        load_model(tmp_path / "yolo11n.pt")
 
 
 def _tree_digest(root: Path) -> str:
@@ -255,9 +260,10 @@ def test_coco_is_mirrored_as_yolo_txt_in_the_run_folder(shapes, tmp_path):
 def test_ultralytics_trainer_runs_on_our_coco_layout(shapes, tmp_path):
     """`model.arch: ultralytics` trains through ultralytics' trainer via cvapps' train(); the
     COCO dataset is only read; the result runs through `cvapps detect` as a native model."""
-    from cvapps.config import load_config
+    from cvapps.cli import main
+    from cvapps.engine.load import load_model
     from cvapps.engine.train import train
-    from cvapps.tasks.ultralytics_native import build_predictor, is_native_model
+    from cvapps.tasks import load_config
 
     before = _tree_digest(shapes)
     cfg = load_config(Path(__file__).parents[1] / "configs" / "ultralytics_shapes.yaml",
@@ -265,10 +271,16 @@ def test_ultralytics_trainer_runs_on_our_coco_layout(shapes, tmp_path):
                        "train.device=cpu", f"out={tmp_path / 'run'}"])
     result = train(cfg, progress=False, log=lambda msg: None)
     assert _tree_digest(shapes) == before
-    assert result.best.is_file() and is_native_model(result.best)
+    assert result.best.is_file()
     assert len(result.history) == 1 and "val/map50" in result.history[0]
-    predictor = build_predictor(result.best, device="cpu")
+    loaded = load_model(result.best, device="cpu")  # an ultralytics file, read without --trust-model
+    assert loaded.task.name == "ultralytics"
+    predictor = loaded.predictor()
     assert predictor.class_names == ["circle", "square", "triangle"] and predictor.imgsz == 64
+    # every model `cvapps train` writes can be evaluated (issue 11): on its mirrored dataset by default
+    assert main(["val", str(result.best), "train.device=cpu", "--out", str(tmp_path / "val")]) == 0
+    metrics = json.loads((tmp_path / "val" / "val_metrics.json").read_text())
+    assert {"map", "map50", "map75"} <= set(metrics) and 0 <= metrics["map50"] <= 1
 
 
 def test_head_layout_does_not_change_after_loading_a_v8_model(shapes):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from cvapps.checkpoint import save_checkpoint
-from cvapps.config import load_config
+from cvapps.tasks import load_config
 from cvapps.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

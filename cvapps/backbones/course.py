@@ -11,6 +11,7 @@ from torch import nn
 
 from cvapps.backbones.base import Backbone, FeatureInfo
 from cvapps.backbones.registry import register_backbone
+from cvapps.backbones.weights import load_state, read_state_dict
 from cvapps.errors import CvappsError
 
 
@@ -59,7 +60,5 @@ def lenet(in_channels: int = 1, weights=None, pretrained: bool = False) -> Backb
 
 def _maybe_load(net: Backbone, weights) -> Backbone:
     if weights:
-        from cvapps.backbones.weights import load_matching, read_state_dict
-
-        load_matching(net, read_state_dict(weights), str(weights))
+        load_state(net, read_state_dict(weights), str(weights))
     return net

@@ -1,4 +1,8 @@
-"""Name -> builder for backbones, and :func:`build_backbone`, the one place weights and freezing happen."""
+"""Name -> builder for backbones, and :func:`build_backbone`, the one place weights and freezing happen.
+
+Each backbone module registers its builders with :func:`register_backbone` when imported; the
+package ``cvapps.backbones`` imports them all (timm style), so this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -39,9 +43,6 @@ def build_backbone(
     pretrained: torchvision's ImageNet weights by name (needs the network or a filled torch hub cache).
     norm_layer: e.g. ``torchvision.ops.FrozenBatchNorm2d`` for detection fine-tuning.
     """
-    # Import here so every built-in backbone module has registered itself.
-    from cvapps.backbones import course, tiny, torchvision_nets  # noqa: F401
-
     if name not in BACKBONES:
         raise CvappsError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
     kwargs: dict = {"in_channels": in_channels, "weights": weights, "pretrained": pretrained}

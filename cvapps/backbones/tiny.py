@@ -7,6 +7,8 @@ from torchvision.ops import Conv2dNormActivation
 
 from cvapps.backbones.base import Backbone, FeatureInfo
 from cvapps.backbones.registry import register_backbone
+from cvapps.backbones.weights import load_state, read_state_dict
+from cvapps.errors import CvappsError
 
 
 def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Module:
@@ -43,12 +45,9 @@ class TinyBackbone(Backbone):
 
 @register_backbone("tiny")
 def tiny(in_channels: int = 3, weights=None, pretrained: bool = False) -> Backbone:
-    from cvapps.backbones.weights import load_matching, read_state_dict
-    from cvapps.errors import CvappsError
-
     if pretrained:
         raise CvappsError("the tiny backbone has no published pretrained weights; use model.backbone_weights=FILE")
     net = TinyBackbone(in_channels)
     if weights:
-        load_matching(net, read_state_dict(weights), str(weights))
+        load_state(net, read_state_dict(weights), str(weights))
     return net

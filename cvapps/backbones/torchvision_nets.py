@@ -17,7 +17,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from cvapps.backbones.base import Backbone, FeatureInfo
 from cvapps.backbones.registry import register_backbone
-from cvapps.backbones.weights import load_matching, read_state_dict
+from cvapps.backbones.weights import load_state, read_state_dict
 from cvapps.errors import CheckpointError, CvappsError
 
 
@@ -53,7 +53,7 @@ def _make_net(name: str, weights: str | Path | None, pretrained: bool, **kwargs)
         return net
     net = factory(weights=None, **kwargs)
     if weights:
-        load_matching(net, read_state_dict(weights), str(weights), ignore_prefixes=("fc.", "classifier."))
+        load_state(net, read_state_dict(weights), str(weights), ignore_prefixes=("fc.", "classifier."))
     return net
 
 

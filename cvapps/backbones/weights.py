@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,26 +28,41 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str,
-                  ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into ``module`` strictly, except keys under ``ignore_prefixes``.
+@dataclass
+class LoadReport:
+    """What :func:`load_state` did: tensors loaded, re-initialised (shape differs) and missing."""
 
-    Raises CheckpointError naming ``source`` and the first few missing, unexpected or
-    wrong-shaped keys, so the user sees at once which file does not fit which model.
+    loaded: int
+    reinit: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, *,
+               ignore_prefixes: tuple[str, ...] = (), reinit_prefixes: tuple[str, ...] = (),
+               strict: bool = True, what: str = "this model") -> LoadReport:
+    """The one partial state-dict loader: ``state`` into ``module``.
+
+    ignore_prefixes: keys under these are left out on both sides (e.g. a classifier's ``fc.``).
+    reinit_prefixes: keys under these whose shape differs keep their fresh initialisation
+    (``("",)``: any key), reported in the result. strict: a missing or unexpected key is an error;
+    otherwise missing keys keep their initialisation and unexpected ones are ignored. Any other
+    shape mismatch is always an error. Errors are one-line CheckpointErrors naming ``source`` and
+    the first few keys. ``num_batches_tracked`` counters never count as missing or unexpected.
     """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}")
-        if shape:
-            parts.append(f"shape mismatch {shape[:3]}")
-        raise CheckpointError(f"{source} does not fit this model: " + "; ".join(parts))
-    module.load_state_dict(state, strict=False)
+    counter = "num_batches_tracked"
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    reinit = [k for k in mismatched if reinit_prefixes and k.startswith(reinit_prefixes)]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched if k not in reinit]
+    missing = [k for k in own if k not in state and not k.endswith(counter)]
+    unexpected = [k for k in state if k not in own and not k.endswith(counter)]
+    problems = [("shape mismatch", shape)] + ([("missing", missing), ("unexpected", unexpected)] if strict else [])
+    parts = [f"{name} {keys[:3]}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+             for name, keys in problems if keys]
+    if parts:
+        raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(parts))
+    fits = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    # strict=False: counters and deliberately re-initialised keys are absent on purpose (checked above).
+    module.load_state_dict(fits, strict=False)
+    return LoadReport(len(fits), reinit, missing)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cvapps.cli.predict import add_common
 
-DETECTION_TASKS = ("faster_rcnn", "yolo")
+DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,42 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_detect)
 
 
-def build_predictor(model_path: str, device: str, batch: int) -> Any:
-    """Hook for models that are not cvapps checkpoints (native ultralytics ``.pt``/``.yaml``).
-
-    Returns a predictor with the :class:`~cvapps.engine.predict.Predictor` interface
-    (``predict(frames, **options)``, ``class_names``, ``category_ids``), or raises the
-    CheckpointError that explains why the file cannot be used.
-    """
-    from cvapps.errors import CheckpointError
-    from cvapps.tasks import ultralytics_native
-
-    if ultralytics_native.is_native_model(model_path):
-        return ultralytics_native.build_predictor(model_path, device, batch)
-    raise CheckpointError(f"{model_path}: neither a cvapps detection checkpoint nor an ultralytics model file")
-
-
-def load_detector(model_path: str, device: str = "auto", batch: int = 8) -> Any:
-    """A cvapps Faster R-CNN/YOLO checkpoint through ``Predictor.from_checkpoint``; any other
-    ``.pt``/``.yaml`` file (e.g. native ultralytics weights) goes to :func:`build_predictor`."""
-    from cvapps.checkpoint import is_cvapps_checkpoint
-    from cvapps.engine.predict import Predictor
-    from cvapps.errors import CheckpointError
-
-    path = Path(model_path)
-    if path.suffix.lower() == ".onnx":  # a `cvapps export` model: same predictor, onnxruntime inside
-        return Predictor.from_checkpoint(model_path, DETECTION_TASKS, device=device, batch=batch)
-    if path.suffix.lower() in (".yaml", ".yml") or (path.is_file() and not is_cvapps_checkpoint(model_path)):
-        return build_predictor(model_path, device, batch)
-    if not path.exists() and path.suffix.lower() == ".pt" and not path.parent.parts:
-        return build_predictor(model_path, device, batch)  # a bare name such as yolov8n.pt
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return Predictor.from_checkpoint(model_path, DETECTION_TASKS, device=device, batch=batch)
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
+    from cvapps.engine.load import load_model
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
@@ -77,7 +44,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
         raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
-    predictor = load_detector(args.model, args.device, args.batch)
+    predictor = load_model(args.model, tasks=DETECTION_TASKS, device=args.device, batch=args.batch,
+                           trust=args.trust_model).predictor()
     out = Path(args.out)
     root = source_root(args.source)
     images, video = frame_outputs(args)

@@ -18,6 +18,9 @@ from typing import Any, Callable
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="image, folder (recursive), glob, .txt list, video file, webcam index or stream URL")
     p.add_argument("--model", required=True, help="checkpoint (.pt) to run")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow a model file that can only be read by a full unpickle (it can run code stored "
+                        "in the file; also CVAPPS_TRUST_MODEL=1)")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
@@ -162,10 +165,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from cvapps.engine.predict import Predictor
+    from cvapps.engine.load import load_model
     from cvapps.io.sinks import ClassificationCSV
 
-    predictor = Predictor.from_checkpoint(args.model, "classify", device=args.device, batch=args.batch)
+    predictor = load_model(args.model, tasks="classify", device=args.device, batch=args.batch,
+                           trust=args.trust_model).predictor()
     csv_sink = ClassificationCSV(Path(args.out) / "predictions.csv", predictor.class_names, args.topk)
     sinks = [csv_sink, *common_sinks(args, predictor)]
     report = run_common(args, predictor, sinks, {"topk": args.topk})

@@ -21,6 +21,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from cvapps.checkpoint import atomic_write
 from cvapps.engine.device import resolve_device
 from cvapps.errors import CvappsError
 
@@ -135,8 +136,6 @@ def dump_rank_weights(model: nn.Module, ctx: DistContext) -> None:
     folder = os.environ.get(DUMP_ENV)
     if not folder:
         return
-    from cvapps.checkpoint import atomic_write
-
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     Path(folder).mkdir(parents=True, exist_ok=True)
     atomic_write(Path(folder) / f"rank{ctx.rank}.pt", lambda tmp: torch.save(state, tmp))

@@ -1,30 +1,93 @@
-"""``cvapps val``: evaluate a checkpoint on its (or another) dataset's val split."""
+"""The one evaluation loop (training's per-epoch validation and ``cvapps val``).
+
+It runs the model over the val split through the same :class:`~cvapps.engine.predict.Predictor`
+that ``cvapps classify|segment|detect`` use (same rect letterbox per image, same postprocess back
+to original pixels), and hands each batch of predictions with its targets to the task's metric
+object (``reset / process / summarize / plot``, :mod:`cvapps.metrics`). So ``cvapps val`` and an
+outside COCOeval of ``cvapps detect --save-json`` score the very same boxes.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
 
 from cvapps.checkpoint import atomic_write_text
 from cvapps.engine.device import resolve_device
-from cvapps.engine.summary import model_and_config
-from cvapps.engine.train import make_loader
-from cvapps.tasks import get_task
+from cvapps.engine.load import load_model
+from cvapps.engine.predict import Predictor
+from cvapps.errors import DataError, ImageReadError
+from cvapps.structures import Frame
+from cvapps.tasks.base import DatasetSplits, Task
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, out_dir: Path | None = None) -> dict[str, float]:
-    import json
+def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing: dict[str, Any],
+             device: torch.device, *, batch: int = 8, out_dir: Path | None = None,
+             category_ids: list[int] | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``splits.val``; with ``out_dir`` also the metric's plots there.
 
-    model, cfg, names = model_and_config(path, overrides)
-    task = get_task(cfg.task)
+    The model's train/eval mode is restored afterwards (training calls this every epoch).
+    """
+    metric = task.build_metric(splits)
+    metric.reset()
+    targets: dict[int, Any] = {}
+
+    def frames() -> Iterator[Frame]:
+        for index, (name, load) in enumerate(task.eval_items(splits.val)):
+            try:
+                image, target = load()
+            except ImageReadError as exc:
+                print(f"skipped {exc}", file=sys.stderr)
+                continue
+            targets[index] = target
+            yield Frame(image, name, index)
+
+    was = model.training
+    # A model under training keeps its memory layout (the optimizer's state matches it).
+    predictor = Predictor(task, model, splits.class_names, preprocessing, device, batch, category_ids=category_ids,
+                          channels_last=not was)
+    try:
+        pending_preds, pending_targets = [], []
+        for frame, prediction in predictor.predict(frames(), **task.eval_options):
+            pending_preds.append(prediction)
+            pending_targets.append(targets.pop(frame.index))
+            if len(pending_preds) >= predictor.batch:
+                metric.process(pending_preds, pending_targets)
+                pending_preds, pending_targets = [], []
+        if pending_preds:
+            metric.process(pending_preds, pending_targets)
+    finally:
+        model.train(was)
+    metrics = metric.summarize()
+    if out_dir is not None:
+        metric.plot(Path(out_dir))
+    return metrics
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, out_dir: Path | None = None,
+                        *, trust: bool = False, batch: int = 8) -> dict[str, float]:
+    """``cvapps val``: any model ``cvapps train`` writes (cvapps checkpoints, native ultralytics
+    ``.pt``) or exports, on the val split of its dataset (``data.root=...`` to choose another).
+    Only the val split is needed. Writes ``val_metrics.json`` (and plots) to ``out_dir``.
+    batch: images per forward pass, as ``--batch`` of the predict commands (same default, so the
+    same images share a forward pass and the numbers match ``cvapps detect`` bit for bit)."""
+    loaded = load_model(path, trust=trust, overrides=overrides)
+    cfg, task = loaded.config, loaded.task
+    if cfg is None:
+        raise DataError(f"{path}: holds no dataset config; give data.root=DIR")
+    if cfg.data.names is None:  # the checkpoint's classes, mapped by name onto the dataset's
+        cfg.data.names = list(loaded.class_names)
+    splits = task.build_datasets(cfg, val_only=True)
+    if list(splits.class_names) != list(loaded.class_names):
+        raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {loaded.class_names}")
     device = resolve_device(cfg.train.device)
-    splits = task.build_datasets(cfg)
-    if list(splits.class_names) != list(names):
-        from cvapps.errors import DataError
-
-        raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {names}")
-    loader = make_loader(task, splits.val, cfg, shuffle=False, device=device)
-    model.to(device)
-    metrics = task.evaluate(model, splits, loader, device, out_dir=out_dir)
+    metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device, batch=batch,
+                       out_dir=out_dir, category_ids=loaded.category_ids)
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "val_metrics.json", json.dumps(metrics, indent=1))
     return metrics

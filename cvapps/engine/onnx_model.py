@@ -8,6 +8,7 @@ the predictor's device is CUDA and onnxruntime-gpu is installed, else the CPU.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvapps.errors import CheckpointError
-from cvapps.export import INPUT_NAME, _decode, _need_onnx
+from cvapps.errors import CheckpointError, CvappsError
+
+ONNX_FORMAT = "cvapps-onnx-v1"
+INPUT_NAME = "images"
+
+
+def need_onnxruntime() -> Any:
+    """The onnxruntime module, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime  # optional heavy dependency: only for ONNX models
+    except ImportError:
+        raise CvappsError("running an ONNX model needs onnxruntime: pip install onnxruntime "
+                          "(or onnxruntime-gpu)") from None
+    return onnxruntime
 
 
 class OnnxModel(nn.Module):
@@ -30,7 +43,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        _, ort = _need_onnx()
+        ort = need_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"model not found: {self.path}")
@@ -53,3 +66,35 @@ class OnnxModel(nn.Module):
         x = np.ascontiguousarray(images.detach().float().cpu().numpy())
         outs = [torch.from_numpy(o).to(images.device) for o in self.session.run(self.output_names, {INPUT_NAME: x})]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The cvapps metadata of an exported model, decoded (lists/dicts from JSON).
+
+    Raises CheckpointError for a missing file, a file onnxruntime cannot read, or an ONNX model
+    that cvapps did not export (no ``format`` marker).
+    """
+    ort = need_onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path}")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
+        raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return _decode(session.get_modelmeta().custom_metadata_map, path)
+
+
+def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    if raw.get("format") != ONNX_FORMAT:
+        raise CheckpointError(f"{path}: not a cvapps ONNX export (no {ONNX_FORMAT!r} in its metadata); "
+                              "export one with `cvapps export CKPT --format onnx`")
+    try:
+        meta: dict[str, Any] = dict(raw)
+        for key in ("class_names", "category_ids", "preprocessing", "config"):
+            meta[key] = json.loads(raw[key]) if key in raw else None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt cvapps metadata ({exc.msg})") from None
+    if not meta.get("class_names") or not meta.get("preprocessing"):
+        raise CheckpointError(f"{path}: cvapps metadata lacks class_names or preprocessing")
+    return meta

@@ -11,14 +11,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from cvapps.checkpoint import load_checkpoint
 from cvapps.engine.device import images_to_device, resolve_device
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
@@ -47,7 +45,7 @@ class Predictor:
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
-                 category_ids: list[int] | None = None, prefetch: int = 2) -> None:
+                 category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True) -> None:
         self.task, self.class_names = task, list(class_names)
         self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
@@ -59,46 +57,13 @@ class Predictor:
         # Rect letterbox (less padding) unless the model only takes its export-time input size.
         self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
         self.model = model.to(self.device).eval()
-        if self.device.type == "cuda":
+        # channels_last=False leaves a model under training as it is (its optimizer state keeps the layout).
+        if self.device.type == "cuda" and channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Side stream for host-to-device copies, so they overlap compute (see _prepare).
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.timings: dict[str, float] = defaultdict(float)
         self.count = 0
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, task: str | tuple[str, ...] | None = None, *,
-                        device: str = "auto", batch: int = 8) -> "Predictor":
-        """Build the model a cvapps checkpoint describes and load its weights (``.onnx``: :meth:`from_onnx`)."""
-        from cvapps.config import config_from_dict
-        from cvapps.tasks import get_task
-
-        if Path(path).suffix.lower() == ".onnx":
-            return cls.from_onnx(path, task, device=device, batch=batch)
-        ckpt = load_checkpoint(path, task)
-        cfg = config_from_dict(ckpt["config"], ["model.pretrained=false", "model.backbone_weights=null", "model.weights=null"])
-        task_obj = get_task(ckpt["task"])
-        model = task_obj.build_model(cfg, ckpt["class_names"])
-        model.load_state_dict(ckpt["model"])
-        return cls(task_obj, model, ckpt["class_names"], ckpt["preprocessing"], device, batch,
-                   category_ids=ckpt.get("category_ids"))
-
-    @classmethod
-    def from_onnx(cls, path: str | Path, task: str | tuple[str, ...] | None = None, *,
-                  device: str = "auto", batch: int = 8) -> "Predictor":
-        """Run a ``cvapps export`` ONNX model (onnxruntime) through the same pre/postprocessing."""
-        from cvapps.engine.onnx_model import OnnxModel
-        from cvapps.errors import CheckpointError
-        from cvapps.tasks import get_task
-
-        dev = resolve_device(device)
-        model = OnnxModel(path, dev)
-        meta = model.meta
-        wanted = (task,) if isinstance(task, str) else task
-        if wanted and meta["task"] not in wanted:
-            raise CheckpointError(f"{path} is a {meta['task']!r} model; this command needs {' or '.join(map(repr, wanted))}")
-        return cls(get_task(meta["task"]), model, meta["class_names"], meta["preprocessing"], dev, batch,
-                   half=False, category_ids=meta.get("category_ids"))
 
     # -- stages ----------------------------------------------------------------------------------
     def _prepare(self, frames: list[Frame]) -> list[_Batch]:

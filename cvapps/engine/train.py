@@ -20,11 +20,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cvapps.checkpoint import atomic_write_text, is_cvapps_checkpoint, load_checkpoint, save_checkpoint
+from cvapps.backbones.weights import load_state, read_state_dict
+from cvapps.checkpoint import ForeignCheckpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from cvapps.config import TaskConfig, TrainConfig
+from cvapps.engine import distributed as dist
 from cvapps.engine.device import images_to_device, progress_interval, resolve_device
+from cvapps.engine.evaluate import evaluate
 from cvapps.errors import CvappsError, DataError
 from cvapps.io.guard import ensure_writable_folder
+from cvapps.metrics.plots import plot_history
 from cvapps.tasks import get_task
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -83,14 +87,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``cfg``'s task end to end; returns where the checkpoints are and the metric history."""
-    from cvapps.engine import distributed as dist
+def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] = print,
+          trust: bool = False) -> TrainResult:
+    """Train ``cfg``'s task end to end; returns where the checkpoints are and the metric history.
 
+    trust: allow a full unpickle of model files that need one (native ultralytics models only).
+    """
     task = get_task(cfg.task)
     ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
     if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
-        return task.train_external(cfg, progress=progress, log=log)
+        best, history = task.train_external(cfg, resolve_device(cfg.train.device), progress=progress,
+                                            trust=trust, log=log)
+        return TrainResult(Path(cfg.out).resolve(), best, history)
     ctx = dist.setup(cfg.train.device)
     device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
     log = log if ctx.is_main else (lambda msg: None)
@@ -104,7 +112,6 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
         init_from_checkpoint(model, cfg.model.weights, log)
     train_sampler = dist.train_sampler(splits.train, ctx, cfg.train.seed)
     train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device, sampler=train_sampler)
-    val_loader = make_loader(task, splits.val, cfg, shuffle=False, device=device)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, cfg.train.epochs * max(1, len(train_loader)))
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -176,7 +183,8 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
         row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
         last_epoch = epoch + 1 == cfg.train.epochs
         if ctx.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
-            metrics = task.evaluate(model, splits, val_loader, device)
+            metrics = evaluate(task, model, splits, task.preprocessing(cfg), device, batch=cfg.train.batch,
+                               category_ids=_category_ids(splits))
             row.update({f"val/{k}": v for k, v in metrics.items()})
         history.append(row)
         score = row.get(f"val/{task.primary_metric}")
@@ -192,8 +200,6 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
             if improved:
                 save_checkpoint(out / "best.pt", {**state, "train_state": None})
             write_metrics_csv(out / "metrics.csv", history)
-            from cvapps.engine.plots import plot_history
-
             plot_history(history, out)
             shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("val/") and
                               isinstance(v, float) and "/" not in k.split("/", 1)[1])
@@ -212,8 +218,6 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
 def _bad_step(bad_steps: int, what: str, epoch: int, step: int, cfg: TaskConfig, out: Path,
               optimizer: torch.optim.Optimizer, ctx, log: Callable[[str], None]) -> int:
     """Count one skipped step (non-finite loss or gradient); too many in a row stop training."""
-    from cvapps.engine import distributed as dist
-
     bad_steps += 1
     optimizer.zero_grad(set_to_none=True)
     log(f"warning: non-finite {what} at epoch {epoch + 1} step {step + 1}; step skipped "
@@ -277,13 +281,17 @@ def _checkpoint(cfg: TaskConfig, task: Task, model: nn.Module, splits: DatasetSp
         "task": task.name,
         "config": cfg.model_dump(mode="json"),
         "class_names": list(splits.class_names),
-        "category_ids": getattr(splits, "category_ids", None) or getattr(splits.val_extra, "category_ids", None),
-        "preprocessing": {"imgsz": cfg.data.imgsz, "resize": task.resize_mode, "in_channels": cfg.model.in_channels},
+        "category_ids": _category_ids(splits),
+        "preprocessing": task.preprocessing(cfg),
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "epoch": epoch,
         "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         "train_state": train_state,
     }
+
+
+def _category_ids(splits: DatasetSplits) -> list[int] | None:
+    return getattr(splits, "category_ids", None) or getattr(splits.val_extra, "category_ids", None)
 
 
 def _resume(path: Path, cfg: TaskConfig, model, optimizer, scheduler, scaler, log) -> tuple[int, float, list]:
@@ -293,7 +301,7 @@ def _resume(path: Path, cfg: TaskConfig, model, optimizer, scheduler, scaler, lo
     state = ckpt.get("train_state")
     if not state:
         raise CvappsError(f"{path} holds no optimizer state to resume from")
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], str(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -304,22 +312,17 @@ def _resume(path: Path, cfg: TaskConfig, model, optimizer, scheduler, scaler, lo
 def init_from_checkpoint(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
     """Start from another checkpoint's weights; tensors whose shape differs (class-dependent
     layers after a change of ``num_classes``) keep their fresh initialisation, and we say so."""
-    from cvapps.backbones.weights import read_state_dict
-
-    state = load_checkpoint(path)["model"] if is_cvapps_checkpoint(path) else read_state_dict(path)
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    reinit = [k for k in own if k in state and own[k].shape != state[k].shape]
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    model.load_state_dict(fits, strict=False)
-    log(f"loaded {len(fits)} tensors from {path}")
-    if reinit:
-        log(f"re-initialised {len(reinit)} class-dependent tensors (different class count): {', '.join(reinit[:4])}"
-            + (" ..." if len(reinit) > 4 else ""))
-    if missing:
-        log(f"note: {len(missing)} tensors not in {path} keep their initialisation: {', '.join(missing[:3])}")
-
-
+    try:
+        state = load_checkpoint(path)["model"]
+    except ForeignCheckpoint:
+        state = read_state_dict(path)
+    report = load_state(model, state, path, reinit_prefixes=("",), strict=False)
+    log(f"loaded {report.loaded} tensors from {path}")
+    if report.reinit:
+        log(f"re-initialised {len(report.reinit)} class-dependent tensors (different class count): "
+            f"{', '.join(report.reinit[:4])}" + (" ..." if len(report.reinit) > 4 else ""))
+    if report.missing:
+        log(f"note: {len(report.missing)} tensors not in {path} keep their initialisation: {', '.join(report.missing[:3])}")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:

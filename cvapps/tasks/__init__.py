@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Any
 
+from cvapps.config import TaskConfig, deep_merge, parse_overrides, read_yaml, validate
 from cvapps.errors import ConfigError, shorten
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -32,4 +35,16 @@ def get_task(name: object) -> Task:
     return module.TASK
 
 
-__all__ = ["DatasetSplits", "Task", "TASK_MODULES", "get_task"]
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
+    """Read a YAML config, apply dotted overrides, and validate it against its task's schema."""
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides or []))
+    return validate(get_task(raw.get("task")).config_class, raw, str(path))
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> TaskConfig:
+    """Like :func:`load_config` for a dict (e.g. the config stored in a checkpoint)."""
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    return validate(get_task(raw.get("task")).config_class, raw)
+
+
+__all__ = ["DatasetSplits", "Task", "TASK_MODULES", "config_from_dict", "get_task", "load_config"]

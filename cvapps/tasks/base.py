@@ -1,4 +1,4 @@
-"""What every task provides, so one training loop, one evaluator entry and one predictor serve all.
+"""What every task provides, so one training loop, one evaluation loop and one predictor serve all.
 
 A task's model obeys one signature: ``model(images, targets=None)`` where ``images`` is a float
 tensor ``(B, C, H, W)`` in [0, 1] (RGB, already resized/letterboxed to ``data.imgsz``; the model
@@ -10,8 +10,7 @@ which :meth:`Task.postprocess` maps back to the original images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,13 +19,14 @@ from torch.utils.data import Dataset
 
 from cvapps.config import TaskConfig
 from cvapps.data.letterbox import LetterboxMeta, letterbox
+from cvapps.metrics.base import Metric
 
 
 @dataclass
 class DatasetSplits:
     """train/val datasets yield ``(image uint8 CHW tensor, target)``; None items are skipped bad files."""
 
-    train: Dataset
+    train: Dataset | None  # None when built for evaluation only (``val_only=True``)
     val: Dataset
     class_names: list[str]
     # Optional extras a task needs to evaluate (e.g. COCO ground truth of the val split).
@@ -38,18 +38,26 @@ class Task:
 
     name: ClassVar[str]
     config_class: ClassVar[type[TaskConfig]]
-    primary_metric: ClassVar[str]          # key in evaluate()'s dict that picks best.pt
+    primary_metric: ClassVar[str]          # key in the metric's summary that picks best.pt
     resize_mode: ClassVar[str] = "letterbox"  # or "stretch" (classification)
     # Models that take any input size that is a multiple of this (FCN, YOLO, Faster R-CNN) get
     # "rect" letterboxing at inference; None: always the square imgsz x imgsz input.
     rect_stride: ClassVar[int | None] = 32
+    # postprocess options of evaluation (e.g. COCO's protocol keeps nearly every detection)
+    eval_options: ClassVar[dict[str, Any]] = {}
 
     # --- building ---------------------------------------------------------------------------
     def build_model(self, cfg: TaskConfig, class_names: list[str]) -> nn.Module:
         raise NotImplementedError
 
-    def build_datasets(self, cfg: TaskConfig) -> DatasetSplits:
+    def build_datasets(self, cfg: TaskConfig, val_only: bool = False) -> DatasetSplits:
+        """Train and val datasets; ``val_only``: only what evaluation needs (a dataset with
+        just a val split is enough; ``train`` is then None)."""
         raise NotImplementedError
+
+    def preprocessing(self, cfg: TaskConfig) -> dict[str, Any]:
+        """What a checkpoint stores so every predictor prepares images as training did."""
+        return {"imgsz": cfg.data.imgsz, "resize": self.resize_mode, "in_channels": cfg.model.in_channels}
 
     def collate(self, batch: Sequence) -> tuple[torch.Tensor, Any]:
         """Stack images (uint8) and gather targets; drop None items (unreadable files)."""
@@ -70,9 +78,14 @@ class Task:
         return targets
 
     # --- evaluating ---------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, splits: DatasetSplits, loader, device: torch.device,
-                 out_dir: Path | None = None) -> dict[str, float]:
-        """Metrics on the val split; with ``out_dir``, also write plots (confusion matrix, PR curve)."""
+    def build_metric(self, splits: DatasetSplits) -> Metric:
+        """A fresh metric object for the val split (see :mod:`cvapps.metrics`)."""
+        raise NotImplementedError
+
+    def eval_items(self, dataset: Dataset) -> Iterator[tuple[str, Callable[[], tuple[np.ndarray, Any]]]]:
+        """``(name, load)`` per val item; ``load()`` returns ``(BGR uint8 image in original pixels,
+        target)`` where target is what the metric compares with, in original pixels. It raises
+        ImageReadError for an unreadable file (the loop reports and skips it)."""
         raise NotImplementedError
 
     # --- predicting ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -20,6 +19,8 @@ from cvapps.data.folders import ClassFolderDataset, scan_class_folders, stratifi
 from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import DataError
 from cvapps.heads.classifier import ClassifierHead
+from cvapps.io.images import read_image
+from cvapps.metrics.classification import ClassificationMetric
 from cvapps.structures import Classification
 from cvapps.tasks.base import DatasetSplits, Task
 from cvapps.tasks.common import Normalize, backbone_from_config
@@ -79,17 +80,20 @@ class ClassifyTask(Task):
         head = ClassifierHead(info.channels, len(class_names), mc.pool, mc.dropout, mc.hidden, in_hw)
         return Classifier(backbone, head, mc.in_channels, mc.label_smoothing)
 
-    def build_datasets(self, cfg: ClassifyConfig) -> DatasetSplits:
+    def build_datasets(self, cfg: ClassifyConfig, val_only: bool = False) -> DatasetSplits:
         root = Path(cfg.data.root)
         if not root.is_dir():
             raise DataError(f"data.root not found: {root}")
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        if val_only and (root / "val").is_dir():
+            val_samples, names = scan_class_folders(root / "val", cfg.data.names)
+            return DatasetSplits(None, ClassFolderDataset(val_samples, SamplePipeline(**fit)), names)
         train_dir = root / "train" if (root / "train").is_dir() else root
         train_samples, names = scan_class_folders(train_dir, cfg.data.names)
         if (root / "val").is_dir():
             val_samples, _ = scan_class_folders(root / "val", names)
         else:
             train_samples, val_samples = stratified_split(train_samples, cfg.data.val_fraction, cfg.train.seed)
-        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
         train = ClassFolderDataset(train_samples, SamplePipeline(**fit, augment=build_augment(cfg.augment.train)))
         val = ClassFolderDataset(val_samples, SamplePipeline(**fit))
         return DatasetSplits(train, val, names)
@@ -98,43 +102,18 @@ class ClassifyTask(Task):
         images, labels = super().collate(batch)
         return images, torch.as_tensor(labels, dtype=torch.int64)
 
-    @torch.no_grad()
-    def evaluate(self, model, splits, loader, device, out_dir: Path | None = None) -> dict[str, float]:
-        from cvapps.engine.device import images_to_device
+    def build_metric(self, splits: DatasetSplits) -> ClassificationMetric:
+        return ClassificationMetric(splits.class_names)
 
-        was = model.training
-        model.eval()
-        k = len(splits.class_names)
-        matrix = np.zeros((k, k), dtype=np.int64)
-        for images, labels in loader:
-            if len(images) == 0:
-                continue
-            pred = model(images_to_device(images, device)).argmax(1).cpu().numpy()
-            np.add.at(matrix, (labels.numpy(), pred), 1)
-        model.train(was)
-        metrics = classification_metrics(matrix, splits.class_names)
-        if out_dir is not None:
-            from cvapps.engine.plots import plot_confusion_matrix
-
-            plot_confusion_matrix(matrix, splits.class_names, Path(out_dir) / "confusion_matrix.png")
-        return metrics
+    def eval_items(self, dataset: ClassFolderDataset):
+        for path, label in dataset.samples:
+            yield str(path), (lambda p=path, y=label: (read_image(p), y))
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], topk: int = 3, **_) -> list[Classification]:
         probs = outputs.float().softmax(1).cpu()
         k = min(topk, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [Classification(int(i[0]), float(v[0]), list(zip(i.tolist(), v.tolist()))) for v, i in zip(values, indices)]
-
-
-def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """accuracy, and precision/<class>, recall/<class> from a (true, predicted) confusion matrix."""
-    total = matrix.sum()
-    metrics = {"accuracy": float(np.trace(matrix) / total) if total else 0.0}
-    for i, name in enumerate(class_names):
-        predicted, actual = matrix[:, i].sum(), matrix[i].sum()
-        metrics[f"precision/{name}"] = float(matrix[i, i] / predicted) if predicted else 0.0
-        metrics[f"recall/{name}"] = float(matrix[i, i] / actual) if actual else 0.0
-    return metrics
 
 
 TASK = ClassifyTask()

@@ -23,6 +23,8 @@ from cvapps.data.check import DetectionSplit, detect_layout, load_detection_spli
 from cvapps.data.detection import DetectionDataset
 from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import ConfigError, DataError
+from cvapps.io.images import read_image
+from cvapps.metrics.coco import CocoDetectionMetric
 from cvapps.structures import Detections
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -46,9 +48,7 @@ class DetectionTask(Task):
     primary_metric = "map50"
     resize_mode = "letterbox"
     # COCO evaluation keeps nearly every detection (conf 0.001, 100 per image), as COCO's protocol.
-    eval_conf: float = 0.001
-    eval_iou: float = 0.5
-    eval_max_det: int = 100
+    eval_options = {"conf": 0.001, "iou": 0.5, "max_det": 100}
 
     # --- data ---------------------------------------------------------------------------------
     @staticmethod
@@ -59,26 +59,34 @@ class DetectionTask(Task):
             raise ConfigError(f"config error: model.num_classes: {num} but the dataset has "
                               f"{len(class_names)} classes {class_names}")
 
-    def build_datasets(self, cfg: TaskConfig) -> DatasetSplits:
+    def build_datasets(self, cfg: TaskConfig, val_only: bool = False) -> DatasetSplits:
         """Train/val DetectionDatasets (COCO or YOLO layout, detected from ``data.root``).
 
         Without a val split, ``data.val_fraction`` of the train images (seeded) is held out.
+        ``val_only``: a dataset with a val split needs no train split.
         """
         root = Path(cfg.data.root)
         names = cfg.data.names
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        if val_only and _has_split(root, "val"):
+            val_split = load_detection_split(root, "val", class_names=names)
+            if not val_split.records:
+                raise DataError(f"{root}: the val split has no usable images ({val_split.report.summary()})")
+            extra = DetectionGT(val_split.gt, list(val_split.category_ids), list(val_split.class_names))
+            return DatasetSplits(None, DetectionDataset(val_split, SamplePipeline(**fit)),
+                                 list(val_split.class_names), val_extra=extra)
         train_split = load_detection_split(root, "train", class_names=names)
         try:
             detect_layout(root, "val")
             val_split = load_detection_split(root, "val", class_names=train_split.class_names)
         except DataError:
-            if (root / "annotations" / "val.json").exists() or (root / "labels" / "val").exists():
+            if _has_split(root, "val"):
                 raise
             train_split, val_split = _hold_out(train_split, cfg.data.val_fraction, cfg.train.seed)
         if not train_split.records:
             raise DataError(f"{root}: the train split has no usable images ({train_split.report.summary()})")
         if not val_split.records:
             raise DataError(f"{root}: the val split has no usable images ({val_split.report.summary()})")
-        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
         aug = build_augment(cfg.augment.train, boxes=True) if cfg.augment.train else None
         train = DetectionDataset(train_split, SamplePipeline(**fit, augment=aug))
         val = DetectionDataset(val_split, SamplePipeline(**fit))
@@ -90,32 +98,14 @@ class DetectionTask(Task):
         return super().collate(batch)
 
     # --- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, model, splits: DatasetSplits, loader, device: torch.device,
-                 out_dir: Path | None = None) -> dict[str, float]:
-        """COCO mAP of ``model`` on the val loader: ``map`` (AP@[.5:.95]), ``map50``, ``map75``,
-        ``ap/<class>``; with ``out_dir`` also ``pr_curve.png``."""
-        from cvapps.engine.device import images_to_device
-        from cvapps.io.coco import coco_evaluate, detections_to_results
-
+    def build_metric(self, splits: DatasetSplits) -> CocoDetectionMetric:
+        """COCO mAP of the val split: ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``ap/<class>``."""
         extra: DetectionGT = splits.val_extra
-        was = model.training
-        model.eval()
-        results, seen = [], []
-        try:
-            for images, targets in loader:
-                if len(images) == 0:
-                    continue
-                outputs = model(images_to_device(images, device))
-                dets = self.postprocess(outputs, [t["meta"] for t in targets], conf=self.eval_conf,
-                                        iou=self.eval_iou, max_det=self.eval_max_det)
-                for det, t in zip(dets, targets):
-                    seen.append(int(t["image_id"]))
-                    results += detections_to_results(det, t["image_id"], extra.category_ids)
-        finally:
-            model.train(was)
-        pr = Path(out_dir) / "pr_curve.png" if out_dir is not None else None
-        return coco_evaluate(extra.gt, results, splits.class_names, extra.category_ids, img_ids=seen, pr_curve=pr)
+        return CocoDetectionMetric(extra.gt, splits.class_names, extra.category_ids)
+
+    def eval_items(self, dataset: DetectionDataset):
+        for rec in dataset.records:
+            yield str(rec.path), (lambda r=rec: (read_image(r.path), r.image_id))
 
     # --- prediction ---------------------------------------------------------------------------
     def raw_detections(self, outputs: Any, conf: float = 0.001, iou: float = 0.5) -> RawDetections:
@@ -136,6 +126,11 @@ class DetectionTask(Task):
             keep = batched_nms(boxes, scores, labels, iou)[:max_det]  # sorted by score
             out.append(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep]))
         return out
+
+
+def _has_split(root: Path, split: str) -> bool:
+    """Whether ``root`` has annotations for ``split`` in either layout."""
+    return (root / "annotations" / f"{split}.json").exists() or (root / "labels" / split).exists()
 
 
 def _hold_out(split: DetectionSplit, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:

@@ -26,7 +26,8 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from cvapps.config import ModelConfig, TaskConfig
-from cvapps.errors import CheckpointError, ConfigError
+from cvapps.backbones.weights import load_state, read_state_dict
+from cvapps.errors import ConfigError
 from cvapps.necks.fpn import BackboneWithFPN
 from cvapps.tasks.common import IMAGENET_MEAN, IMAGENET_STD, backbone_from_config
 from cvapps.tasks.detection_common import DetectionTask, RawDetections
@@ -36,14 +37,16 @@ CLASS_DEPENDENT = ("roi_heads.box_predictor.",)
 
 
 class FasterRCNNModelConfig(ModelConfig):
+    BUILD_ONLY_KEYS = (*ModelConfig.BUILD_ONLY_KEYS, "detector_weights")
+
     arch: Literal["faster_rcnn"] = "faster_rcnn"
     num_classes: int | None = Field(None, ge=1, description="object classes (no background); default: the dataset's")
     detector_weights: str | None = Field(None, description="torchvision fasterrcnn_resnet50_fpn state dict file")
     norm: Literal["auto", "frozen", "batch"] = Field(
         "auto", description="backbone norm layers: frozen = FrozenBatchNorm2d (torchvision's choice for "
                             "pretrained ResNets); auto = frozen for ResNets with pretrained weights, else batch")
-    frozen_bn_eps: float = Field(0.0, ge=0, description="FrozenBatchNorm2d eps when detector_weights are "
-                                                        "loaded (0.0, as torchvision does for its COCO_V1 file)")
+    frozen_bn_eps: float | None = Field(None, ge=0, description="FrozenBatchNorm2d eps; default: 0.0 when "
+                                        "detector_weights are loaded (as torchvision does for its COCO_V1 file), else 1e-5")
     fpn_features: list[str] = Field(default_factory=lambda: ["c2", "c3", "c4", "c5"])
     fpn_channels: int = Field(256, ge=8)
     anchor_sizes: list[list[int]] = Field(default_factory=lambda: [[32], [64], [128], [256], [512]],
@@ -74,6 +77,20 @@ class FasterRCNNModelConfig(ModelConfig):
                              "the same number of sizes and ratios (the RPN head is shared)")
         return self
 
+    def norm_choice(self) -> tuple[bool, float]:
+        """(FrozenBatchNorm2d in the backbone?, its eps) as this config asks for."""
+        resnet = self.backbone.startswith("resnet")
+        pretrained = bool(self.detector_weights or self.backbone_weights or self.pretrained)
+        frozen = self.norm == "frozen" or (self.norm == "auto" and resnet and pretrained)
+        eps = self.frozen_bn_eps if self.frozen_bn_eps is not None else (0.0 if self.detector_weights else 1e-5)
+        return frozen, eps
+
+    def without_build_only(self) -> "FasterRCNNModelConfig":
+        # The norm choice depends on whether weights were given: pin it before clearing them.
+        frozen, eps = self.norm_choice()
+        pinned = self.model_copy(update={"norm": "frozen" if frozen else "batch", "frozen_bn_eps": eps})
+        return super(FasterRCNNModelConfig, pinned).without_build_only()
+
 
 class FasterRCNNConfig(TaskConfig):
     task: Literal["faster_rcnn"] = "faster_rcnn"
@@ -101,14 +118,11 @@ class FasterRCNNDetector(FasterRCNN):
 
 def build_faster_rcnn(mc: FasterRCNNModelConfig, num_classes: int, imgsz: int) -> FasterRCNNDetector:
     """The detector described by ``mc`` for ``num_classes`` object classes at input ``imgsz``."""
-    resnet = mc.backbone.startswith("resnet")
-    pretrained = bool(mc.detector_weights or mc.backbone_weights or mc.pretrained)
-    frozen = mc.norm == "frozen" or (mc.norm == "auto" and resnet and pretrained)
+    frozen, eps = mc.norm_choice()
     kwargs = {}
     if frozen:
-        if not resnet:
+        if not mc.backbone.startswith("resnet"):
             raise ConfigError(f"config error: model.norm: frozen needs a ResNet backbone, not {mc.backbone!r}")
-        eps = mc.frozen_bn_eps if mc.detector_weights else 1e-5
         kwargs["norm_layer"] = partial(FrozenBatchNorm2d, eps=eps)
     body = backbone_from_config(mc, check_size=max(64, min(imgsz, 256)), **kwargs)
     body.require_strides(tuple(body.strides[f] for f in mc.fpn_features if f in body.strides) or (8,), "Faster R-CNN")
@@ -137,27 +151,13 @@ def load_detector_weights(model: nn.Module, path: str, log=print) -> None:
     """Load a torchvision Faster R-CNN state dict (``backbone.body.*``, ``backbone.fpn.*``, ``rpn.*``,
     ``roi_heads.*``). Class-dependent tensors of another shape keep their fresh initialisation
     (reported); any other missing, unexpected or mis-shaped key is a CheckpointError."""
-    from cvapps.backbones.weights import read_state_dict
-
-    state = read_state_dict(path)
-    own = model.state_dict()
-    reinit = [k for k in own if k.startswith(CLASS_DEPENDENT) and k in state and state[k].shape != own[k].shape]
-    state = {k: v for k, v in state.items() if k not in reinit}
-    missing = [k for k in own if k not in state and k not in reinit]
-    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
-             and state[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = [f"{what} {keys[:3]}" for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                                        ("shape mismatch", shape)) if keys]
-        raise CheckpointError(f"{path} does not fit this Faster R-CNN (torchvision's fasterrcnn_resnet50_fpn needs "
-                              f"model.backbone=resnet50 and the default anchors/roi_head_width): " + "; ".join(parts))
-    # FrozenBatchNorm2d drops num_batches_tracked itself; strict elsewhere (checked above).
-    model.load_state_dict(state, strict=False)
-    log(f"loaded {len(state)} tensors from {path}")
-    if reinit:
+    report = load_state(model, read_state_dict(path), path, reinit_prefixes=CLASS_DEPENDENT,
+                        what="this Faster R-CNN (torchvision's fasterrcnn_resnet50_fpn needs model.backbone=resnet50 "
+                             "and the default anchors/roi_head_width)")
+    log(f"loaded {report.loaded} tensors from {path}")
+    if report.reinit:
         log(f"num_classes differs from {path}: re-initialised the class-dependent layers "
-            f"({', '.join(reinit)}); everything else is pretrained")
+            f"({', '.join(report.reinit)}); everything else is pretrained")
 
 
 class FasterRCNNTask(DetectionTask):

@@ -29,9 +29,10 @@ from torch import nn
 from cvapps.config import ModelConfig, TaskConfig
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline, build_augment
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta
-from cvapps.errors import DataError
+from cvapps.errors import DataError, ImageReadError
 from cvapps.data.segmentation import SegmentationDataset, SegmentExtra, class_names_for, scan_split
 from cvapps.heads.fcn import AuxHead, FCN8sHead, pad_to_multiple
+from cvapps.metrics.segmentation import SegmentationMetric
 from cvapps.structures import SegmentationMask
 from cvapps.tasks.base import DatasetSplits, Task
 from cvapps.tasks.common import Normalize, backbone_from_config
@@ -107,12 +108,19 @@ class SegmentTask(Task):
         backbone = backbone_from_config(mc)
         return FCN(backbone, len(class_names), mc.in_channels, mc.hidden, mc.aux, mc.aux_weight)
 
-    def build_datasets(self, cfg: SegmentConfig) -> DatasetSplits:
+    def build_datasets(self, cfg: SegmentConfig, val_only: bool = False) -> DatasetSplits:
         root = Path(cfg.data.root)
         if not root.is_dir():
             raise DataError(f"data.root not found: {root}")
         names, category_ids = class_names_for(root, cfg.data.names)
         skipped: list[tuple[str, str]] = []
+        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
+        if val_only and (root / "images" / "val").is_dir():
+            val = scan_split(root, "val", len(names), category_ids, skipped)
+            for path, reason in skipped:
+                print(f"skipped {path}: {reason}", file=sys.stderr)
+            return DatasetSplits(None, SegmentationDataset(val, SamplePipeline(**fit)), names,
+                                 val_extra=SegmentExtra(category_ids, skipped))
         train = scan_split(root, "train", len(names), category_ids, skipped)
         if (root / "images" / "val").is_dir():
             val = scan_split(root, "val", len(names), category_ids, skipped)
@@ -128,7 +136,6 @@ class SegmentTask(Task):
         if not train:
             raise DataError(f"{root}: no usable training images with masks"
                             + (f" ({len(skipped)} skipped, see above)" if skipped else ""))
-        fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
         return DatasetSplits(
             SegmentationDataset(train, SamplePipeline(**fit, augment=build_augment(cfg.augment.train))),
             SegmentationDataset(val, SamplePipeline(**fit)),
@@ -142,29 +149,18 @@ class SegmentTask(Task):
             return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, 1, 1, dtype=torch.int64)
         return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
-    @torch.no_grad()
-    def evaluate(self, model, splits, loader, device, out_dir: Path | None = None) -> dict[str, float]:
-        """Confusion matrix over the val pixels at network resolution (255 skipped) -> mIoU etc."""
-        from cvapps.engine.device import images_to_device
+    def build_metric(self, splits: DatasetSplits) -> SegmentationMetric:
+        return SegmentationMetric(splits.class_names)
 
-        was = model.training
-        model.eval()
-        k = len(splits.class_names)
-        matrix = torch.zeros(k * k, dtype=torch.int64, device=device)
-        for images, masks in loader:
-            if len(images) == 0:
-                continue
-            pred = model(images_to_device(images, device)).argmax(1)
-            masks = masks.to(device)
-            valid = masks != IGNORE_INDEX
-            matrix += torch.bincount(masks[valid] * k + pred[valid], minlength=k * k)
-        model.train(was)
-        matrix_np = matrix.view(k, k).cpu().numpy()
-        if out_dir is not None:
-            from cvapps.engine.plots import plot_confusion_matrix
+    def eval_items(self, dataset: SegmentationDataset):
+        def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+            image, mask = dataset.load(i)
+            if mask.shape != image.shape[:2]:  # changed on disk since the dataset was built
+                raise ImageReadError(dataset.samples[i].image, "mask size differs from the image")
+            return image, mask
 
-            plot_confusion_matrix(matrix_np, splits.class_names, Path(out_dir) / "confusion_matrix.png")
-        return segmentation_metrics(matrix_np, splits.class_names)
+        for i, sample in enumerate(dataset.samples):
+            yield str(sample.image), (lambda i=i: load(i))
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[SegmentationMask]:
         """logits (B, K, S, S) -> per image: the scores mapped to ORIGINAL pixels (crop the letterbox
@@ -180,25 +176,6 @@ class SegmentTask(Task):
             scores = (sums / counts.clamp(min=1)).cpu().numpy().astype(np.float32)
             results.append(SegmentationMask(label.to(torch.uint8).cpu().numpy(), scores))
         return results
-
-
-def segmentation_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """mIoU, pixel accuracy and iou/<class> from a (true, predicted) pixel confusion matrix.
-
-    A class that is neither in the ground truth nor predicted has no IoU: it is reported as NaN
-    and left out of the mean.
-    """
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-    total = matrix.sum()
-    metrics = {
-        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
-        "pixel_acc": float(tp.sum() / total) if total else 0.0,
-    }
-    for name, value in zip(class_names, iou):
-        metrics[f"iou/{name}"] = float(value)
-    return metrics
 
 
 TASK = SegmentTask()

@@ -2,8 +2,8 @@
 
 Two ways in:
 
-* **Prediction** — :func:`build_predictor` wraps the ultralytics model's ``nn.Module`` so our
-  :class:`~cvapps.engine.predict.Predictor`, sources and sinks run it: our letterbox (the same
+* **Prediction** — :func:`native_detector` wraps the ultralytics model's ``nn.Module`` so our
+  predictor (through :func:`cvapps.engine.load.load_model`), sources and sinks run it: our letterbox (the same
   grey-114 square letterbox ultralytics uses), ultralytics' NMS, boxes mapped back to original
   pixels, and :class:`~cvapps.structures.Detections` out, exactly as for our own detectors.
   Segmentation models return their boxes only (the mask coefficients are dropped).
@@ -14,17 +14,16 @@ Two ways in:
 
 Offline: a weights name that is not on disk is a one-line error naming where to put the file;
 ``YOLO(...)`` is never called for it (it would try to download). ``.yaml`` model files build a
-randomly initialised model with no network.
+randomly initialised model with no network. ``.pt`` files are read without running code
+(:mod:`cvapps.tasks.ultralytics_files`); ``model.model`` of a ``task: ultralytics`` config too.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -32,19 +31,38 @@ import torch
 import yaml
 from pydantic import Field
 from torch import nn
+from ultralytics import YOLO
+from ultralytics.nn.tasks import guess_model_task
 
+from cvapps.checkpoint import atomic_write, atomic_write_text
 from cvapps.config import ModelConfig, TaskConfig
+from cvapps.data.check import available_splits, load_detection_split
 from cvapps.data.letterbox import LetterboxMeta
-from cvapps.errors import CheckpointError, ConfigError, CvappsError, DataError
+from cvapps.errors import ConfigError, CvappsError, DataError
+from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
+from cvapps.heads.yolo import yolo_nms
 from cvapps.structures import Detections
-from cvapps.tasks.base import Task
-
-# Names ultralytics publishes (and would download): yolov8n.pt, yolo11s-seg.pt, yolo26n.pt, rtdetr-l.pt ...
-_PUBLISHED = re.compile(r"^(yolo|rtdetr)[\w.-]*\.pt$", re.IGNORECASE)
-_YAML = (".yaml", ".yml")
-
+from cvapps.tasks.detection_common import DetectionTask
+from cvapps.tasks.ultralytics_files import YAML_SUFFIXES, load_native, refusal, trusted
 
 # --- config ---------------------------------------------------------------------------------------
+# Key of the mirrored data.yaml naming the user's dataset (ultralytics ignores it).
+SOURCE_KEY = "cvapps_source"
+
+
+def trained_on(train_args: dict[str, Any]) -> str | None:
+    """The dataset root a ``cvapps train`` run of ultralytics used (from the mirror's data.yaml)."""
+    data = train_args.get("data")
+    if not isinstance(data, str) or not Path(data).is_file():
+        return None
+    try:
+        spec = yaml.safe_load(Path(data).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    source = spec.get(SOURCE_KEY) if isinstance(spec, dict) else None
+    return str(source) if isinstance(source, str) and Path(source).is_dir() else None
+
+
 class UltralyticsModelConfig(ModelConfig):
     arch: Literal["ultralytics"] = "ultralytics"
     model: str = Field("yolov8n.yaml", description="ultralytics model: a .yaml (random init) or a local .pt file")
@@ -58,77 +76,7 @@ class UltralyticsConfig(TaskConfig):
     model: UltralyticsModelConfig = Field(default_factory=UltralyticsModelConfig)
 
 
-# --- loading an ultralytics model -------------------------------------------------------------------
-def _weights_dir() -> Path | None:
-    try:
-        from ultralytics.utils import SETTINGS
-
-        return Path(SETTINGS["weights_dir"])
-    except Exception:  # settings unreadable: only the given path counts
-        return None
-
-
-def _mentions_ultralytics(path: Path) -> bool:
-    """True for a torch zip file whose pickle references ultralytics classes (read as bytes, never unpickled)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-            return name is not None and b"ultralytics" in zf.read(name)
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def is_native_model(spec: str | os.PathLike) -> bool:
-    """Whether ``--model spec`` names an ultralytics model rather than a cvapps checkpoint.
-
-    .yaml/.yml: always; an existing .pt: when its pickle references ultralytics; a missing .pt:
-    when it has a published ultralytics name (so the user gets the "place the file" message).
-    """
-    p = Path(str(spec))
-    suffix = p.suffix.lower()
-    if suffix in _YAML:
-        return True
-    if suffix != ".pt":
-        return False
-    if p.is_file():
-        return _mentions_ultralytics(p)
-    wd = _weights_dir()
-    if wd is not None and (wd / p.name).is_file():
-        return _mentions_ultralytics(wd / p.name)
-    return bool(_PUBLISHED.match(p.name))
-
-
-def resolve_weights(spec: str | os.PathLike) -> str:
-    """The local file (or built-in .yaml name) to hand to ``YOLO()``; raises before any download."""
-    p = Path(str(spec))
-    if p.suffix.lower() in _YAML:
-        return str(p)  # a file, or a built-in ultralytics config name such as yolov8n.yaml
-    if p.is_file():
-        return str(p)
-    wd = _weights_dir()
-    if wd is not None and (wd / p.name).is_file():
-        return str(wd / p.name)
-    where = f"{p.resolve()}" + (f" (or {wd / p.name})" if wd is not None and p.parent == Path(".") else "")
-    raise CheckpointError(
-        f"ultralytics weights {spec} not found and cvapps does not download: place the file at {where}, "
-        f"e.g. from https://github.com/ultralytics/assets/releases, or use a .yaml model for random weights")
-
-
-def load_ultralytics(spec: str | os.PathLike):
-    """``ultralytics.YOLO`` for ``spec`` after the offline checks (see :func:`resolve_weights`)."""
-    path = resolve_weights(spec)
-    from ultralytics import YOLO
-
-    try:
-        # SECURITY: for a .pt, ultralytics unpickles the whole file (torch.load weights_only=False):
-        # that runs code stored in it, so this trusts the file as much as running a script from
-        # its author. cvapps' own checkpoints never need this (they load with weights_only=True).
-        return YOLO(path)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{spec}: cannot load as an ultralytics model ({first})") from None
-
-
+# --- the model ---------------------------------------------------------------------------------
 class NativeDetector(nn.Module):
     """An ultralytics DetectionModel/SegmentationModel behind the cvapps model signature.
 
@@ -150,22 +98,24 @@ class NativeDetector(nn.Module):
         return out
 
 
-def native_detector(spec: str | os.PathLike, fuse: bool = True) -> tuple[NativeDetector, list[str], int]:
-    """(model in eval mode, class names, the model's training image size) for an ultralytics model."""
-    yolo = load_ultralytics(spec)
-    if yolo.task not in ("detect", "segment"):
-        raise CvappsError(f"{spec} is an ultralytics {yolo.task!r} model; cvapps detect runs detect and segment models")
-    net = yolo.model
+def native_detector(spec: str | os.PathLike, fuse: bool = True, trust: bool = False
+                    ) -> tuple[NativeDetector, list[str], int, dict[str, Any]]:
+    """(model in eval mode, class names, the model's training image size, its checkpoint dict)
+    for an ultralytics model file or YAML; ``.pt`` files are read without running code."""
+    net, ckpt = load_native(spec, trust)
+    task = guess_model_task(net)
+    if task not in ("detect", "segment"):
+        raise CvappsError(f"{spec} is an ultralytics {task!r} model; cvapps detect runs detect and segment models")
     if fuse and hasattr(net, "fuse"):
         net = net.fuse(verbose=False)  # conv+BN folding, as ultralytics' own predictor does
     net.eval()
     names_map = net.names if isinstance(net.names, dict) else dict(enumerate(net.names))
     names = [str(names_map[i]) for i in sorted(names_map)]
     head = net.model[-1]
-    args = net.args if isinstance(getattr(net, "args", None), dict) else {}
+    args = net.args if isinstance(getattr(net, "args", None), dict) else dict(ckpt.get("train_args") or {})
     imgsz = args.get("imgsz", 640)
     imgsz = int(imgsz if isinstance(imgsz, int) else max(imgsz))
-    return NativeDetector(net, len(names), bool(getattr(head, "end2end", False))), names, imgsz
+    return NativeDetector(net, len(names), bool(getattr(head, "end2end", False))), names, imgsz, ckpt
 
 
 def coco_category_ids(names: list[str]) -> list[int] | None:
@@ -184,60 +134,58 @@ def coco_category_ids(names: list[str]) -> list[int] | None:
     return None
 
 
-def build_predictor(model_path: str | os.PathLike, device: str = "auto", batch: int = 8,
-                    imgsz: int | None = None):
-    """A cvapps :class:`~cvapps.engine.predict.Predictor` running an ultralytics model file."""
-    from cvapps.engine.predict import Predictor
-
-    model, names, trained_size = native_detector(model_path)
-    size = int(imgsz or trained_size)
-    if size % 32:
-        raise ConfigError(f"--imgsz {size}: ultralytics models need a multiple of 32")
-    task = UltralyticsTask(model.num_classes, model.end2end)
-    return Predictor(task, model, names, {"imgsz": size, "resize": "letterbox", "in_channels": 3},
-                     device=device, batch=batch, category_ids=coco_category_ids(names))
-
-
 # --- the task -------------------------------------------------------------------------------------
-class UltralyticsTask(Task):
-    """``task: ultralytics``: predict with native models; train with ultralytics' trainer."""
+class UltralyticsTask(DetectionTask):
+    """``task: ultralytics``: predict and evaluate native models (datasets and COCO metric are the
+    detection tasks'); train with ultralytics' trainer."""
 
     name = "ultralytics"
     config_class = UltralyticsConfig
     primary_metric = "map50"
     resize_mode = "letterbox"
+    eval_options = {"conf": 0.001, "iou": 0.7, "max_det": 100}  # ultralytics' val NMS IoU
 
     def __init__(self, num_classes: int | None = None, end2end: bool = False) -> None:
-        # Set per model by build_predictor: segmentation outputs carry 32 mask coefficients
+        # Set per model by the loader: segmentation outputs carry 32 mask coefficients
         # after the class scores, so NMS must know where the classes end.
         self.num_classes, self.end2end = num_classes, end2end
 
     def build_model(self, cfg: UltralyticsConfig, class_names: list[str]) -> nn.Module:
-        model, _, _ = native_detector(cfg.model.model, fuse=False)
+        model, _, _, _ = native_detector(cfg.model.model, fuse=False, trust=trusted())
         return model
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], conf: float = 0.25,
                     iou: float = 0.7, max_det: int = 300, agnostic: bool = False, **_: Any) -> list[Detections]:
         """Raw head output (see :class:`NativeDetector`) -> one Detections per image, original pixels."""
-        from cvapps.heads.yolo import yolo_nms
-
         rows = yolo_nms(outputs, conf, iou, num_classes=self.num_classes or 0, max_det=max_det,
                         agnostic=agnostic, end2end=self.end2end)
         return [rows_to_detections(r, m) for r, m in zip(rows, metas)]
 
     # --- training through ultralytics ---------------------------------------------------------------
-    def train_external(self, cfg: UltralyticsConfig, *, progress: bool = True,
-                       log: Callable[[str], None] = print):
-        """Train ``cfg.model.model`` with ultralytics' trainer on ``cfg.data.root`` (COCO or YOLO layout)."""
-        from cvapps.engine.train import TrainResult
-
+    def train_external(self, cfg: UltralyticsConfig, device: torch.device, *, progress: bool = True,
+                       trust: bool = False, log: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
+        """Train ``cfg.model.model`` with ultralytics' trainer on ``cfg.data.root`` (COCO or YOLO
+        layout); returns (best map50, history rows). ``OUT/best.pt``/``last.pt`` are ultralytics files."""
         out = Path(cfg.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        data_yaml = mirror_as_yolo(cfg.data.root, out / "dataset", cfg.data.names)
         tc = cfg.train
+        # The model first: a file that must be refused is refused before any work.
+        resume = False
+        if tc.resume:
+            last = out / "weights" / "last.pt"
+            if not last.is_file():
+                raise CvappsError(f"train.resume=true but {last} does not exist; train once without resume first")
+            if not trusted(trust):  # ultralytics' resume unpickles last.pt in full
+                raise refusal(last, "train.resume refused: ultralytics resumes by unpickling the whole file")
+            yolo, resume = YOLO(str(last)), True
+        else:
+            yolo = trainable_model(cfg.model.model, out, trust)
+            if cfg.model.weights:
+                yolo.load(load_native(cfg.model.weights, trust)[0])  # a module: ultralytics unpickles nothing
+        data_yaml = mirror_as_yolo(cfg.data.root, out / "dataset", cfg.data.names)
         args: dict[str, Any] = dict(
             data=str(data_yaml), epochs=tc.epochs, imgsz=cfg.data.imgsz, batch=tc.batch,
-            device=ultralytics_device(tc.device), workers=cfg.data.workers, seed=tc.seed,
+            device=ultralytics_device(device), workers=cfg.data.workers, seed=tc.seed,
             optimizer={"adamw": "AdamW", "sgd": "SGD"}[tc.optimizer], lr0=tc.lr, momentum=tc.momentum,
             weight_decay=tc.weight_decay, cos_lr=tc.scheduler == "cosine", amp=tc.amp,
             project=str(out.parent), name=out.name, exist_ok=True, verbose=progress,
@@ -246,15 +194,8 @@ class UltralyticsTask(Task):
         if cfg.model.freeze:
             args["freeze"] = None if cfg.model.freeze < 0 else cfg.model.freeze
         args.update(cfg.model.trainer_args)
-        if tc.resume:
-            last = out / "weights" / "last.pt"
-            if not last.is_file():
-                raise CvappsError(f"train.resume=true but {last} does not exist; train once without resume first")
-            yolo, args = load_ultralytics(last), {"resume": True}
-        else:
-            yolo = load_ultralytics(cfg.model.model)
-            if cfg.model.weights:
-                yolo.load(resolve_weights(cfg.model.weights))
+        if resume:
+            args = {"resume": True}
         log(f"ultralytics: training {cfg.model.model} on {cfg.data.root} (mirrored as YOLO txt in {data_yaml.parent})")
         try:
             yolo.train(**args)
@@ -265,12 +206,24 @@ class UltralyticsTask(Task):
         for name in ("best.pt", "last.pt"):
             src = out / "weights" / name
             if src.is_file():
-                from cvapps.checkpoint import atomic_write
-
                 atomic_write(out / name, lambda tmp, s=src: shutil.copyfile(s, tmp))
         log(f"done: best map50 {best_metric:.4f}; ultralytics checkpoints in {out} "
             f"(run them with `cvapps detect SOURCE --model {out / 'best.pt'}`)")
-        return TrainResult(out, best_metric, history)
+        return best_metric, history
+
+
+def trainable_model(spec: str, out: Path, trust: bool) -> Any:
+    """An ``ultralytics.YOLO`` for training ``spec`` that never unpickles a file: a YAML as is; a
+    ``.pt`` is read safely, its architecture written to ``OUT/model.yaml`` and its weights loaded
+    as a module."""
+    if Path(spec).suffix.lower() in YAML_SUFFIXES:
+        return YOLO(spec)
+    net, _ = load_native(spec, trust)
+    arch = out / "model.yaml"
+    atomic_write_text(arch, yaml.safe_dump(dict(net.yaml), sort_keys=False))
+    yolo = YOLO(str(arch))
+    yolo.load(net)
+    return yolo
 
 
 def rows_to_detections(rows: torch.Tensor, meta: LetterboxMeta) -> Detections:
@@ -281,11 +234,8 @@ def rows_to_detections(rows: torch.Tensor, meta: LetterboxMeta) -> Detections:
     return Detections(meta.boxes_to_original(rows[:, :4]), rows[:, 4], rows[:, 5].round().long())
 
 
-def ultralytics_device(spec: str) -> str:
-    """cvapps device names -> ultralytics' (cpu, mps, "0", "1", ...)."""
-    from cvapps.engine.device import resolve_device
-
-    dev = resolve_device(spec)
+def ultralytics_device(dev: torch.device) -> str:
+    """A resolved torch device -> ultralytics' name for it (cpu, mps, "0", "1", ...)."""
     if dev.type == "cuda":
         return str(dev.index or 0)
     return dev.type
@@ -298,8 +248,6 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     YOLO txt (class cx cy w h, normalised) from the checked COCO or YOLO annotations. The user's
     dataset is only read. Returns the data.yaml path.
     """
-    from cvapps.data.check import available_splits, load_detection_split
-    from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 
     root = Path(root)
     if not root.is_dir():
@@ -330,7 +278,7 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     if val == "train":
         print(f"note: {root} has no val split; ultralytics validates on the train split", file=sys.stderr)
     return write_data_yaml(dest / "data.yaml", class_names or [], {"train": "images/train", "val": f"images/{val}"},
-                           {"path": str(dest.resolve())})
+                           {"path": str(dest.resolve()), SOURCE_KEY: str(root.resolve())})  # SOURCE_KEY: what `cvapps val` evaluates on by default
 
 
 def read_results_csv(path: Path) -> list[dict[str, float]]:

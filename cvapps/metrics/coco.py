@@ -1,7 +1,8 @@
-"""COCO mAP via pycocotools (the file formats themselves live in :mod:`cvapps.formats.coco`).
+"""COCO box mAP through pycocotools' COCOeval: the one place mAP is computed (val and training).
 
-:func:`coco_evaluate` is the one place mAP is computed (``cvapps val`` and training); it runs
-pycocotools' COCOeval, so its numbers are COCO's.
+:class:`CocoDetectionMetric` gets Detections in original image pixels and turns them into COCO
+results with the same writer as ``cvapps detect --save-json``, so ``cvapps val`` equals a COCOeval
+of ``predictions.json`` run by anyone else.
 """
 
 from __future__ import annotations
@@ -13,8 +14,36 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Moved to cvapps.formats.coco; re-exported for the task code that still imports it from here.
-from cvapps.formats.coco import detections_to_results  # noqa: F401
+from cvapps.formats.coco import detections_to_results
+from cvapps.metrics.plots import plt, save_figure
+
+
+class CocoDetectionMetric:
+    """predictions: Detections (xyxy original pixels, 0-based labels); targets: COCO image ids of
+    ``gt`` (a COCO dataset dict); class index ``i`` is category ``category_ids[i]``."""
+
+    def __init__(self, gt: dict[str, Any], class_names: list[str], category_ids: list[int]) -> None:
+        self.gt, self.class_names, self.category_ids = gt, list(class_names), list(category_ids)
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.seen: list[int] = []
+        self.last_eval: Any = None
+
+    def process(self, predictions: Sequence[Any], targets: Sequence[int]) -> None:
+        for det, image_id in zip(predictions, targets):
+            self.seen.append(int(image_id))
+            self.results += detections_to_results(det, int(image_id), self.category_ids)
+
+    def summarize(self) -> dict[str, float]:
+        """``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``ap/<class>`` over the images processed."""
+        metrics, self.last_eval = _evaluate(self.gt, self.results, self.class_names, self.category_ids, self.seen)
+        return metrics
+
+    def plot(self, out_dir: Path) -> None:
+        ev, has_gt = self.last_eval if self.last_eval is not None else (None, set())
+        plot_pr_curves(ev, self.class_names, self.category_ids, has_gt, Path(out_dir) / "pr_curve.png")
 
 
 def make_coco(gt: dict[str, Any]) -> Any:
@@ -37,6 +66,15 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names
     class with ground truth). img_ids: evaluate these images only (e.g. those actually read).
     pr_curve: write the precision-recall curves at IoU 0.5 there (PNG).
     """
+    metrics, (ev, has_gt) = _evaluate(gt, results, class_names, category_ids, img_ids)
+    if pr_curve is not None:
+        plot_pr_curves(ev, class_names, category_ids, has_gt, pr_curve)
+    return metrics
+
+
+def _evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names: Sequence[str],
+              category_ids: Sequence[int], img_ids: Sequence[int] | None) -> tuple[dict[str, float], tuple[Any, set[int]]]:
+    """(metrics, (the COCOeval object or None when nothing was detected, category ids with ground truth))."""
     from pycocotools.cocoeval import COCOeval
 
     metrics = {"map": 0.0, "map50": 0.0, "map75": 0.0}
@@ -44,9 +82,7 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names
     has_gt = {c for c in category_ids if coco_gt.getAnnIds(catIds=[c], iscrowd=False)}
     if not results:  # COCO.loadRes([]) raises; nothing detected is AP 0 for every class.
         metrics.update({f"ap/{n}": 0.0 for n, c in zip(class_names, category_ids) if c in has_gt})
-        if pr_curve is not None:
-            plot_pr_curves(None, class_names, category_ids, has_gt, pr_curve)
-        return metrics
+        return metrics, (None, has_gt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
         ev = COCOeval(coco_gt, coco_dt, "bbox")
@@ -66,16 +102,12 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names
             continue
         p = precision[:, :, cat_index[cid], 0, -1]
         metrics[f"ap/{name}"] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
-    if pr_curve is not None:
-        plot_pr_curves(ev, class_names, category_ids, has_gt, pr_curve)
-    return metrics
+    return metrics, (ev, has_gt)
 
 
 def plot_pr_curves(ev: Any, class_names: Sequence[str], category_ids: Sequence[int], has_gt: set[int],
                    path: str | Path) -> None:
     """Precision-recall curve at IoU 0.5 of each class (and their mean) as a PNG."""
-    from cvapps.engine.plots import plt, save_figure
-
     fig, ax = plt.subplots(figsize=(6, 5))
     recall = np.linspace(0, 1, 101)
     curves = []
@@ -96,3 +128,5 @@ def plot_pr_curves(ev: Any, class_names: Sequence[str], category_ids: Sequence[i
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, Path(path))
+
+

@@ -1,0 +1,155 @@
+"""Reading native ultralytics model files without running code stored in them.
+
+An ultralytics ``.pt`` is a pickled dict (``model``/``ema``: a ``DetectionModel`` object,
+``train_args``, ``date``, ...). A full unpickle (what ``YOLO(path)`` does) runs any code the file
+carries, so cvapps reads it with ``torch.load(weights_only=True)`` and allows only the classes
+such checkpoints are made of: ``nn.Module`` subclasses from ``torch.nn.modules`` and ultralytics'
+model modules (found by saving ``YOLO("yolov8n.yaml")``, ``yolo11n``, ``yolov8n-seg`` and
+``yolo26n`` with ultralytics' own save and listing what ``weights_only`` asks for). A file that
+needs anything else is refused unless the user trusts it (``--trust-model`` or
+``CVAPPS_TRUST_MODEL=1``). Whether a file is an ultralytics model is decided by loading it this
+way, never by looking for the word "ultralytics" in its bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvapps.errors import CheckpointError
+
+TRUST_ENV = "CVAPPS_TRUST_MODEL"
+# Modules whose nn.Module classes may be rebuilt from a weights-only pickle: layers and models only
+# (no loaders such as ultralytics.nn.autobackend, whose constructors read files).
+SAFE_MODULES = re.compile(r"^(torch\.nn\.modules\.\w+|ultralytics\.nn\.modules\.\w+|ultralytics\.nn\.tasks)$")
+# Names ultralytics publishes (and would download): yolov8n.pt, yolo11s-seg.pt, yolo26n.pt, rtdetr-l.pt ...
+PUBLISHED = re.compile(r"^(yolo|rtdetr)[\w.-]*\.pt$", re.IGNORECASE)
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def trusted(flag: bool = False) -> bool:
+    """The user's ``--trust-model`` flag, or ``CVAPPS_TRUST_MODEL=1`` in the environment."""
+    return bool(flag) or os.environ.get(TRUST_ENV, "") == "1"
+
+
+def refusal(path: str | Path, why: str) -> CheckpointError:
+    """The one message for a model file that would need a full (code-running) unpickle."""
+    return CheckpointError(
+        f"{path}: {why}; loading it would need a full unpickle, which can run code stored in the "
+        f"file. If you trust this file, pass --trust-model (or set {TRUST_ENV}=1)")
+
+
+def _allowed_class(name: str) -> type | None:
+    module, _, attr = name.rpartition(".")
+    if not SAFE_MODULES.match(module):
+        return None
+    try:
+        obj = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+    # Defined in that very module (not a name it imported from elsewhere) and a layer or model.
+    ok = isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module
+    return obj if ok else None
+
+
+def load_pickled_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of an ultralytics ``.pt``, read with ``weights_only=True`` under the
+    allowlist (or fully unpickled when ``trust``). Raises CheckpointError (the refusal message
+    for anything outside the allowlist)."""
+    path = Path(path)
+    if trusted(trust):
+        try:
+            # SECURITY: the user said they trust this file; a full unpickle runs its code.
+            return _as_dict(path, torch.load(path, map_location="cpu", weights_only=False))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything a foreign pickle raises
+            raise CheckpointError(f"{path}: cannot be read as a model file ({type(exc).__name__})") from None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads opcodes, runs nothing
+    except Exception as exc:  # noqa: BLE001 - not a torch zip file
+        raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file "
+                              f"({type(exc).__name__})") from None
+    classes = []
+    for name in names:
+        cls = _allowed_class(name)
+        if cls is None:
+            raise refusal(path, f"not a cvapps checkpoint, and as an ultralytics model it is refused: it references "
+                                f"{name}, which is not a torch or ultralytics model class")
+        classes.append(cls)
+    try:
+        with torch.serialization.safe_globals(classes):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler's refusals
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise refusal(path, f"not a cvapps checkpoint, and as an ultralytics model it is refused: weights_only "
+                            f"loading failed ({first})") from None
+    return _as_dict(path, obj)
+
+
+def _as_dict(path: Path, obj: Any) -> dict[str, Any]:
+    net = _net(obj) if isinstance(obj, dict) else None
+    if not isinstance(net, nn.Module) or not hasattr(net, "names"):
+        raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file (no model object)")
+    return obj
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """The float32 ultralytics model of a checkpoint dict (EMA weights when present, as ultralytics)."""
+    return _net(ckpt).float()
+
+
+def _net(ckpt: dict[str, Any]) -> Any:
+    return ckpt["ema"] if isinstance(ckpt.get("ema"), nn.Module) else ckpt.get("model")
+
+
+def model_from_yaml(spec: str | Path) -> nn.Module:
+    """A randomly initialised ultralytics model from a model YAML (a file or a built-in name)."""
+    from ultralytics import YOLO  # heavy optional import: only for native ultralytics models
+
+    try:
+        return YOLO(str(spec)).model  # a YAML builds layers; nothing is unpickled
+    except Exception as exc:  # noqa: BLE001 - ultralytics raises many kinds for a bad YAML
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{spec}: cannot build an ultralytics model from it ({first})") from None
+
+
+def weights_dir() -> Path | None:
+    """ultralytics' weights folder from its settings (None when unreadable)."""
+    try:
+        from ultralytics.utils import SETTINGS  # heavy optional import
+
+        return Path(SETTINGS["weights_dir"])
+    except Exception:  # settings unreadable: only the given path counts
+        return None
+
+
+def resolve_weights(spec: str | os.PathLike) -> Path | str:
+    """The local file (or built-in .yaml name) for ``spec``; raises before any download."""
+    p = Path(str(spec))
+    if p.suffix.lower() in YAML_SUFFIXES:
+        return str(p)  # a file, or a built-in ultralytics config name such as yolov8n.yaml
+    if p.is_file():
+        return p
+    wd = weights_dir()
+    if wd is not None and (wd / p.name).is_file():
+        return wd / p.name
+    where = f"{p.resolve()}" + (f" (or {wd / p.name})" if wd is not None and p.parent == Path(".") else "")
+    raise CheckpointError(
+        f"ultralytics weights {spec} not found and cvapps does not download: place the file at {where}, "
+        f"e.g. from https://github.com/ultralytics/assets/releases, or use a .yaml model for random weights")
+
+
+def load_native(spec: str | os.PathLike, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """(ultralytics model in float32, its checkpoint dict; ``{}`` for a YAML) for a model spec."""
+    where = resolve_weights(spec)
+    if isinstance(where, str):
+        return model_from_yaml(where), {}
+    ckpt = load_pickled_model(where, trust)
+    return model_from_checkpoint(ckpt), ckpt
