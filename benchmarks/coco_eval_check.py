@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -83,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--as-is", action="store_true", help="use the val images as they are (no mixed-size copy)")
     args = ap.parse_args(argv)
 
-    from cvapps.cli import main as cvapps_main
     from cvapps.engine.evaluate import evaluate_checkpoint
     from cvapps.engine.load import load_model
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         ann_file = root / "annotations" / f"{args.split}.json"
         val = evaluate_checkpoint(args.checkpoint, [f"data.root={root}"])
         out = Path(args.out or Path(tmp) / "detect")
-        rc = cvapps_main(["detect", str(root / "images" / args.split), "--model", args.checkpoint, "--out", str(out),
+        rc = subprocess.call([sys.executable, "-m", "cvapps", "detect", str(root / "images" / args.split), "--model", args.checkpoint, "--out", str(out),
                           "--conf", str(opts["conf"]), "--iou", str(opts["iou"]),
                           "--max-det", str(opts["max_det"]), "--coco-gt", str(ann_file), "--no-images", "--quiet"])
         if rc:

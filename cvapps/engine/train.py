@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 from torch import nn
@@ -223,13 +223,18 @@ def _bad_step(bad_steps: int, what: str, epoch: int, step: int, cfg: TaskConfig,
     log(f"warning: non-finite {what} at epoch {epoch + 1} step {step + 1}; step skipped "
         f"({bad_steps}/{cfg.train.max_bad_steps} in a row)")
     if bad_steps >= cfg.train.max_bad_steps:
-        last = out / "last.pt"
-        where = (f"the last good checkpoint is {last} (resume with train.resume=true)" if last.exists()
-                 else "no checkpoint was written yet")
-        dist.cleanup(ctx)
-        raise CvappsError(f"training stopped: {bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch {epoch + 1} "
-                          f"(try a lower train.lr or check the data); {where}")
+        _stop_training(ctx, out, f"{bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch "
+                                 f"{epoch + 1} (try a lower train.lr or check the data)")
     return bad_steps
+
+
+def _stop_training(ctx, out: Path, reason: str) -> NoReturn:
+    """End training with one line that says why and which checkpoint is the last good one."""
+    last = out / "last.pt"
+    where = (f"the last good checkpoint is {last} (resume with train.resume=true)" if last.exists()
+             else "no checkpoint was written yet")
+    dist.cleanup(ctx)
+    raise CvappsError(f"training stopped: {reason}; {where}")
 
 
 def _require_labels(dataset: Any, root: str) -> None:
@@ -259,16 +264,10 @@ def _restore(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
 
 def _require_finite(model: nn.Module, epoch: int, out: Path, ctx) -> None:
     """Never save non-finite weights as last/best: stop with the last good checkpoint instead."""
-    from cvapps.engine import distributed as dist
-
     bad = [k for k, v in unwrap(model).state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        last = out / "last.pt"
-        where = (f"{last} (epoch {epoch}) is the last good checkpoint" if last.exists()
-                 else "no checkpoint was written yet")
-        dist.cleanup(ctx)
-        raise CvappsError(f"training stopped: {len(bad)} tensors of the model are not finite after epoch {epoch + 1} "
-                          f"(e.g. {bad[0]}), so they were not saved; {where}")
+        _stop_training(ctx, out, f"{len(bad)} tensors of the model are not finite after epoch {epoch + 1} "
+                                 f"(e.g. {bad[0]}), so they were not saved")
 
 
 def _count_params(model: nn.Module) -> int:
