@@ -23,7 +23,7 @@ from cvapps.formats.coco_checks import load_coco_split
 from cvapps.formats.masks import read_mask, write_mask
 from cvapps.formats.merge import merge_files
 from cvapps.formats.names import frame_file_name, frame_name, output_relpath, parse_frame_name, safe_name
-from cvapps.formats.report import image_size
+from cvapps.io.images import image_size
 from cvapps.formats.yolo import load_yolo_split, write_data_yaml, write_yolo_labels
 
 
