@@ -81,10 +81,13 @@ def test_video_source_defaults_to_an_annotated_video(small_shapes: Path, ckpts: 
                                                      tmp_path: Path) -> None:
     out = tmp_path / "v"
     _run("detect", str(small_shapes / "video" / "shapes.mp4"), "--model", str(ckpts["detect"]), "--out", str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["shapes.mp4"]
+    # frames are not files: the annotated video and the JSON pair, no per-frame JPEGs
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "predictions_coco.json", "shapes.mp4"]
     from cvapps.io.sinks import count_video_frames
 
     assert count_video_frames(out / "shapes.mp4") == 24
+    names = [im["file_name"] for im in json.loads((out / "predictions_coco.json").read_text())["images"]]
+    assert len(names) == 24 and names[0] == "shapes.mp4#frame=000000", names[:2]
     img = tmp_path / "i"
     _run("detect", str(small_shapes / "images" / "val"), "--model", str(ckpts["detect"]), "--out", str(img))
     assert len(list(img.glob("*.jpg"))) == 8 and not list(img.glob("*.mp4"))

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="minimum score kept (default 0.25)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU of class-wise non-maximum suppression (default 0.5)")
     p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
-    p.add_argument("--save-json", action="store_true", help="also write predictions.json and predictions_coco.json")
+    p.add_argument("--save-json", action="store_true", help="also write predictions.json and predictions_coco.json (the default for video and stream sources)")
     p.add_argument("--coco-gt", metavar="FILE",
                    help="COCO dataset file whose image ids (matched by file_name) and category ids (matched "
                         "by name) the JSON files use, so COCOeval runs on the pair directly; implies --save-json")
@@ -48,14 +48,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
                            trust=args.trust_model).predictor()
     out = Path(args.out)
     root = source_root(args.source)
-    images, video = frame_outputs(args)
+    images, video, save_json = frame_outputs(args)
     sinks: list[Any] = []
     image_sink = None
     if images:
         image_sink = AnnotatedImages(out, make_drawer(predictor.class_names), root=root)
         sinks.append(image_sink)
     json_sink = None
-    if args.save_json or gt is not None:
+    if save_json:
         index = ImageIndex(root, gt, image_dir="" if images else None)
         json_sink = CocoSink(out / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                              results_path=out / "predictions.json", gt=gt, index=index)

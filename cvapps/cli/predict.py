@@ -70,13 +70,16 @@ def source_root(source: str) -> str | None:
     return source if isinstance(source, str) and Path(source).is_dir() else None
 
 
-def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool]:
-    """``(per-frame images, annotated video)`` for detect/segment: image sources default to images,
-    video and stream sources to ``OUT/<stem>.mp4``; ``--save-images``/``--save-video`` add either,
-    ``--no-images`` drops the images."""
+def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool, bool]:
+    """``(per-frame images, annotated video, COCO JSON pair)`` for detect/segment: image sources
+    default to images, video and stream sources to ``OUT/<stem>.mp4`` plus the JSON pair (frames
+    are not files a user can open later, so the predictions must be kept); ``--save-images`` /
+    ``--save-video`` / ``--save-json`` / ``--coco-gt`` add either, ``--no-images`` drops the images."""
     video_source = is_video_source(args.source)
     images = (getattr(args, "save_images", False) or not video_source) and not getattr(args, "no_images", False)
-    return images, bool(getattr(args, "save_video", False) or video_source)
+    video = bool(getattr(args, "save_video", False) or video_source)
+    json = bool(getattr(args, "save_json", False) or getattr(args, "coco_gt", None) or video_source)
+    return images, video, json
 
 
 def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None = None, *,

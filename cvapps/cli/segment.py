@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "compressed RLE) and OUT/predictions_coco.json (COCO dataset file).")
     add_common(p)
     p.add_argument("--save-json", action="store_true",
-                   help="also write OUT/predictions.json (COCO segm results) and OUT/predictions_coco.json")
+                   help="also write OUT/predictions.json (COCO segm results) and OUT/predictions_coco.json "
+                        "(the default for video and stream sources)")
     p.add_argument("--coco-gt", metavar="FILE",
                    help="COCO dataset file whose image ids (matched by file_name) and category ids (matched by "
                         "name) the JSON files use; implies --save-json")
@@ -39,7 +40,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
     out = Path(args.out)
     root = source_root(args.source)
-    images, video = frame_outputs(args)
+    images, video, save_json = frame_outputs(args)
     predictor = load_model(args.model, tasks="segment", device=args.device, batch=args.batch,
                            trust=args.trust_model).predictor()
     sinks: list = []
@@ -50,7 +51,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         sinks.append(MaskImages(out / "masks", root=root))
     json_sink = None
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
-    if args.save_json or gt is not None:
+    if save_json:
         index = ImageIndex(root, gt, image_dir="overlays" if overlays else None)
         json_sink = CocoSink(out / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                              results_path=out / "predictions.json", gt=gt, index=index)
