@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ def load_pickled_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
             raise CheckpointError(f"{path}: cannot be read as a model file ({type(exc).__name__})") from None
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads opcodes, runs nothing
-    except Exception as exc:  # noqa: BLE001 - not a torch zip file
+    except Exception as exc:  # noqa: BLE001 - not a torch zip file, or a pickle the scan cannot read
+        if zipfile.is_zipfile(path):  # a torch file whose pickle cannot be checked without running it
+            raise refusal(path, f"not a cvapps checkpoint, and its pickle cannot be checked for code "
+                                f"({type(exc).__name__})") from None
         raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file "
                               f"({type(exc).__name__})") from None
     classes = []
@@ -111,7 +115,9 @@ def _net(ckpt: dict[str, Any]) -> Any:
 
 def model_from_yaml(spec: str | Path) -> nn.Module:
     """A randomly initialised ultralytics model from a model YAML (a file or a built-in name)."""
-    from ultralytics import YOLO  # heavy optional import: only for native ultralytics models
+    from ultralytics import (
+        YOLO,  # heavy optional import: only for native ultralytics models
+    )
 
     try:
         return YOLO(str(spec)).model  # a YAML builds layers; nothing is unpickled
