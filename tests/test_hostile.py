@@ -93,6 +93,7 @@ def test_hostile_images_every_predict_command(command: str, hostile, tmp_path: P
         if not ok:
             assert any(ln.startswith("skipped") and name in ln for ln in err.splitlines()), (name, err)
     assert input_state(images) == before, "inputs must stay byte-identical"
+    print(f"{command} over the hostile corpus: peak RSS {peak:.0f} MB")
     assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB"
     if command == "classify":
         rows = (out / "predictions.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
