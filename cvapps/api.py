@@ -1,0 +1,185 @@
+"""The public Python API: ``cvapps.load`` -> :class:`Model`, ``Model.predict`` -> :class:`~cvapps.results.Result`,
+``Model.val``, ``Model.export`` and ``cvapps.train``.
+
+::
+
+    import cvapps
+    model = cvapps.load("runs/yolo_shapes/best.pt")         # or an exported .onnx, or yolov8n.pt
+    for r in model.predict("images/", stream=True):          # lazily, one Result per frame
+        print(r.source, r.boxes, r.scores, r.labels)         # xyxy original pixels
+    run = cvapps.train("configs/classify_shapes.yaml", overrides={"train.epochs": 1})
+
+Everything goes through the library's one home for each job: models are loaded by
+:func:`cvapps.engine.load.load_model`, frames are read by :func:`cvapps.io.sources.open_source`
+and predicted by the one :class:`~cvapps.engine.predict.Predictor`, metrics come from
+:func:`cvapps.engine.evaluate.evaluate_checkpoint`, training from :func:`cvapps.engine.train.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from cvapps.engine.evaluate import evaluate_checkpoint
+from cvapps.engine.load import LoadedModel, load_model
+from cvapps.engine.predict import Predictor
+from cvapps.engine.train import TrainResult
+from cvapps.engine.train import train as _train
+from cvapps.errors import CvappsError
+from cvapps.export import export_onnx
+from cvapps.io.sources import Source, open_source
+from cvapps.results import Result
+from cvapps.structures import Frame
+from cvapps.tasks import load_config
+
+#: ``predict`` keywords that go to :func:`~cvapps.io.sources.open_source` (the rest go to the
+#: task's postprocess: ``conf``, ``iou``, ``max_det`` for detectors, ``topk`` for classifiers).
+SOURCE_OPTIONS = ("vid_stride", "shard", "buffer", "reconnect_s")
+ARRAY_SOURCE = "<array>"
+
+
+def overrides_list(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> list[str]:
+    """Dotted config overrides as ``key=value`` strings (values written as JSON, which YAML reads back).
+
+    Keys are dotted (``{"train.epochs": 1}``) or, as keyword arguments, use ``__`` for the dot
+    (``train__epochs=1``); a path value is written as its string.
+    """
+    items = {**dict(overrides or {}), **{k.replace("__", "."): v for k, v in kwargs.items()}}
+    return [f"{key}={json.dumps(os.fspath(v) if isinstance(v, os.PathLike) else v)}" for key, v in items.items()]
+
+
+class Model:
+    """A loaded model: ``predict`` (also ``model(source)``), ``val``, ``export``.
+
+    names: class index -> name (segmenters: index 0 is the background); task: ``"classify"``,
+    ``"segment"``, ``"faster_rcnn"``, ``"yolo"`` or ``"ultralytics"``; category_ids: class index
+    -> COCO category id (used by :meth:`Result.to_coco`).
+    """
+
+    def __init__(self, loaded: LoadedModel, trust: bool = False) -> None:
+        self.loaded = loaded
+        self.path = loaded.source
+        self._trust = trust
+        self._predictor: Predictor | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.loaded.class_names)
+
+    @property
+    def task(self) -> str:
+        return self.loaded.task.name
+
+    @property
+    def predictor(self) -> Predictor:
+        """The :class:`~cvapps.engine.predict.Predictor` behind ``predict`` (made once, on first use)."""
+        if self._predictor is None:
+            self._predictor = self.loaded.predictor()
+        return self._predictor
+
+    @property
+    def category_ids(self) -> list[int]:
+        return list(self.predictor.category_ids)
+
+    def predict(self, source: Any, stream: bool = False, **options: Any) -> list[Result] | Iterator[Result]:
+        """Predict every frame of ``source``; ``Result``s come back in input order.
+
+        source: anything :func:`~cvapps.io.sources.open_source` takes (image path, folder, glob,
+        ``.txt`` list, list of paths, video, webcam index, stream URL), a numpy image (HxWx3 BGR
+        uint8, or HxW gray) or a list of them. stream=True returns a generator (frames are read,
+        predicted and handed over one batch at a time, so memory stays flat on long videos);
+        stream=False returns a list. options: ``vid_stride``, ``shard``, ``buffer``, ``reconnect_s``
+        go to the source, the rest to the task (``conf``, ``iou`` for detectors, ``topk``...).
+        Unreadable files are skipped and reported on stderr, as by the CLI.
+        """
+        source_options = {k: options.pop(k) for k in SOURCE_OPTIONS if k in options}
+        frames = _open_frames(source, source_options)  # opened now: a bad source fails here, not later
+        results = self._results(frames, options)
+        return results if stream else list(results)
+
+    __call__ = predict
+
+    def _results(self, frames: Iterable[Frame], options: dict[str, Any]) -> Iterator[Result]:
+        names, ids = self.names, self.category_ids
+        with frames if isinstance(frames, Source) else contextlib.nullcontext():
+            for frame, prediction in self.predictor.predict(frames, **options):
+                yield Result(frame.source, frame.index, frame.timestamp, frame.image, prediction, names, ids)
+            for path, reason in getattr(frames, "skipped", []):
+                print(f"skipped {path}: {reason}", file=sys.stderr)
+
+    def val(self, data: str | os.PathLike[str] | None = None, *, out_dir: str | os.PathLike[str] | None = None,
+            batch: int | None = None, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
+        """Metrics on the val split of the model's dataset (``data``: another dataset root), as ``cvapps val``.
+
+        overrides / ``key__sub=value`` keywords: config overrides (see :func:`overrides_list`);
+        out_dir: also write ``val_metrics.json`` and plots there. Returns ``{"metric": value}``.
+        """
+        items = overrides_list({**({"data.root": data} if data is not None else {}), **dict(overrides or {})}, **kwargs)
+        return evaluate_checkpoint(self.path, items, Path(out_dir) if out_dir is not None else None,
+                                   trust=self._trust, batch=batch or self.loaded.batch)
+
+    def export(self, format: str = "onnx", *, out: str | os.PathLike[str] | None = None, opset: int = 17,
+               dynamic_batch: bool = True, check: bool = True) -> Path:
+        """Export to ONNX (checked against PyTorch with onnxruntime, as ``cvapps export``); returns the file.
+
+        out: the ``.onnx`` path (default: next to the checkpoint).
+        """
+        if str(format).lower() != "onnx":
+            raise CvappsError(f"export: unknown format {format!r} (supported: onnx)")
+        return export_onnx(self.path, out, opset=opset, dynamic_batch=dynamic_batch, check=check).path
+
+    def __repr__(self) -> str:
+        return f"Model({self.path!r}, task={self.task!r}, names={self.names})"
+
+
+def load(path_or_name: str | os.PathLike[str], device: str = "auto", *, batch: int = 8, trust: bool = False,
+         imgsz: int | None = None) -> Model:
+    """Load a cvapps checkpoint (``.pt``), a ``cvapps export`` ONNX file, or a native ultralytics
+    model (``.pt`` file or published name, ``.yaml``) as a :class:`Model`.
+
+    device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; batch: frames per forward pass;
+    trust: allow a full unpickle of an ultralytics file that needs one; imgsz: input size of
+    native ultralytics models (a multiple of 32). Failures are one-line CvappsErrors.
+    """
+    loaded = load_model(path_or_name, device=device, batch=batch, trust=trust, imgsz=imgsz)
+    return Model(loaded, trust=trust)
+
+
+def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None, *, progress: bool = True,
+          trust: bool = False, **kwargs: Any) -> TrainResult:
+    """Train from a YAML config, as ``cvapps train CONFIG key=value ...``.
+
+    overrides: ``{"train.epochs": 1, "data.root": "my_data"}``; or keywords with ``__`` for the dot:
+    ``train(cfg, train__epochs=1, out="runs/x")``. Returns the run: ``out``, ``best`` / ``last``
+    (checkpoint paths), ``best_metric`` and ``history`` (one metrics dict per epoch).
+    """
+    cfg = load_config(config, overrides_list(overrides, **kwargs))
+    return _train(cfg, progress=progress, trust=trust)
+
+
+def _open_frames(source: Any, source_options: dict[str, Any]) -> Iterable[Frame]:
+    """Frames of an array, a list of arrays, or anything ``open_source`` takes (an open Source)."""
+    if isinstance(source, np.ndarray):
+        return [Frame(_as_bgr(source), ARRAY_SOURCE, 0)]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, np.ndarray) for s in source):
+        arrays = list(source)
+        return (Frame(_as_bgr(a), ARRAY_SOURCE, i) for i, a in enumerate(arrays))
+    if isinstance(source, (list, tuple)) and any(isinstance(s, np.ndarray) for s in source):
+        raise CvappsError("predict: a list must hold only arrays or only paths, not both")
+    return open_source(source, **source_options)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """HxWx3 BGR uint8 (an HxW gray image is repeated to 3 channels); anything else is refused."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3) \
+            or 0 in image.shape:
+        raise CvappsError(f"predict: arrays must be HxWx3 BGR uint8 (or HxW gray), got {image.dtype} {image.shape}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)

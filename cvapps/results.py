@@ -1,0 +1,196 @@
+"""``Result``: one frame's prediction, as :meth:`cvapps.Model.predict` returns it, with its conversions.
+
+A Result keeps the frame identity (``source``, ``index``, ``timestamp``), the original image (HxWx3
+BGR uint8) and the task's prediction structure (:class:`~cvapps.structures.Classification`,
+:class:`~cvapps.structures.SegmentationMask` or :class:`~cvapps.structures.Detections`, all in
+original image pixels). Conversions reuse the library's one home for each format: drawing
+(:mod:`cvapps.io.draw`), atomic image writing (:mod:`cvapps.io.images`) and COCO results
+(:mod:`cvapps.formats.coco`: the same rounding as ``predictions.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cvapps.errors import CvappsError
+from cvapps.formats.coco import detections_to_results, mask_to_results, mask_to_rle
+from cvapps.formats.masks import IGNORE_INDEX
+from cvapps.io.draw import draw_prediction
+from cvapps.io.images import write_image
+from cvapps.structures import Classification, Detections, SegmentationMask
+
+Prediction = Classification | SegmentationMask | Detections
+
+SUPERVISION_HINT = "pip install 'cvapps[supervision]'"
+
+
+@dataclass
+class Result:
+    """One frame's prediction.
+
+    source: file path, ``"clip.mp4#frame=000123"`` for video frames, ``"<array>"`` for arrays;
+    index: position in the source; timestamp: seconds from the start of a video (0.0 for images);
+    image: the original HxWx3 BGR uint8 frame; prediction: the task's structure (original pixels);
+    names: class index -> name; category_ids: class index -> COCO category id (the model's).
+    """
+
+    source: str
+    index: int
+    timestamp: float
+    image: np.ndarray
+    prediction: Prediction
+    names: list[str]
+    category_ids: list[int] = field(default_factory=list)
+
+    # -- convenience views ---------------------------------------------------------------------
+    def _need(self, kind: type, what: str) -> Any:
+        if not isinstance(self.prediction, kind):
+            raise CvappsError(f"Result.{what}: only for {kind.__name__} results, "
+                              f"this is a {type(self.prediction).__name__}")
+        return self.prediction
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 4) float32 xyxy boxes in original image pixels (detectors only)."""
+        return self._need(Detections, "boxes").boxes.numpy()
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(N,) float32 confidences in [0, 1] (detectors only)."""
+        return self._need(Detections, "scores").scores.numpy()
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class indices into ``names`` (detectors only)."""
+        return self._need(Detections, "labels").labels.numpy()
+
+    @property
+    def label(self) -> int:
+        """The predicted class index (classifiers only); ``names[label]`` is its name."""
+        return int(self._need(Classification, "label").label)
+
+    @property
+    def score(self) -> float:
+        """The predicted class's probability (classifiers only)."""
+        return float(self._need(Classification, "score").score)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """HxW uint8 class index per pixel, original image size, 0 = background (segmenters only)."""
+        return np.asarray(self._need(SegmentationMask, "mask").mask)
+
+    def _name(self, label: int) -> str:
+        return self.names[label] if 0 <= label < len(self.names) else str(label)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def plot(self) -> np.ndarray:
+        """A copy of ``image`` (HxWx3 BGR uint8) with the prediction drawn, as the annotated outputs."""
+        return draw_prediction(self.image, self.prediction, self.names)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`plot` to ``path`` atomically (format from the extension: .jpg, .png, ...)."""
+        write_image(path, self.plot())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: ``source``, ``index``, ``timestamp`` and the prediction.
+
+        Detections: ``boxes`` ([[x1, y1, x2, y2]] original pixels), ``scores``, ``labels``, ``names``;
+        Classification: ``label``, ``name``, ``score``, ``topk`` ([{label, name, score}]);
+        SegmentationMask: ``size`` [H, W] and ``classes`` ([{label, name, pixels, score, rle}],
+        the mask of each class present as compressed COCO RLE).
+        """
+        out: dict[str, Any] = {"source": self.source, "index": int(self.index), "timestamp": float(self.timestamp)}
+        pred = self.prediction
+        if isinstance(pred, Detections):
+            labels = pred.labels.tolist()
+            out.update(boxes=pred.boxes.tolist(), scores=pred.scores.tolist(), labels=labels,
+                       names=[self._name(k) for k in labels])
+        elif isinstance(pred, Classification):
+            out.update(label=int(pred.label), name=self._name(pred.label), score=float(pred.score),
+                       topk=[{"label": int(k), "name": self._name(k), "score": float(p)} for k, p in pred.topk])
+        else:
+            mask = np.asarray(pred.mask)
+            classes = []
+            for c in _present_classes(mask):
+                binary = mask == c
+                score = float(pred.scores[c]) if pred.scores is not None and c < len(pred.scores) else 1.0
+                classes.append({"label": c, "name": self._name(c), "pixels": int(binary.sum()), "score": score,
+                                "rle": mask_to_rle(binary)})
+            out.update(size=list(mask.shape[:2]), classes=classes)
+        return out
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as one line of JSON."""
+        return json.dumps(self.to_dict())
+
+    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """COCO results entries for this frame, exactly as ``predictions.json`` holds them.
+
+        Detections: ``{"image_id", "category_id", "bbox" [x, y, w, h] (0.01 px), "score"}`` per box;
+        SegmentationMask: ``{"image_id", "category_id", "segmentation" (RLE), "score"}`` per class
+        present. category_ids: class index -> COCO id (default: the model's). An image with nothing
+        found gives ``[]``. Classifications have no COCO results form (a CvappsError).
+        """
+        ids = list(category_ids) if category_ids is not None else (self.category_ids or
+                                                                   list(range(1, len(self.names) + 1)))
+        pred = self.prediction
+        if isinstance(pred, Detections):
+            return detections_to_results(pred, image_id, ids)
+        if isinstance(pred, SegmentationMask):
+            return mask_to_results(pred.mask, pred.scores, image_id, ids)
+        raise CvappsError("Result.to_coco: a classification has no COCO results form; use to_dict()")
+
+    def to_supervision(self) -> Any:
+        """``supervision.Detections`` (xyxy float32, confidence, class_id, data["class_name"]).
+
+        Detections map one to one; a SegmentationMask gives one detection per class present, with
+        its binary ``mask`` (HxW bool), its bounding box and its score (1.0 without scores); a
+        Classification gives ``supervision.Classifications``. Needs the optional supervision package.
+        """
+        sv = _supervision()
+        pred = self.prediction
+        if isinstance(pred, Classification):
+            return sv.Classifications(class_id=np.array([int(pred.label)]), confidence=np.array([float(pred.score)]))
+        if isinstance(pred, Detections):
+            labels = pred.labels.numpy().astype(int)
+            masks = getattr(pred, "masks", None)  # instance masks, when the structure carries them
+            return sv.Detections(xyxy=pred.boxes.numpy().astype(np.float32), confidence=pred.scores.numpy(),
+                                 class_id=labels, mask=None if masks is None else np.asarray(masks).astype(bool),
+                                 data={"class_name": np.array([self._name(k) for k in labels], dtype=str)})
+        mask = np.asarray(pred.mask)
+        classes = _present_classes(mask)
+        if not classes:
+            return sv.Detections.empty()
+        binaries = np.stack([mask == c for c in classes])
+        scores = [float(pred.scores[c]) if pred.scores is not None and c < len(pred.scores) else 1.0 for c in classes]
+        return sv.Detections(xyxy=sv.mask_to_xyxy(binaries).astype(np.float32), mask=binaries,
+                             confidence=np.array(scores, dtype=np.float32), class_id=np.array(classes, dtype=int),
+                             data={"class_name": np.array([self._name(c) for c in classes], dtype=str)})
+
+    def __repr__(self) -> str:
+        pred = self.prediction
+        if isinstance(pred, Detections):
+            what = f"{len(pred)} detections"
+        elif isinstance(pred, Classification):
+            what = f"{self._name(pred.label)} {pred.score:.2f}"
+        else:
+            what = f"mask with classes {[self._name(c) for c in _present_classes(np.asarray(pred.mask))]}"
+        return f"Result({self.source!r}, index={self.index}, {what})"
+
+
+def _present_classes(mask: np.ndarray) -> list[int]:
+    """Class indices present in a class-index mask, without background (0) and ignore (255)."""
+    return [int(c) for c in np.unique(mask).tolist() if c not in (0, IGNORE_INDEX)]
+
+
+def _supervision() -> Any:
+    try:
+        import supervision as sv  # optional extra, imported only when a conversion asks for it
+    except ImportError:
+        raise CvappsError(f"Result.to_supervision needs the supervision package: {SUPERVISION_HINT}") from None
+    return sv

@@ -1,0 +1,218 @@
+"""The public Python API (issue 13): cvapps.load / Model.predict / Result / cvapps.train."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import cvapps
+from cvapps.cli import main as cli
+from cvapps.errors import CvappsError
+from cvapps.results import Result
+from cvapps.structures import Classification, Detections, SegmentationMask
+from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
+
+VAL_IMAGES = ROOT / "sample_data" / "shapes" / "images" / "val"
+
+# The README example, executed as written by test_readme_example_runs (from a folder holding
+# sample_data/, configs/ and runs/yolo_shapes/best.pt).
+README_EXAMPLE = '''
+import json
+from pathlib import Path
+
+import cvapps
+
+model = cvapps.load("runs/yolo_shapes/best.pt")   # a cvapps .pt, an exported .onnx, or yolov8n.pt
+coco = []
+for image_id, r in enumerate(model.predict("sample_data/shapes/images/val", stream=True), start=1):
+    print(r.source, r.boxes.shape, r.scores, [r.names[k] for k in r.labels])  # xyxy, original pixels
+    coco += r.to_coco(image_id)                   # entries exactly as predictions.json holds them
+    detections = r.to_supervision()               # supervision.Detections
+r.save("runs/example/last.jpg")                   # annotated image, written atomically
+Path("runs/example/predictions.json").write_text(json.dumps(coco))
+
+run = cvapps.train("configs/classify_shapes.yaml", overrides={
+    "data.root": "sample_data/shapes/classify", "out": "runs/example/classify", "train.epochs": 1, "data.imgsz": 32})
+print(run.best, run.history[-1])                  # checkpoint path, last epoch's metrics
+print(cvapps.load(run.best).predict("sample_data/shapes/classify/val")[0].label)
+'''
+
+
+def _tiny_yolo(path: Path, imgsz: int = 64) -> Path:
+    """A random tiny YOLO checkpoint whose class-score biases are 0, so it finds boxes at score ~0.5."""
+    make_checkpoint(path, "yolo_shapes.yaml", [f"data.imgsz={imgsz}"], SHAPES, [1, 2, 3])
+    raw = torch.load(path, weights_only=True)
+    for key, value in raw["model"].items():
+        if ".cv3." in key and key.endswith(".2.bias"):
+            value.zero_()
+    torch.save(raw, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def yolo_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_yolo(tmp_path_factory.mktemp("api") / "yolo.pt")
+
+
+@pytest.fixture(scope="module")
+def cls_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("api") / "cls.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
+
+
+DET_OPTIONS = {"conf": 0.3, "iou": 0.5, "max_det": 20}
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    _tiny_yolo(tmp_path / "runs" / "yolo_shapes" / "best.pt")
+    (tmp_path / "runs" / "example").mkdir()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(README_EXAMPLE, "README example", "exec"), {"__name__": "readme_example"})
+    coco = json.loads((tmp_path / "runs" / "example" / "predictions.json").read_text())
+    n_images = len(list(VAL_IMAGES.glob("*.jpg")))
+    assert coco and {r["image_id"] for r in coco} <= set(range(1, n_images + 1))
+    assert cv2.imread(str(tmp_path / "runs" / "example" / "last.jpg")) is not None
+    assert (tmp_path / "runs" / "example" / "classify" / "best.pt").is_file()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert int(last) in range(len(SHAPES))
+
+
+def test_model_surface(yolo_ckpt: Path) -> None:
+    model = cvapps.load(yolo_ckpt, device="cpu")
+    assert isinstance(model, cvapps.Model) and model.task == "yolo" and model.names == SHAPES
+    assert model.category_ids == [1, 2, 3]
+    with pytest.raises(CvappsError, match="checkpoint not found"):
+        cvapps.load(yolo_ckpt.parent / "missing.pt")
+    with pytest.raises(CvappsError, match="source not found"):
+        model.predict(str(yolo_ckpt.parent / "nothing_here"))  # fails at the call, even with stream=True
+    with pytest.raises(CvappsError, match="unknown format"):
+        model.export("tflite")
+
+
+def test_predict_arrays_equal_predict_files(yolo_ckpt: Path) -> None:
+    model = cvapps.load(yolo_ckpt, device="cpu")
+    files = sorted(VAL_IMAGES.glob("*.jpg"))[:2]
+    arrays = [cv2.imread(str(p)) for p in files]
+    from_files = model.predict([str(p) for p in files], **DET_OPTIONS)
+    from_arrays = model(arrays, **DET_OPTIONS)
+    single = model.predict(arrays[1], **DET_OPTIONS)
+    assert [r.index for r in from_arrays] == [0, 1] and from_arrays[0].source == "<array>"
+    assert len(single) == 1 and np.array_equal(single[0].boxes, from_arrays[1].boxes)
+    for a, f in zip(from_arrays, from_files):
+        assert isinstance(a.prediction, Detections) and len(a.boxes) > 0
+        assert np.array_equal(a.boxes, f.boxes) and np.array_equal(a.scores, f.scores)
+        assert np.array_equal(a.labels, f.labels) and a.image.shape == f.image.shape
+    gray = model.predict(cv2.cvtColor(arrays[0], cv2.COLOR_BGR2GRAY))[0]
+    assert gray.image.shape == arrays[0].shape
+    with pytest.raises(CvappsError, match="HxWx3 BGR uint8"):
+        model.predict(np.zeros((8, 8, 3), np.float32))
+    plotted = from_arrays[0].plot()
+    assert plotted.shape == arrays[0].shape and not np.array_equal(plotted, arrays[0])
+    record = json.loads(from_arrays[0].to_json())
+    assert record["boxes"] == from_arrays[0].boxes.tolist() and set(record["names"]) <= set(SHAPES)
+
+
+def test_to_coco_equals_cli_save_json(yolo_ckpt: Path, tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "detect"
+    assert cli(["detect", str(VAL_IMAGES), "--model", str(yolo_ckpt), "--out", str(out), "--device", "cpu",
+                "--conf", str(DET_OPTIONS["conf"]), "--iou", str(DET_OPTIONS["iou"]),
+                "--max-det", str(DET_OPTIONS["max_det"]), "--save-json", "--no-images", "--quiet"]) == 0
+    cli_results = json.loads((out / "predictions.json").read_text())
+    dataset = json.loads((out / "predictions_coco.json").read_text())
+    ids = {im["file_name"]: im["id"] for im in dataset["images"]}
+    model = cvapps.load(yolo_ckpt, device="cpu")
+    api_results = []
+    for r in model.predict(str(VAL_IMAGES), stream=True, **DET_OPTIONS):
+        api_results += r.to_coco(ids[Path(r.source).relative_to(VAL_IMAGES).as_posix()])
+    assert len(api_results) > 0
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, api_results)) == sorted(map(key, cli_results))
+    gt = COCO()
+    gt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
+    gt.createIndex()
+    loaded = gt.loadRes(api_results)
+    assert len(loaded.getAnnIds()) == len(api_results)
+
+
+def test_to_supervision_round_trips_exactly(yolo_ckpt: Path) -> None:
+    sv = pytest.importorskip("supervision")
+    model = cvapps.load(yolo_ckpt, device="cpu")
+    r = model.predict(str(sorted(VAL_IMAGES.glob("*.jpg"))[0]), **DET_OPTIONS)[0]
+    dets = r.to_supervision()
+    assert isinstance(dets, sv.Detections) and len(dets) == len(r.boxes) > 0
+    assert np.array_equal(dets.xyxy, r.boxes) and np.array_equal(dets.confidence, r.scores)
+    assert np.array_equal(dets.class_id, r.labels)
+    assert list(dets.data["class_name"]) == [SHAPES[k] for k in r.labels]
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 3:9], mask[10:12, 20:25], mask[0, 0] = 2, 3, 255
+    seg = Result("m.png", 0, 0.0, np.zeros((20, 30, 3), np.uint8), SegmentationMask(mask, np.array([0, .1, .2, .3])),
+                 ["background", *SHAPES], [0, 1, 2, 3])
+    sdets = seg.to_supervision()
+    assert sdets.class_id.tolist() == [2, 3] and np.allclose(sdets.confidence, [0.2, 0.3])
+    assert np.array_equal(sdets.mask[0], mask == 2) and sdets.xyxy[0].tolist() == [3, 2, 8, 5]
+    assert [e["category_id"] for e in seg.to_coco(7)] == [2, 3]
+    cls = Result("c.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Classification(1, 0.75), SHAPES)
+    assert cls.to_supervision().class_id.tolist() == [1] and cls.label == 1 and cls.score == 0.75
+    with pytest.raises(CvappsError, match="no COCO results form"):
+        cls.to_coco(1)
+    with pytest.raises(CvappsError, match="only for Detections"):
+        cls.boxes
+
+
+def test_to_supervision_without_supervision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "supervision", None)  # makes `import supervision` raise ImportError
+    r = Result("a.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Detections.empty(), SHAPES)
+    with pytest.raises(CvappsError) as info:
+        r.to_supervision()
+    assert "pip install 'cvapps[supervision]'" in str(info.value) and "\n" not in str(info.value)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_stream_keeps_memory_flat_on_a_long_video(cls_ckpt: Path, tmp_path: Path) -> None:
+    video = tmp_path / "long.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    model = cvapps.load(cls_ckpt, device="cpu")
+    results = model.predict(str(video), stream=True)
+    assert inspect.isgenerator(results)
+    rss, count = {}, 0
+    for r in results:
+        count += 1
+        assert r.index == count - 1 and isinstance(r.prediction, Classification)
+        if count in (100, 600):
+            rss[count] = _rss_mb()
+    assert count == 600
+    assert rss[600] - rss[100] < 30, rss
+
+
+def test_train_overrides_and_val(tmp_path: Path) -> None:
+    from cvapps.api import overrides_list
+
+    assert overrides_list({"train.epochs": 1}, data__root=tmp_path, out="x") == [
+        "train.epochs=1", f'data.root="{tmp_path}"', 'out="x"']
+    run = cvapps.train(ROOT / "configs" / "classify_shapes.yaml", progress=False, data__root=ROOT / "sample_data" /
+                       "shapes" / "classify", out=tmp_path / "run", train__epochs=1, data__imgsz=32, train__device="cpu")
+    assert run.best.is_file() and len(run.history) == 1
+    metrics = cvapps.load(run.best, device="cpu").val(train__device="cpu")
+    assert 0.0 <= metrics["accuracy"] <= 1.0
