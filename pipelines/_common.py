@@ -1,23 +1,28 @@
-"""Helpers shared by the pipeline scripts (not a public API): load any model, combine predictors."""
+"""Helpers shared by the pipeline scripts (not a public API): load a model of the right kind, combine predictors."""
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Any, Iterable, Iterator
 
+import cvapps
+from cvapps.errors import CheckpointError
+
 DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
 
-def load_model(path: str, device: str = "auto", batch: int = 8, tasks: tuple[str, ...] | None = None) -> Any:
-    """A predictor for any model :func:`cvapps.engine.load.load_model` loads (cvapps checkpoints,
-    ONNX exports, native ultralytics files). ``tasks`` restricts what it may be (a clear error
-    otherwise); asking for a detector also accepts native ultralytics detectors."""
-    from cvapps.engine.load import load_model as load
-
+def load_model(path: str, device: str = "auto", batch: int = 8, tasks: tuple[str, ...] | None = None) -> cvapps.Model:
+    """:func:`cvapps.load` (cvapps checkpoints, ONNX exports, native ultralytics files) that refuses a
+    model of another kind than ``tasks`` with a one-line error; asking for a detector also accepts
+    native ultralytics detectors."""
     wanted = tuple(tasks or ())
     if set(wanted) & set(DETECTION_TASKS):
         wanted = tuple(dict.fromkeys((*wanted, "ultralytics")))
-    return load(path, tasks=wanted or None, device=device, batch=batch).predictor()
+    model = cvapps.load(path, device=device, batch=batch)
+    if wanted and model.task not in wanted:
+        raise CheckpointError(f"{path} is a {model.task!r} model; this pipeline needs "
+                              f"{' or '.join(map(repr, wanted))}")
+    return model
 
 
 class Chain:

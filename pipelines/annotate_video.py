@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None, conf: float = 0.25,
              vid_stride: int = 1, progress: bool = True) -> Any:
-    """Run the models over ``source`` into an annotated mp4 and COCO JSON files; returns the RunReport."""
+    """Run the models (:class:`cvapps.Model`) over ``source`` into an annotated mp4 and COCO JSON
+    files; returns the RunReport."""
 
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
@@ -46,24 +47,22 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
     stem = Path(str(source)).stem or "video"
     sinks: list[Any] = []
     if detector is not None and segmenter is not None:
-        predictor: Any = Chain(segmenter, detector)
+        predictor: Any = Chain(segmenter.predictor, detector.predictor)
         options: dict[str, Any] = {"conf": conf}
 
         def draw(image, pred):
             mask, dets = pred
-            return draw_prediction(draw_prediction(image, mask, segmenter.class_names), dets, detector.class_names)
+            return draw_prediction(draw_prediction(image, mask, segmenter.names), dets, detector.names)
 
-        sinks.append(Pick(CocoSink(out / "segmentation_coco.json", segmenter.class_names,
-                                   segmenter.category_ids), 0))
-        sinks.append(Pick(CocoSink(out / "detections_coco.json", detector.class_names,
-                                   detector.category_ids), 1))
+        sinks.append(Pick(CocoSink(out / "segmentation_coco.json", segmenter.names, segmenter.category_ids), 0))
+        sinks.append(Pick(CocoSink(out / "detections_coco.json", detector.names, detector.category_ids), 1))
     else:
-        predictor = detector or segmenter
+        model = detector or segmenter
+        predictor, names = model.predictor, model.names
         options = {"conf": conf} if detector is not None else {}
-        names = predictor.class_names
         draw = lambda image, pred: draw_prediction(image, pred, names)  # noqa: E731
         kind = "detections" if detector is not None else "segmentation"
-        sinks.append(CocoSink(out / f"{kind}_coco.json", names, predictor.category_ids))
+        sinks.append(CocoSink(out / f"{kind}_coco.json", names, model.category_ids))
     sinks.insert(0, VideoWriterSink(out / f"{stem}.mp4", draw))
     return run_source(predictor, source, sinks, progress=progress, options=options, vid_stride=vid_stride)
 

@@ -34,14 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def auto_label(detector: Any, folder: str | Path, out: str | Path, conf: float = 0.4,
                shard: str | None = None, progress: bool = True) -> Any:
-    """Detect on every image under ``folder`` and write the COCO dataset ``out``; returns the RunReport."""
+    """Detect on every image under ``folder`` with ``detector`` (a :class:`cvapps.Model`) and write
+    the COCO dataset ``out``; returns the RunReport."""
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink
 
     root = folder if Path(folder).is_dir() else None
-    sink = CocoSink(out, detector.class_names, detector.category_ids, root=root,
+    sink = CocoSink(out, detector.names, detector.category_ids, root=root,
                     info={"description": f"auto-labelled by cvapps (conf >= {conf})"})
-    return run_source(detector, str(folder), [sink], progress=progress, options={"conf": conf}, shard=shard)
+    return run_source(detector.predictor, str(folder), [sink], progress=progress, options={"conf": conf}, shard=shard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,14 +49,15 @@ def crop_boxes(image, boxes, pad: float = 0.1) -> list:
 
 
 class ClassifyCrops:
-    """Sink: classifies the detections' crops and hands ``(frame, objects)`` to ``outputs``."""
+    """Sink: classifies the detections' crops with ``classifier`` (a :class:`cvapps.Model`) and hands
+    ``(frame, objects)`` to ``outputs``."""
 
     def __init__(self, classifier: Any, detector_names: list[str], path: Path, pad: float,
                  outputs: list[Any] | None = None, root: Any = None) -> None:
         from cvapps.io.sinks import JsonLinesSink
 
         self.classifier, self.names, self.pad = classifier, detector_names, pad
-        classifier.prefetch = 0  # a handful of crops per call: no prefetch thread per frame
+        classifier.predictor.prefetch = 0  # a handful of crops per call: no prefetch thread per frame
         self.path = Path(path)
         self.outputs = outputs or []
         self._lines = JsonLinesSink(self.path, [])  # its temp-file-and-rename keeps the file whole
@@ -70,16 +71,14 @@ class ClassifyCrops:
 
     def write(self, frame: Any, dets: Any) -> None:
         from cvapps.formats.names import frame_file_name
-        from cvapps.structures import Frame
 
         crops = crop_boxes(frame.image, dets.boxes.tolist(), self.pad)
-        classes = [pred for _, pred in self.classifier.predict(
-            [Frame(c, f"{frame.source}#box={k}") for k, c in enumerate(crops)])]
+        classes = self.classifier.predict(crops) if crops else []  # one Result per crop
         objects = []
         for box, score, label, cls in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist(), classes):
             objects.append({"box": [round(v, 2) for v in box],
                             "detector": {"name": self.names[label], "score": round(score, 4)},
-                            "classifier": {"name": self.classifier.class_names[cls.label], "score": round(cls.score, 4)}})
+                            "classifier": {"name": cls.names[cls.label], "score": round(cls.score, 4)}})
         self.objects += len(objects)
         record = {"file_name": frame_file_name(frame.source, self.root), "index": frame.index, "objects": objects}
         self._lines.write_record(record)
@@ -118,8 +117,8 @@ def detect_then_classify(detector: Any, classifier: Any, source: Any, out: Path,
         outputs.append(VideoWriterSink(out / f"{Path(str(source)).stem or 'stream'}.mp4", draw_objects))
     if save_images:
         outputs.append(AnnotatedImages(out / "annotated", draw_objects, root=root))
-    sink = ClassifyCrops(classifier, detector.class_names, out / "results.jsonl", pad, outputs, root)
-    report = run_source(detector, source, [sink], progress=progress, options={"conf": conf})
+    sink = ClassifyCrops(classifier, detector.names, out / "results.jsonl", pad, outputs, root)
+    report = run_source(detector.predictor, source, [sink], progress=progress, options={"conf": conf})
     return report, sink
 
 

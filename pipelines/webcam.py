@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.io.sinks import VideoWriterSink, make_drawer
 
     try:
-        predictor = load_model(args.model, args.device, args.batch)
-        draw = make_drawer(predictor.class_names)
+        model = load_model(args.model, args.device, args.batch)
+        draw = make_drawer(model.names)
         sinks = []
         if args.show or (not args.serve and display_available()[0]):
             sinks.append(PreviewWindow(draw))
@@ -53,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             sinks.append(server)
         if args.save_video:
             sinks.append(VideoWriterSink(Path(args.save_video), draw))
-        task = getattr(getattr(predictor, "task", None), "name", "detect")
-        options = {"conf": args.conf} if task in ("faster_rcnn", "yolo", "detect", "ultralytics") else {}
+        options = {"conf": args.conf} if model.task in ("faster_rcnn", "yolo", "ultralytics") else {}
         source = int(args.source) if args.source.isdigit() else args.source
-        report = run_source(predictor, source, sinks, progress=False, options=options,
+        report = run_source(model.predictor, source, sinks, progress=False, options=options,
                             buffer=True if args.buffer else None, reconnect_s=args.reconnect)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)

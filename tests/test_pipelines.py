@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cvapps.engine.load import load_model
+import cvapps
+from cvapps.engine.load import LoadedModel
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.io.preview import MJPEGServer, parse_host_port
@@ -62,6 +63,13 @@ def fake_segmenter() -> Predictor:
                      batch=4, category_ids=[0, 7])
 
 
+def as_model(predictor: Predictor) -> cvapps.Model:
+    """A :class:`cvapps.Model` around a test predictor's task, network and class names (what the pipelines take)."""
+    return cvapps.Model(LoadedModel(predictor.task, predictor.model, predictor.class_names, predictor.category_ids,
+                                    {"imgsz": predictor.imgsz, "in_channels": predictor.in_channels}, "fake",
+                                    device="cpu", batch=predictor.batch))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,7 +89,8 @@ def test_annotate_video_detection_and_segmentation(tmp_path: Path) -> None:
 
     video = _write_video(tmp_path / "clip.mp4", 20, size=(80, 60))
     mod = load_pipeline("annotate_video")
-    report = mod.annotate(video, tmp_path / "out", fake_predictor(), fake_segmenter(), progress=False)
+    report = mod.annotate(video, tmp_path / "out", as_model(fake_predictor()), as_model(fake_segmenter()),
+                          progress=False)
     assert report.processed == 20
     assert count_video_frames(tmp_path / "out" / "clip.mp4") == 20
     det = COCO(str(tmp_path / "out" / "detections_coco.json"))
@@ -97,7 +106,7 @@ def test_auto_label_folder(tmp_path: Path) -> None:
 
     folder = ROOT / "sample_data" / "shapes" / "images" / "val"
     mod = load_pipeline("auto_label")
-    report = mod.auto_label(fake_predictor(), folder, tmp_path / "auto.json", conf=0.0, progress=False)
+    report = mod.auto_label(as_model(fake_predictor()), folder, tmp_path / "auto.json", conf=0.0, progress=False)
     coco = COCO(str(tmp_path / "auto.json"))
     files = sorted(p.name for p in folder.glob("*.jpg"))
     assert report.processed == len(files) == len(coco.getImgIds())
@@ -107,17 +116,26 @@ def test_auto_label_folder(tmp_path: Path) -> None:
 
 def test_detect_then_classify(tmp_path: Path, classify_ckpt: Path) -> None:
     mod = load_pipeline("detect_then_classify")
-    classifier = load_model(classify_ckpt, tasks="classify", device="cpu").predictor()
+    classifier = cvapps.load(classify_ckpt, device="cpu")
     video = _write_video(tmp_path / "clip.mp4", 12, size=(80, 60))
-    report, sink = mod.detect_then_classify(fake_predictor(), classifier, video, tmp_path / "out",
+    report, sink = mod.detect_then_classify(as_model(fake_predictor()), classifier, video, tmp_path / "out",
                                             save_video=True, progress=False)
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert report.processed == len(records) == 12 and sink.objects == 12
     obj = records[0]["objects"][0]
-    assert obj["box"] == [2.0, 3.0, 40.0, 30.0] and obj["classifier"]["name"] in classifier.class_names
+    assert obj["box"] == [2.0, 3.0, 40.0, 30.0] and obj["classifier"]["name"] in classifier.names
     assert count_video_frames(tmp_path / "out" / "clip.mp4") == 12
     crop = mod.crop_boxes(np.zeros((60, 80, 3), np.uint8), [[2, 3, 40, 30]], pad=0.1)[0]
     assert crop.shape == (33, 44, 3)  # grown by 10 % (2.7 px, 3.8 px) each side, clipped at 0
+
+
+def test_pipeline_refuses_a_model_of_another_kind(tmp_path: Path, classify_ckpt: Path, capsys) -> None:
+    mod = load_pipeline("auto_label")
+    folder = ROOT / "sample_data" / "shapes" / "images" / "val"
+    assert mod.main([str(folder), "--model", str(classify_ckpt), "--out", str(tmp_path / "a.json"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a 'classify' model; this pipeline needs 'faster_rcnn'" in err
+    assert not (tmp_path / "a.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg binary not installed (apt-get install ffmpeg)")
