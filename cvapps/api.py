@@ -120,7 +120,10 @@ class Model:
         overrides / ``key__sub=value`` keywords: config overrides (see :func:`overrides_list`);
         out_dir: also write ``val_metrics.json`` and plots there. Returns ``{"metric": value}``.
         """
-        items = overrides_list({**({"data.root": data} if data is not None else {}), **dict(overrides or {})}, **kwargs)
+        given = {**({"data.root": data} if data is not None else {}), **dict(overrides or {})}
+        items = overrides_list(given, **kwargs)
+        if self.loaded.device != "auto" and not any(item.startswith("train.device=") for item in items):
+            items.append(f"train.device={json.dumps(self.loaded.device)}")  # evaluate where the model was loaded
         return evaluate_checkpoint(self.path, items, Path(out_dir) if out_dir is not None else None,
                                    trust=self._trust, batch=batch or self.loaded.batch)
 
@@ -132,6 +135,8 @@ class Model:
         """
         if str(format).lower() != "onnx":
             raise CvappsError(f"export: unknown format {format!r} (supported: onnx)")
+        if Path(self.path).suffix.lower() == ".onnx":
+            raise CvappsError(f"export: {self.path} is already an ONNX file")
         return export_onnx(self.path, out, opset=opset, dynamic_batch=dynamic_batch, check=check).path
 
     def __repr__(self) -> str:

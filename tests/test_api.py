@@ -214,5 +214,48 @@ def test_train_overrides_and_val(tmp_path: Path) -> None:
     run = cvapps.train(ROOT / "configs" / "classify_shapes.yaml", progress=False, data__root=ROOT / "sample_data" /
                        "shapes" / "classify", out=tmp_path / "run", train__epochs=1, data__imgsz=32, train__device="cpu")
     assert run.best.is_file() and len(run.history) == 1
-    metrics = cvapps.load(run.best, device="cpu").val(train__device="cpu")
+    model = cvapps.load(run.best, device="cpu")
+    metrics = model.val()  # the dataset it was trained on, on the device it was loaded on
     assert 0.0 <= metrics["accuracy"] <= 1.0
+    other = model.val(data=ROOT / "sample_data" / "shapes" / "classify", out_dir=tmp_path / "val")
+    assert other == metrics and json.loads((tmp_path / "val" / "val_metrics.json").read_text()) == metrics
+    with pytest.raises(CvappsError, match="not_a_key"):
+        model.val(data__not_a_key=1)
+
+
+def test_export_then_load_onnx_predicts_the_same(cls_ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = cvapps.load(cls_ckpt, device="cpu")
+    onnx_path = model.export(out=tmp_path / "cls.onnx")
+    assert onnx_path == tmp_path / "cls.onnx" and onnx_path.is_file()
+    onnx_model = cvapps.load(onnx_path, device="cpu")
+    assert onnx_model.task == "classify" and onnx_model.names == model.names
+    folder = ROOT / "sample_data" / "shapes" / "classify" / "val"
+    a, b = model.predict(str(folder)), onnx_model.predict(str(folder))
+    assert len(a) == len(b) > 0 and [r.label for r in a] == [r.label for r in b]
+    with pytest.raises(CvappsError, match="already an ONNX file"):
+        onnx_model.export()
+
+
+def test_native_ultralytics_model(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    model = cvapps.load("yolov8n.yaml", device="cpu", imgsz=64)
+    assert model.task == "ultralytics" and len(model.names) == 80
+    r = model.predict(np.full((40, 90, 3), 100, np.uint8), conf=0.0, max_det=5)[0]
+    assert r.boxes.shape == (5, 4) and float(r.boxes[:, 2].max()) <= 90
+    assert {e["category_id"] for e in r.to_coco(1)} <= set(model.category_ids)
+
+
+def test_breaking_out_of_a_stream_stops_its_threads(cls_ckpt: Path) -> None:
+    import threading
+    import time
+
+    model = cvapps.load(cls_ckpt, device="cpu", batch=2)
+    results = model.predict(str(ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"), stream=True)
+    first = [next(results) for _ in range(3)]
+    assert [r.index for r in first] == [0, 1, 2] and first[2].timestamp > 0
+    results.close()
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("cvapps-") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("cvapps-")]
