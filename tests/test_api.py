@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
 
 import cvapps
 from cvapps.cli import main as cli
 from cvapps.errors import CvappsError
 from cvapps.results import Result
 from cvapps.structures import Classification, Detections, SegmentationMask
-from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
 
 VAL_IMAGES = ROOT / "sample_data" / "shapes" / "images" / "val"
 
@@ -75,7 +75,7 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     _tiny_yolo(tmp_path / "runs" / "yolo_shapes" / "best.pt")
     (tmp_path / "runs" / "example").mkdir()
     monkeypatch.chdir(tmp_path)
-    exec(compile(README_EXAMPLE, "README example", "exec"), {"__name__": "readme_example"})
+    exec(compile(README_EXAMPLE, "README example", "exec"), {"__name__": "readme_example"})  # noqa: S102 - our own text
     coco = json.loads((tmp_path / "runs" / "example" / "predictions.json").read_text())
     n_images = len(list(VAL_IMAGES.glob("*.jpg")))
     assert coco and {r["image_id"] for r in coco} <= set(range(1, n_images + 1))
@@ -135,7 +135,9 @@ def test_to_coco_equals_cli_save_json(yolo_ckpt: Path, tmp_path: Path) -> None:
     for r in model.predict(str(VAL_IMAGES), stream=True, **DET_OPTIONS):
         api_results += r.to_coco(ids[Path(r.source).relative_to(VAL_IMAGES).as_posix()])
     assert len(api_results) > 0
-    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    def key(entry: dict) -> str:
+        return json.dumps(entry, sort_keys=True)
+
     assert sorted(map(key, api_results)) == sorted(map(key, cli_results))
     gt = COCO()
     gt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
@@ -147,7 +149,7 @@ def test_to_coco_equals_cli_save_json(yolo_ckpt: Path, tmp_path: Path) -> None:
 def test_to_supervision_round_trips_exactly(yolo_ckpt: Path) -> None:
     sv = pytest.importorskip("supervision")
     model = cvapps.load(yolo_ckpt, device="cpu")
-    r = model.predict(str(sorted(VAL_IMAGES.glob("*.jpg"))[0]), **DET_OPTIONS)[0]
+    r = model.predict(str(min(VAL_IMAGES.glob("*.jpg"))), **DET_OPTIONS)[0]
     dets = r.to_supervision()
     assert isinstance(dets, sv.Detections) and len(dets) == len(r.boxes) > 0
     assert np.array_equal(dets.xyxy, r.boxes) and np.array_equal(dets.confidence, r.scores)
@@ -167,7 +169,7 @@ def test_to_supervision_round_trips_exactly(yolo_ckpt: Path) -> None:
     with pytest.raises(CvappsError, match="no COCO results form"):
         cls.to_coco(1)
     with pytest.raises(CvappsError, match="only for Detections"):
-        cls.boxes
+        _ = cls.boxes
 
 
 def test_to_supervision_without_supervision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
