@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -88,6 +88,12 @@ class Model:
     def category_ids(self) -> list[int]:
         return list(self.predictor.category_ids)
 
+    @overload
+    def predict(self, source: Any, stream: Literal[False] = ..., **options: Any) -> list[Result]: ...
+
+    @overload
+    def predict(self, source: Any, stream: Literal[True], **options: Any) -> Iterator[Result]: ...
+
     def predict(self, source: Any, stream: bool = False, **options: Any) -> list[Result] | Iterator[Result]:
         """Predict every frame of ``source``; ``Result``s come back in input order.
 
@@ -95,7 +101,7 @@ class Model:
         ``.txt`` list, list of paths, video, webcam index, stream URL), a numpy image (HxWx3 BGR
         uint8, or HxW gray) or a list of them. stream=True returns a generator (frames are read,
         predicted and handed over one batch at a time, so memory stays flat on long videos);
-        stream=False returns a list. options: ``vid_stride``, ``shard``, ``buffer``, ``reconnect_s``
+        stream=False returns a list (so never ends on a webcam or stream URL: use stream=True). options: ``vid_stride``, ``shard``, ``buffer``, ``reconnect_s``
         go to the source, the rest to the task (``conf``, ``iou`` for detectors, ``topk``...).
         Unreadable files are skipped and reported on stderr, as by the CLI.
         """
