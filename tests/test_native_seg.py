@@ -269,3 +269,32 @@ def test_a_failed_download_is_the_one_line_error(tmp_path, monkeypatch):
 
 class _NotAModule:
     """A pickled object of a class outside the torch/ultralytics allowlist."""
+
+
+def test_instance_masks_map_through_the_letterbox_to_original_pixels():
+    """A prototype that is a disc in network space comes back as that disc in the original image
+    (the letterbox's scale and 19 px of top padding undone), agreeing with ultralytics' own
+    ``process_mask_native``."""
+    from ultralytics.utils import ops
+
+    from cvapps.data.letterbox import letterbox
+    from cvapps.tasks.ultralytics_native import instance_masks
+
+    h, w, imgsz = 90, 150, 96
+    _, meta = letterbox(np.zeros((h, w, 3), np.uint8), imgsz)
+    assert meta.pad_xy == (0, 19)  # square letterbox: the padding is top and bottom
+    centre, radius = (75.0, 45.0), 30.0  # original pixels
+    cx_in, cy_in = meta.boxes_to_input(torch.tensor([[*centre, *centre]]))[0, :2].tolist()
+    ys, xs = torch.meshgrid(torch.arange(imgsz // 4) + 0.5, torch.arange(imgsz // 4) + 0.5, indexing="ij")
+    dist = ((xs * 4 - cx_in) ** 2 + (ys * 4 - cy_in) ** 2).sqrt()
+    proto = torch.stack([radius * meta.scale_xy[0] - dist, torch.zeros_like(dist)])  # (2, 24, 24)
+    coeffs = torch.tensor([[1.0, 0.0]])
+    boxes_orig = torch.tensor([[0.0, 0.0, w, h]])
+    masks = instance_masks(proto, coeffs, meta.boxes_to_input(boxes_orig), meta)
+    assert masks.shape == (1, h, w) and masks.dtype == torch.bool
+    yy, xx = np.mgrid[:h, :w]
+    disc = (xx + 0.5 - centre[0]) ** 2 + (yy + 0.5 - centre[1]) ** 2 <= radius ** 2
+    got = masks[0].numpy()
+    assert (got & disc).sum() / (got | disc).sum() > 0.95
+    native = ops.process_mask_native(proto, coeffs, boxes_orig, (h, w))[0].bool().numpy()
+    assert (got & native).sum() / (got | native).sum() > 0.95

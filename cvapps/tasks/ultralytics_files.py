@@ -31,6 +31,10 @@ from cvapps.errors import CheckpointError
 
 TRUST_ENV = "CVAPPS_TRUST_MODEL"
 OFFLINE_ENV = "CVAPPS_OFFLINE"  # "1": never fetch a published weights name (no network attempt at all)
+if os.environ.get(OFFLINE_ENV, "") == "1":
+    # ultralytics checks connectivity (DNS) when first imported, which happens after this module is
+    # imported; its own offline switch skips that check.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
 # Modules whose nn.Module classes may be rebuilt from a weights-only pickle: layers and models only
 # (no loaders such as ultralytics.nn.autobackend, whose constructors read files).
 SAFE_MODULES = re.compile(r"^(torch\.nn\.modules\.\w+|ultralytics\.nn\.modules\.\w+|ultralytics\.nn\.tasks)$")
