@@ -21,8 +21,9 @@ import importlib
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -167,8 +168,10 @@ def online() -> bool:
     if os.environ.get(OFFLINE_ENV, "") == "1" or os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true"):
         return False
     try:
-        from ultralytics.utils import ONLINE  # heavy optional import (already loaded by the native task)
-    except Exception:  # ultralytics unusable: treat as offline, the message says where to put the file
+        from ultralytics.utils import (
+            ONLINE,  # heavy optional import (already loaded by the native task)
+        )
+    except Exception:  # noqa: BLE001 - ultralytics unusable: offline, the message says where to put the file
         return False
     return bool(ONLINE)
 
