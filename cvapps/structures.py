@@ -74,7 +74,8 @@ class Detections:
         if self.masks is not None:
             self.masks = torch.as_tensor(self.masks).to(dtype=torch.bool, device="cpu")
             if self.masks.ndim != 3 or len(self.masks) != len(self.boxes):
-                raise ValueError(f"masks must be (N, H, W) with N = {len(self.boxes)} boxes, got {tuple(self.masks.shape)}")
+                raise ValueError(f"masks must be (N, H, W) with N = {len(self.boxes)} boxes, "
+                                 f"got {tuple(self.masks.shape)}")
 
     def __len__(self) -> int:
         return len(self.boxes)

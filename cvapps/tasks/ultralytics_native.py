@@ -16,9 +16,10 @@ Two ways in:
 
 Published names: a bare ``yolov8n.pt`` that is not on disk is fetched by ultralytics' downloader
 when online (:func:`cvapps.tasks.ultralytics_files.resolve_weights`), offline it is a one-line
-error naming where to put the file; ``YOLO(...)`` is never called for it (it would unpickle). ``.yaml`` model files build a
-randomly initialised model with no network. ``.pt`` files are read without running code
-(:mod:`cvapps.tasks.ultralytics_files`); ``model.model`` of a ``task: ultralytics`` config too.
+error naming where to put the file; ``YOLO(...)`` is never called for it (it would unpickle the
+download in full). ``.yaml`` model files build a randomly initialised model with no network.
+``.pt`` files are read without running code (:mod:`cvapps.tasks.ultralytics_files`); ``model.model``
+of a ``task: ultralytics`` config too.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class NativeDetector(nn.Module):
         super().__init__()
         self.net, self.num_classes, self.end2end = net, num_classes, end2end
 
-    def forward(self, images: torch.Tensor, targets: Any = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, targets: Any = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.training and targets is not None:
             raise CvappsError("native ultralytics models train with their own trainer: use a config with task: ultralytics")
         out = self.net(images)
