@@ -56,11 +56,14 @@ class Detections:
     boxes: (N, 4) float32, xyxy in original image pixels.
     scores: (N,) float32 confidences in [0, 1].
     labels: (N,) int64 class indices into the checkpoint's class names (0-based, no background).
+    masks: (N, H, W) bool instance masks in original image pixels (H, W = the image's size), one per
+        box; None for box-only models. Native ultralytics ``-seg`` models fill it.
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
+    masks: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4).cpu()
@@ -68,6 +71,11 @@ class Detections:
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1).cpu()
         if not (len(self.boxes) == len(self.scores) == len(self.labels)):
             raise ValueError("boxes, scores and labels must have the same length")
+        if self.masks is not None:
+            self.masks = torch.as_tensor(self.masks).to(dtype=torch.bool, device="cpu")
+            if self.masks.ndim != 3 or len(self.masks) != len(self.boxes):
+                raise ValueError(f"masks must be (N, H, W) with N = {len(self.boxes)} boxes, "
+                                 f"got {tuple(self.masks.shape)}")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -77,4 +85,5 @@ class Detections:
         return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
 
     def filter(self, keep: torch.Tensor) -> "Detections":
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
+        masks = self.masks[keep] if self.masks is not None else None
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks)

@@ -155,13 +155,14 @@ def test_native_yaml_model_gives_detections_in_original_pixels():
     assert torch.allclose(det.boxes, ref_boxes, atol=1.0), (det.boxes - ref_boxes).abs().max()
 
 
-def test_native_segmentation_model_returns_boxes():
+def test_native_segmentation_model_returns_boxes_and_masks():
     from cvapps.engine.load import load_model
 
     predictor = load_model("yolov8n-seg.yaml", device="cpu", imgsz=64).predictor()
     det = predictor(np.full((48, 64, 3), 100, np.uint8), conf=0.0, max_det=5)
     assert isinstance(det, Detections) and len(det) == 5
     assert int(det.labels.max()) < 80  # mask coefficients were not taken for classes
+    assert det.masks is not None and tuple(det.masks.shape) == (5, 48, 64)  # original pixels
 
 
 def test_cli_detect_native_yaml_writes_valid_json(tmp_path, capsys):

@@ -102,11 +102,18 @@ def round_score(score: float) -> float:
 
 
 def detections_to_results(det: Any, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """One image's Detections (boxes (N, 4) xyxy original pixels, scores (N,), 0-based labels (N,))
-    -> COCO result dicts ``{"image_id", "category_id", "bbox", "score"}``."""
-    return [{"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box_to_coco(box),
-             "score": round_score(score)}
-            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())]
+    """One image's Detections (boxes (N, 4) xyxy original pixels, scores (N,), 0-based labels (N,),
+    optional masks (N, H, W) bool) -> COCO result dicts ``{"image_id", "category_id", "bbox",
+    "score"}``, plus ``"segmentation"`` (compressed RLE) per instance when there are masks, so the
+    same list serves ``bbox`` and ``segm`` evaluation."""
+    out = [{"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box_to_coco(box),
+            "score": round_score(score)}
+           for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())]
+    masks = getattr(det, "masks", None)
+    if masks is not None:
+        for result, mask in zip(out, masks):
+            result["segmentation"] = mask_to_rle(np.asarray(mask))
+    return out
 
 
 def mask_to_rle(binary: np.ndarray) -> dict[str, Any]:

@@ -20,6 +20,7 @@ PALETTE: list[tuple[int, int, int]] = [
     (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
     (200, 149, 255), (199, 55, 255),
 ]
+MASK_ALPHA = 0.5  # weight of the class colour where an instance mask is drawn
 
 
 def color(label: int) -> tuple[int, int, int]:
@@ -29,9 +30,14 @@ def color(label: int) -> tuple[int, int, int]:
 def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequence[str],
                     thickness: int | None = None) -> np.ndarray:
     """A copy of ``image_bgr`` (H, W, 3 uint8) with each box (xyxy original pixels) outlined and
-    labelled ``name score``; the label sits above the box, or inside it at the top edge."""
+    labelled ``name score``; the label sits above the box, or inside it at the top edge. Instance
+    masks (``det.masks`` (N, H, W) bool, original pixels) are blended at 50 % in the class colour
+    under the boxes."""
     out = np.ascontiguousarray(image_bgr.copy())
     h, w = out.shape[:2]
+    if det.masks is not None and det.masks.shape[1:] == (h, w):
+        for mask, label in zip(det.masks.numpy(), det.labels.tolist()):
+            out[mask] = (out[mask] * (1 - MASK_ALPHA) + np.array(color(label)) * MASK_ALPHA).astype(np.uint8)
     t = thickness or max(1, round(0.002 * (h + w)))
     scale = max(0.35, t / 3)
     for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):

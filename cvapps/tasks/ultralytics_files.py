@@ -9,6 +9,10 @@ model modules (found by saving ``YOLO("yolov8n.yaml")``, ``yolo11n``, ``yolov8n-
 needs anything else is refused unless the user trusts it (``--trust-model`` or
 ``CVAPPS_TRUST_MODEL=1``). Whether a file is an ultralytics model is decided by loading it this
 way, never by looking for the word "ultralytics" in its bytes.
+
+A bare published name (``yolov8n.pt``) not on disk is fetched by ultralytics' downloader (the
+:data:`download` hook) and then read the same safe way; offline or with ``CVAPPS_OFFLINE=1`` it is
+a one-line error saying where to put the file.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,11 @@ from torch import nn
 from cvapps.errors import CheckpointError
 
 TRUST_ENV = "CVAPPS_TRUST_MODEL"
+OFFLINE_ENV = "CVAPPS_OFFLINE"  # "1": never fetch a published weights name (no network attempt at all)
+if os.environ.get(OFFLINE_ENV, "") == "1":
+    # ultralytics checks connectivity (DNS) when first imported, which happens after this module is
+    # imported; its own offline switch skips that check.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
 # Modules whose nn.Module classes may be rebuilt from a weights-only pickle: layers and models only
 # (no loaders such as ultralytics.nn.autobackend, whose constructors read files).
 SAFE_MODULES = re.compile(r"^(torch\.nn\.modules\.\w+|ultralytics\.nn\.modules\.\w+|ultralytics\.nn\.tasks)$")
@@ -136,8 +146,43 @@ def weights_dir() -> Path | None:
         return None
 
 
+def ultralytics_download(name: str, dest: Path) -> Path:
+    """Fetch the published ultralytics file ``name`` (GitHub release assets) to ``dest`` with
+    ultralytics' own downloader; returns the file's path."""
+    from ultralytics.utils.downloads import (
+        attempt_download_asset,  # heavy optional import: only when a published name is fetched
+    )
+
+    return Path(attempt_download_asset(dest))
+
+
+#: The downloader ``download(name, dest) -> path`` used for published names; a module-level hook
+#: so tests (or an offline mirror) can swap in their own.
+download: Callable[[str, Path], Path] = ultralytics_download
+
+
+def online() -> bool:
+    """Whether a published name may be fetched: not with ``CVAPPS_OFFLINE=1`` (decided before any
+    network use) nor ``YOLO_OFFLINE=1``; otherwise ultralytics' own connectivity check (made once,
+    when ultralytics is imported)."""
+    if os.environ.get(OFFLINE_ENV, "") == "1" or os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true"):
+        return False
+    try:
+        from ultralytics.utils import (
+            ONLINE,  # heavy optional import (already loaded by the native task)
+        )
+    except Exception:  # noqa: BLE001 - ultralytics unusable: offline, the message says where to put the file
+        return False
+    return bool(ONLINE)
+
+
 def resolve_weights(spec: str | os.PathLike) -> Path | str:
-    """The local file (or built-in .yaml name) for ``spec``; raises before any download."""
+    """The local file (or built-in .yaml name) for ``spec``.
+
+    A bare published name (``yolov8n.pt``, ``yolo11n-seg.pt``) that is neither in the current folder
+    nor in ultralytics' weights folder is fetched by :data:`download` into the weights folder when
+    :func:`online`; offline, or when the fetch fails, a one-line CheckpointError says where to put it.
+    """
     p = Path(str(spec))
     if p.suffix.lower() in YAML_SUFFIXES:
         return str(p)  # a file, or a built-in ultralytics config name such as yolov8n.yaml
@@ -146,9 +191,23 @@ def resolve_weights(spec: str | os.PathLike) -> Path | str:
     wd = weights_dir()
     if wd is not None and (wd / p.name).is_file():
         return wd / p.name
+    bare = p.parent == Path(".") and PUBLISHED.match(p.name) is not None
+    failed = ""
+    if bare and online():
+        dest = (wd if wd is not None else Path(".")) / p.name
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            got = Path(download(p.name, dest))
+        except Exception as exc:  # noqa: BLE001 - any network or file error: the one-line message below
+            failed = f" and the download failed ({type(exc).__name__})"
+        else:
+            if got.is_file():
+                return got
+            failed = " and the download wrote no file"
     where = f"{p.resolve()}" + (f" (or {wd / p.name})" if wd is not None and p.parent == Path(".") else "")
+    why = "" if not bare else failed or f" and cannot be downloaded offline ({OFFLINE_ENV}=1 or no network)"
     raise CheckpointError(
-        f"ultralytics weights {spec} not found and cvapps does not download: place the file at {where}, "
+        f"ultralytics weights {spec} not found{why}: place the file at {where}, "
         f"e.g. from https://github.com/ultralytics/assets/releases, or use a .yaml model for random weights")
 
 

@@ -6,16 +6,20 @@ Two ways in:
   predictor (through :func:`cvapps.engine.load.load_model`), sources and sinks run it: our letterbox (the same
   grey-114 square letterbox ultralytics uses), ultralytics' NMS, boxes mapped back to original
   pixels, and :class:`~cvapps.structures.Detections` out, exactly as for our own detectors.
-  Segmentation models return their boxes only (the mask coefficients are dropped).
+  Segmentation models also return instance masks (``Detections.masks``, original pixels), made
+  from the head's mask coefficients and prototypes by ultralytics' ``process_mask`` /
+  ``scale_masks`` through our letterbox meta.
 * **Training** — ``task: ultralytics`` / ``model.arch: ultralytics`` configs train with ultralytics'
   own trainer (:meth:`UltralyticsTask.train_external`, called by ``cvapps train``). The dataset
   (COCO or YOLO layout) is mirrored into ``OUT/dataset`` as YOLO txt labels with symbolic links
   to the images, so ultralytics never writes label caches or converted files into the user's data.
 
-Offline: a weights name that is not on disk is a one-line error naming where to put the file;
-``YOLO(...)`` is never called for it (it would try to download). ``.yaml`` model files build a
-randomly initialised model with no network. ``.pt`` files are read without running code
-(:mod:`cvapps.tasks.ultralytics_files`); ``model.model`` of a ``task: ultralytics`` config too.
+Published names: a bare ``yolov8n.pt`` that is not on disk is fetched by ultralytics' downloader
+when online (:func:`cvapps.tasks.ultralytics_files.resolve_weights`), offline it is a one-line
+error naming where to put the file; ``YOLO(...)`` is never called for it (it would unpickle the
+download in full). ``.yaml`` model files build a randomly initialised model with no network.
+``.pt`` files are read without running code (:mod:`cvapps.tasks.ultralytics_files`); ``model.model``
+of a ``task: ultralytics`` config too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pydantic import Field
 from torch import nn
 from ultralytics import YOLO
 from ultralytics.nn.tasks import guess_model_task
+from ultralytics.utils import ops
 
 from cvapps.checkpoint import atomic_write, atomic_write_text
 from cvapps.config import ModelConfig, TaskConfig
@@ -80,20 +85,26 @@ class UltralyticsConfig(TaskConfig):
 class NativeDetector(nn.Module):
     """An ultralytics DetectionModel/SegmentationModel behind the cvapps model signature.
 
-    forward(images (B, 3, H, W) float in [0, 1] RGB) -> raw head output: ``(B, 4 + nc [+ 32 mask
-    coefficients], A)`` with xywh in network pixels, or ``(B, max_det, 6)`` (xyxy, score, class)
-    for end-to-end heads. ultralytics models normalise by /255 only, as our loader delivers.
+    forward(images (B, 3, H, W) float in [0, 1] RGB) -> raw head output: ``(B, 4 + nc, A)`` with
+    xywh in network pixels, or ``(B, max_det, 6)`` (xyxy, score, class) for end-to-end heads;
+    segmentation models return ``(that with 32 mask coefficients appended per row, prototypes
+    (B, 32, H/4, W/4))``. ultralytics models normalise by /255 only, as our loader delivers.
     """
 
     def __init__(self, net: nn.Module, num_classes: int, end2end: bool = False) -> None:
         super().__init__()
         self.net, self.num_classes, self.end2end = net, num_classes, end2end
 
-    def forward(self, images: torch.Tensor, targets: Any = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, targets: Any = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.training and targets is not None:
             raise CvappsError("native ultralytics models train with their own trainer: use a config with task: ultralytics")
         out = self.net(images)
-        while isinstance(out, (tuple, list)):  # (y, raw) for detect, ((y, proto), raw) for segment
+        # (y, raw) for detect, ((y, proto), raw) for segment: keep y, and proto where there is one.
+        if isinstance(out, (tuple, list)) and isinstance(out[0], (tuple, list)) and len(out[0]) == 2 \
+                and isinstance(out[0][1], torch.Tensor) and out[0][1].ndim == 4:
+            return out[0][0], out[0][1]
+        while isinstance(out, (tuple, list)):
             out = out[0]
         return out
 
@@ -156,10 +167,13 @@ class UltralyticsTask(DetectionTask):
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], conf: float = 0.25,
                     iou: float = 0.7, max_det: int = 300, agnostic: bool = False, **_: Any) -> list[Detections]:
-        """Raw head output (see :class:`NativeDetector`) -> one Detections per image, original pixels."""
+        """Raw head output (see :class:`NativeDetector`) -> one Detections per image, original pixels
+        (with ``masks`` (N, H, W) bool for segmentation models)."""
+        protos = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) == 2 else None
         rows = yolo_nms(outputs, conf, iou, num_classes=self.num_classes or 0, max_det=max_det,
                         agnostic=agnostic, end2end=self.end2end)
-        return [rows_to_detections(r, m) for r, m in zip(rows, metas)]
+        return [rows_to_detections(r, m, None if protos is None else protos[i])
+                for i, (r, m) in enumerate(zip(rows, metas))]
 
     # --- training through ultralytics ---------------------------------------------------------------
     def train_external(self, cfg: UltralyticsConfig, device: torch.device, *, progress: bool = True,
@@ -226,12 +240,33 @@ def trainable_model(spec: str, out: Path, trust: bool) -> Any:
     return yolo
 
 
-def rows_to_detections(rows: torch.Tensor, meta: LetterboxMeta) -> Detections:
-    """NMS rows ``(N, 6+)`` (xyxy network px, score, class) -> Detections in original pixels."""
+def rows_to_detections(rows: torch.Tensor, meta: LetterboxMeta, proto: torch.Tensor | None = None) -> Detections:
+    """NMS rows ``(N, 6 [+ nm])`` (xyxy network px, score, class [, mask coefficients]) -> Detections
+    in original pixels; with ``proto`` (nm, H/4, W/4) also the instance masks."""
     if rows is None or len(rows) == 0:
-        return Detections.empty()
+        empty = Detections.empty()
+        if proto is not None:
+            empty.masks = torch.zeros((0, *meta.orig_hw), dtype=torch.bool)
+        return empty
+    masks = instance_masks(proto, rows[:, 6:], rows[:, :4], meta) if proto is not None else None
     rows = rows.float().cpu()
-    return Detections(meta.boxes_to_original(rows[:, :4]), rows[:, 4], rows[:, 5].round().long())
+    return Detections(meta.boxes_to_original(rows[:, :4]), rows[:, 4], rows[:, 5].round().long(), masks)
+
+
+def instance_masks(proto: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor, meta: LetterboxMeta) -> torch.Tensor:
+    """(N, H, W) bool masks in original pixels from prototypes (nm, h, w), coefficients (N, nm) and
+    boxes (N, 4) xyxy in network-input pixels: ultralytics' ``process_mask`` (upsampled to the
+    input, cropped to each box), then ``scale_masks`` through our letterbox (padding cut, resized to
+    the original size) and a 0.5 threshold, as ultralytics' own predictor does."""
+    (h, w), (ih, iw) = meta.orig_hw, meta.input_hw
+    ratio_pad = ((meta.scale_xy[1], meta.scale_xy[0]), (meta.pad_xy[0], meta.pad_xy[1]))
+    out = torch.zeros((len(coeffs), h, w), dtype=torch.bool)
+    step = max(1, 16_000_000 // (ih * iw + h * w))  # bounds the float intermediates, as ultralytics does
+    proto, coeffs, boxes = proto.float(), coeffs.float(), boxes.float()
+    for i in range(0, len(coeffs), step):
+        m = ops.process_mask(proto, coeffs[i:i + step], boxes[i:i + step], (ih, iw), upsample=True)  # (n, ih, iw)
+        out[i:i + step] = ops.scale_masks(m[None].float(), (h, w), ratio_pad=ratio_pad)[0].gt(0.5).cpu()
+    return out
 
 
 def ultralytics_device(dev: torch.device) -> str:

@@ -3,7 +3,8 @@
 * ``path`` (``predictions_coco.json``): ``{"info", "images", "annotations", "categories"}``; images
   from :class:`~cvapps.formats.coco.ImageIndex` (the one image-id and file-name rule; video frames
   also carry ``frame_index`` and ``timestamp``), annotations carry ``score``:
-  Detections -> ``bbox`` [x, y, w, h] + ``area``; SegmentationMask -> one RLE ``segmentation`` per
+  Detections -> ``bbox`` [x, y, w, h] + ``area`` (box area; with instance masks also an RLE
+  ``segmentation``, and ``area`` is the mask's pixel count); SegmentationMask -> one RLE ``segmentation`` per
   class present + ``bbox`` + ``area``; Classification -> no annotation (images only).
 * ``results_path`` (``predictions.json``), if given: the COCO results list of the same predictions
   (bbox results, or segm results with RLE), or the one empty-result placeholder when nothing was
@@ -79,7 +80,8 @@ class CocoSink(StagedSink):
         for i, r in enumerate(self.results, 1):
             ann = {"id": i, **r, "iscrowd": 0}
             if "segmentation" in r:
-                ann["bbox"] = [round(float(v), 2) for v in mask_utils.toBbox(r["segmentation"])]
+                if "bbox" not in r:  # a class mask: its box is the mask's
+                    ann["bbox"] = [round(float(v), 2) for v in mask_utils.toBbox(r["segmentation"])]
                 ann["area"] = float(mask_utils.area(r["segmentation"]))
             else:
                 ann["area"] = round(r["bbox"][2] * r["bbox"][3], 2)

@@ -25,7 +25,9 @@ from cvapps.structures import Classification, Detections, Frame, SegmentationMas
 def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str, Any]:
     """A JSON-ready dict for one prediction.
 
-    Detections -> {"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores", "labels", "names"};
+    Detections -> {"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores", "labels", "names"},
+    plus "mask_areas" (pixels per instance mask) when the model gives masks (the masks themselves go
+    to COCO RLE);
     SegmentationMask -> {"classes": {name: pixel count}} (class index = mask value; the mask itself
     goes to COCO RLE / PNG);
     Classification -> {"label", "name", "score", "topk": [[label, score], ...]}.
@@ -33,9 +35,12 @@ def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str,
     name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
     if isinstance(prediction, Detections):
         labels = prediction.labels.tolist()
-        return {"boxes": [[round(v, 2) for v in b] for b in prediction.boxes.tolist()],
-                "scores": [round(s, 4) for s in prediction.scores.tolist()],
-                "labels": labels, "names": [name(i) for i in labels]}
+        out = {"boxes": [[round(v, 2) for v in b] for b in prediction.boxes.tolist()],
+               "scores": [round(s, 4) for s in prediction.scores.tolist()],
+               "labels": labels, "names": [name(i) for i in labels]}
+        if prediction.masks is not None:
+            out["mask_areas"] = [int(a) for a in prediction.masks.flatten(1).sum(1).tolist()]
+        return out
     if isinstance(prediction, SegmentationMask):
         values, counts = np.unique(np.asarray(prediction.mask), return_counts=True)
         return {"classes": {("ignore" if v == 255 else name(int(v))): int(c)
