@@ -349,11 +349,11 @@ def test_train_val_segment_end_to_end(shapes: Path, tmp_path: Path, capsys) -> N
     assert {im["file_name"]: im["id"] for im in written} == \
         {im["file_name"]: im["id"] for im in gt.dataset["images"]}
 
-    # video: an annotated mp4 by default; with --save-images masks named after the video and frame
+    # video: an annotated mp4 + the COCO pair by default; with --save-images masks named after the video and frame
     vid = tmp_path / "vid"
     assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
                      "--out", str(vid), "--quiet"]) == 0
-    assert sorted(p.name for p in vid.iterdir()) == ["shapes.mp4"]
+    assert sorted(p.name for p in vid.iterdir()) == ["predictions.json", "predictions_coco.json", "shapes.mp4"]
     assert cli_main(["segment", str(shapes / "video" / "shapes.mp4"), "--model", str(out / "best.pt"),
                      "--out", str(vid), "--quiet", "--save-images"]) == 0
     assert sorted(p.name for p in (vid / "masks").iterdir()) == [f"shapes_{i:06d}.png" for i in range(3)]
