@@ -95,6 +95,11 @@ class TrainConfig(Section):
         default_factory=lambda: ["csv"],
         description="per-epoch metric loggers: csv (OUT/metrics.csv), tensorboard (event files in OUT/)")
 
+    @field_validator("log", mode="before")
+    @classmethod
+    def _one_logger(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # train.log=tensorboard means [tensorboard]
+
 
 # ±0.1 rad rotation, ±20% zoom and horizontal flips, as in the cats-vs-dogs course convnet.
 DEFAULT_TRAIN_AUGMENT: list[dict[str, dict[str, Any]]] = [

@@ -77,8 +77,12 @@ def test_tensorboard_only_writes_no_csv(crops: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_logger_is_a_config_error(crops: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"train\.log"):
+    with pytest.raises(ConfigError, match=r"train\.log.*'wandb'"):
         load_config(CONFIG, _args(crops, tmp_path / "run", "[csv,wandb]"))
+    with pytest.raises(ConfigError, match=r"train\.log"):
+        load_config(CONFIG, _args(crops, tmp_path / "run", "wandb"))
+    assert load_config(CONFIG, _args(crops, tmp_path / "run", "tensorboard")).train.log == ["tensorboard"]
+    assert load_config(CONFIG).train.log == ["csv"]
 
 
 def test_missing_tensorboard_fails_before_training(crops: Path, tmp_path: Path, monkeypatch) -> None:
