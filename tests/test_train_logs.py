@@ -98,3 +98,22 @@ def test_missing_tensorboard_fails_before_training(crops: Path, tmp_path: Path, 
 def test_a_callback_must_be_callable(crops: Path, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="on_epoch_end"):
         train(load_config(CONFIG, _args(crops, tmp_path / "run", "[csv]")), progress=False, callbacks=[42])
+
+
+def test_native_ultralytics_run_is_logged_too(tmp_path: Path) -> None:
+    """Ultralytics' own trainer has no hook of ours: its history is replayed into the loggers at the end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, calls = tmp_path / "run", []
+    cfg = load_config(ROOT / "configs" / "ultralytics_shapes.yaml",
+                      [f"data.root={ROOT / 'sample_data' / 'shapes'}", f"out={out}", "model.model=yolov8n.yaml",
+                       "data.imgsz=64", "train.epochs=1", "train.device=cpu", "train.log=[csv,tensorboard]"])
+    train(cfg, progress=False, log=lambda m: None, callbacks=[lambda run, metrics: calls.append((run.epoch, metrics))])
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [c[0] for c in calls] == [1] and len(rows) == 1
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    events.Reload()
+    for key in ("train/box_loss", "val/map50"):
+        assert [s.step for s in events.Scalars(key)] == [1]
+        assert events.Scalars(key)[0].value == pytest.approx(float(rows[0][key]), abs=1e-6)
+        assert calls[0][1][key] == pytest.approx(float(rows[0][key]), abs=1e-12)
