@@ -17,14 +17,20 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cvapps.engine.load import load_model
 from cvapps.engine.runner import RunReport, run_source
 from cvapps.errors import DataError
 from cvapps.formats.coco import read_coco_json
 from cvapps.formats.masks import read_mask
-from cvapps.io.sinks import AnnotatedImages, ClassificationCSV, CocoSink, OverlayImages, VideoWriterSink, make_drawer
+from cvapps.io.sinks import (
+    AnnotatedImages,
+    ClassificationCSV,
+    CocoSink,
+    OverlayImages,
+    VideoWriterSink,
+    make_drawer,
+)
 from cvapps.metrics.coco import coco_evaluate
 from cvapps.metrics.segmentation import SegmentationMetric
 from cvapps.structures import Frame, SegmentationMask
@@ -83,12 +89,11 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     images, video = sample / "images" / "val", sample / "video" / "shapes.mp4"
     gt = read_coco_json(sample / "annotations" / "val.json")
     report = DemoReport()
-    run: dict[str, Any] = {"progress": progress}
 
     print(f"[1/3] classify: {sample / 'classify' / 'val'} with {models / MODEL_FILES['classify']}")
     predictor = load_model(models / MODEL_FILES["classify"], tasks="classify", device=device, batch=32).predictor()
     sink = ClassificationCSV(out / "classify" / "predictions.csv", predictor.class_names)
-    done = run_source(predictor, sample / "classify" / "val", [sink], **run)
+    done = run_source(predictor, sample / "classify" / "val", [sink], progress=progress)
     rows = list(csv.DictReader(sink.path.open()))
     correct = sum(Path(r["path"]).parent.name == r["label"] for r in rows)
     report.accuracy = correct / max(1, len(rows))
@@ -102,13 +107,13 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
                     results_path=seg / "predictions.json", root=images)
     score = _MaskScore(sample / "masks" / "val", predictor.class_names)
     done = run_source(predictor, images, [OverlayImages(seg / "overlays", predictor.class_names, root=images),
-                                          coco, score], **run)
+                                          coco, score], progress=progress)
     report.miou = score.metric.summarize()["miou"]
     report.outputs.update({"segment COCO dataset": coco.path, "segment COCO results": coco.results_path,
                            "segment overlays": seg / "overlays"})
     _say(done, f"mIoU {report.miou:.3f} against masks/val; {len(coco.results)} COCO segments (RLE)")
     mp4 = VideoWriterSink(out / "segment" / "video" / video.name, make_drawer(predictor.class_names))
-    done = run_source(predictor, video, [mp4], **run)
+    done = run_source(predictor, video, [mp4], progress=progress)
     report.outputs["segment video"] = mp4.path
     _say(done, f"{mp4.frames} frames with the class overlay")
 
@@ -118,7 +123,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     coco = CocoSink(det / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                     results_path=det / "predictions.json", gt=gt)
     draw = make_drawer(predictor.class_names)
-    done = run_source(predictor, images, [AnnotatedImages(det / "annotated", draw, root=images), coco], **run)
+    done = run_source(predictor, images, [AnnotatedImages(det / "annotated", draw, root=images), coco], progress=progress)
     report.map50 = coco_evaluate(gt, coco.results, predictor.class_names, coco.category_ids)["map50"]
     report.outputs.update({"detect COCO dataset": coco.path, "detect COCO results": coco.results_path,
                            "detect annotated images": det / "annotated"})
@@ -127,7 +132,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     coco = CocoSink(vid / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                     results_path=vid / "predictions.json", root=video.parent)
     mp4 = VideoWriterSink(vid / video.name, draw)
-    done = run_source(predictor, video, [mp4, coco], **run)
+    done = run_source(predictor, video, [mp4, coco], progress=progress)
     report.video_frames = len(coco.images)
     report.video_frames_with_objects = len({r["image_id"] for r in coco.results})
     report.outputs.update({"detect video": mp4.path, "detect video COCO dataset": coco.path,
