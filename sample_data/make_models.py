@@ -6,6 +6,12 @@ Trains the shipped configs (``configs/*_shapes.yaml``) on ``sample_data/shapes``
 fixed seed and fewer epochs than the configs' defaults, keeps each run's ``best.pt`` without its
 optimizer state and in float16 (about 5 MB for the three), and prints the validation metrics each
 model reaches. Scratch runs go to ``runs/make_models/``.
+
+The seed fixes the initial weights and the shuffle order; the albumentations pipeline draws from its
+own generator, so a rerun gives slightly different weights of the same quality. Last run (2 CPU
+cores shared with other jobs, about 8 minutes): classify accuracy 0.992 (epoch 15 of 16; a rerun
+also 0.992), segment mIoU 0.884 incl. background (pixel accuracy 0.984), detect mAP@.5 0.977
+(mAP@.5:.95 0.796), all on the val splits.
 """
 
 from __future__ import annotations
