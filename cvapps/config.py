@@ -91,6 +91,14 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32)
     max_bad_steps: int = Field(5, ge=1, le=10**6, description="consecutive NaN/inf losses before training stops")
     val_every: int = Field(1, ge=1, le=100_000, description="evaluate every N epochs (and after the last)")
+    log: list[Literal["csv", "tensorboard"]] = Field(
+        default_factory=lambda: ["csv"],
+        description="per-epoch metric loggers: csv (OUT/metrics.csv), tensorboard (event files in OUT/)")
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _one_logger(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # train.log=tensorboard means [tensorboard]
 
 
 # ±0.1 rad rotation, ±20% zoom and horizontal flips, as in the cats-vs-dogs course convnet.

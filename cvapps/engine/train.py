@@ -1,5 +1,6 @@
 """The one training loop: it builds what the task says, sums the loss dict the model returns,
-evaluates, and writes ``last.pt``/``best.pt``/``metrics.csv``/plots into ``cfg.out``.
+evaluates, and writes ``last.pt``/``best.pt``/plots into ``cfg.out``; each epoch's metrics go to
+the loggers ``train.log`` names and the caller's callbacks (:mod:`cvapps.engine.loggers`).
 
 Nothing here knows which task it trains: datasets, model, collate and metrics come from the
 :class:`~cvapps.tasks.base.Task`, so classification, FCN, Faster R-CNN and YOLO share this code.
@@ -7,13 +8,11 @@ Nothing here knows which task it trains: datasets, model, collate and metrics co
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import torch
 from torch import nn
@@ -21,11 +20,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cvapps.backbones.weights import load_state, read_state_dict
-from cvapps.checkpoint import ForeignCheckpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from cvapps.checkpoint import ForeignCheckpoint, load_checkpoint, save_checkpoint
 from cvapps.config import TaskConfig, TrainConfig
 from cvapps.engine import distributed as dist
 from cvapps.engine.device import images_to_device, progress_interval, resolve_device
 from cvapps.engine.evaluate import evaluate
+from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
 from cvapps.errors import CvappsError, DataError
 from cvapps.io.guard import ensure_writable_folder
 from cvapps.metrics.plots import plot_history
@@ -88,17 +88,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] = print,
-          trust: bool = False) -> TrainResult:
+          trust: bool = False, callbacks: Iterable[CallbackLike] = ()) -> TrainResult:
     """Train ``cfg``'s task end to end; returns where the checkpoints are and the metric history.
 
     trust: allow a full unpickle of model files that need one (native ultralytics models only).
+    callbacks: callables ``fn(run, metrics)`` or objects with ``on_epoch_end(run, metrics)``, called
+    after every epoch on rank 0 with that epoch's metrics.csv row (see :mod:`cvapps.engine.loggers`).
     """
     task = get_task(cfg.task)
     ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
+    loggers = EpochLoggers(cfg.train.log, callbacks)  # a missing tensorboard fails here, before training
     if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
         best, history = task.train_external(cfg, resolve_device(cfg.train.device), progress=progress,
                                             trust=trust, log=log)
-        return TrainResult(Path(cfg.out).resolve(), best, history)
+        out = Path(cfg.out).resolve()
+        # Their trainer has no per-epoch hook of ours: replay its history once it is done.
+        for i, row in enumerate(history):
+            loggers.on_epoch_end(EpochRun(out, int(row.get("epoch", i + 1)), cfg.train.epochs, history[: i + 1]), row)
+        loggers.close()
+        return TrainResult(out, best, history)
     ctx = dist.setup(cfg.train.device)
     device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
     log = log if ctx.is_main else (lambda msg: None)
@@ -199,7 +207,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
             save_checkpoint(out / "last.pt", state)
             if improved:
                 save_checkpoint(out / "best.pt", {**state, "train_state": None})
-            write_metrics_csv(out / "metrics.csv", history)
+            loggers.on_epoch_end(EpochRun(out, epoch + 1, cfg.train.epochs, history), row)
             plot_history(history, out)
             shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("val/") and
                               isinstance(v, float) and "/" not in k.split("/", 1)[1])
@@ -208,6 +216,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     if ctx.is_main and not (out / "best.pt").exists() and (out / "last.pt").exists():
         # No evaluation ran an improvement (e.g. every epoch resumed); keep the contract: best.pt exists.
         save_checkpoint(out / "best.pt", {**load_checkpoint(out / "last.pt"), "train_state": None})
+    loggers.close()
     dist.dump_rank_weights(unwrap(ddp_model), ctx)
     dist.cleanup(ctx)
     if ctx.is_main:
@@ -322,15 +331,3 @@ def init_from_checkpoint(model: nn.Module, path: str, log: Callable[[str], None]
             f"{', '.join(report.reinit[:4])}" + (" ..." if len(report.reinit) > 4 else ""))
     if report.missing:
         log(f"note: {len(report.missing)} tensors not in {path} keep their initialisation: {', '.join(report.missing[:3])}")
-
-
-def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys and not isinstance(row[k], (list, dict))]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in keys})
-    atomic_write_text(path, buf.getvalue())
