@@ -164,15 +164,16 @@ def load(path_or_name: str | os.PathLike[str], device: str = "auto", *, batch: i
 
 
 def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None, *, progress: bool = True,
-          trust: bool = False, **kwargs: Any) -> TrainResult:
+          trust: bool = False, callbacks: Iterable[Any] = (), **kwargs: Any) -> TrainResult:
     """Train from a YAML config, as ``cvapps train CONFIG key=value ...``.
 
     overrides: ``{"train.epochs": 1, "data.root": "my_data"}``; or keywords with ``__`` for the dot:
     ``train(cfg, train__epochs=1, out="runs/x")``. Returns the run: ``out``, ``best`` / ``last``
     (checkpoint paths), ``best_metric`` and ``history`` (one metrics dict per epoch).
+    callbacks: ``fn(run, metrics)`` or objects with ``on_epoch_end(run, metrics)``, once per epoch.
     """
     cfg = load_config(config, overrides_list(overrides, **kwargs))
-    return _train(cfg, progress=progress, trust=trust)
+    return _train(cfg, progress=progress, trust=trust, callbacks=callbacks)
 
 
 def _open_frames(source: Any, source_options: dict[str, Any]) -> Iterable[Frame]:
