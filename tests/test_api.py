@@ -90,7 +90,8 @@ def test_predict_arrays_equal_predict_files(yolo_ckpt: Path) -> None:
     from_arrays = model(arrays, **DET_OPTIONS)
     single = model.predict(arrays[1], **DET_OPTIONS)
     assert [r.index for r in from_arrays] == [0, 1] and from_arrays[0].source == "<array>"
-    assert len(single) == 1 and np.array_equal(single[0].boxes, from_arrays[1].boxes)
+    # batch of 1 vs batch of 2: the same maths, but CPU kernels may round the last bits differently
+    assert len(single) == 1 and np.allclose(single[0].boxes, from_arrays[1].boxes, atol=1e-3)
     for a, f in zip(from_arrays, from_files):
         assert isinstance(a.prediction, Detections) and len(a.boxes) > 0
         assert np.array_equal(a.boxes, f.boxes) and np.array_equal(a.scores, f.scores)
