@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from cvapps.engine.evaluate import evaluate_checkpoint
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
 
-    task = load_model(args.checkpoint).task
+    task = load(args.checkpoint).loaded.task
     opts = task.eval_options
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.as_is else mixed_size_copy(Path(args.data), args.split, Path(tmp) / "mixed")

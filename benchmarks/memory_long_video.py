@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.engine.predict import Predictor
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, make_drawer
 
     if args.model:
-        predictor = load_model(args.model, device=args.device, batch=args.batch).predictor()
+        predictor = load(args.model, device=args.device, batch=args.batch).predictor
     else:
         from cvapps.tasks import get_task, load_config
 

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_predictor(args: argparse.Namespace):
     import torch
 
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.engine.predict import Predictor
 
     if args.model:
-        return load_model(args.model, device=args.device, batch=args.batch).predictor()
+        return load(args.model, device=args.device, batch=args.batch).predictor
     from cvapps.tasks import get_task, load_config
 
     torch.manual_seed(0)

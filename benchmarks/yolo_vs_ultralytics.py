@@ -89,11 +89,11 @@ class _Collect:
 
 def predict_ours(ckpt: Path, folder: Path, device: str) -> list[tuple[str, Any, Any, Any]]:
     """(file name, boxes xyxy px, scores, class indices) per image from our predictor."""
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.engine.runner import run_source
 
     sink = _Collect()
-    run_source(load_model(ckpt, device=device).predictor(), str(folder), [sink], progress=False,
+    run_source(load(ckpt, device=device).predictor, str(folder), [sink], progress=False,
                options=dict(EVAL))
     return [(name, d.boxes.tolist(), d.scores.tolist(), d.labels.tolist()) for name, d in sink.items]
 
@@ -182,7 +182,7 @@ def main() -> None:
         p.error("--skip-train needs --weights")
 
     from cvapps.data.synth import generate_shapes
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -208,7 +208,7 @@ def main() -> None:
             val_images = data / "images" / "val"
             m50_ours, m_ours = coco_map(gt, predict_ours(ckpt, val_images, args.device), names)
             m50_ul, m_ul = coco_map(gt, predict_ultralytics(weights_trained, val_images, args.imgsz, args.device), names)
-            ours_ms = 1000 * time_cvapps(load_model(ckpt, device=args.device, batch=args.predict_batch).predictor(),
+            ours_ms = 1000 * time_cvapps(load(ckpt, device=args.device, batch=args.predict_batch).predictor,
                                          folder, args.repeat)
             ul_ms = 1000 * time_ultralytics(weights_trained, folder, psize, args.device, args.repeat)
             print(f"\n== training from scratch, {args.epochs} epochs; both scored by pycocotools at conf "
@@ -220,7 +220,7 @@ def main() -> None:
                   f"{m_ours / max(m_ul, 1e-9):.2f}, train time {t_ours / t_ul:.2f}, inference speed {ul_ms / ours_ms:.2f}x")
 
         print(f"\n== same yolov8n weights ({weights}) on {folder}, imgsz {psize} ==")
-        ours = load_model(weights, device=args.device, batch=args.predict_batch, imgsz=psize).predictor()
+        ours = load(weights, device=args.device, batch=args.predict_batch, imgsz=psize).predictor
         s_ours = time_cvapps(ours, folder, args.repeat)
         s_ul = time_ultralytics(weights, folder, psize, args.device, args.repeat)
         print(f"cvapps detect path : {1 / s_ours:8.1f} img/s ({1000 * s_ours:.2f} ms/img, batch {args.predict_batch})")

@@ -151,15 +151,16 @@ class Model:
 
 
 def load(path_or_name: str | os.PathLike[str], device: str = "auto", *, batch: int = 8, trust: bool = False,
-         imgsz: int | None = None) -> Model:
+         imgsz: int | None = None, tasks: str | tuple[str, ...] | None = None) -> Model:
     """Load a cvapps checkpoint (``.pt``), a ``cvapps export`` ONNX file, or a native ultralytics
     model (``.pt`` file or published name, ``.yaml``) as a :class:`Model`.
 
     device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; batch: frames per forward pass;
     trust: allow a full unpickle of an ultralytics file that needs one; imgsz: input size of
-    native ultralytics models (a multiple of 32). Failures are one-line CvappsErrors.
+    native ultralytics models (a multiple of 32); tasks: the task names the model must be (a clear
+    error otherwise). Failures are one-line CvappsErrors.
     """
-    loaded = load_model(path_or_name, device=device, batch=batch, trust=trust, imgsz=imgsz)
+    loaded = load_model(path_or_name, tasks=tasks, device=device, batch=batch, trust=trust, imgsz=imgsz)
     return Model(loaded, trust=trust)
 
 

@@ -18,7 +18,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cvapps.engine.load import load_model
+from cvapps.api import load
 from cvapps.engine.runner import RunReport, run_source
 from cvapps.errors import DataError
 from cvapps.formats.coco import read_coco_json
@@ -91,7 +91,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     report = DemoReport()
 
     print(f"[1/3] classify: {sample / 'classify' / 'val'} with {models / MODEL_FILES['classify']}")
-    predictor = load_model(models / MODEL_FILES["classify"], tasks="classify", device=device, batch=32).predictor()
+    predictor = load(models / MODEL_FILES["classify"], tasks="classify", device=device, batch=32).predictor
     sink = ClassificationCSV(out / "classify" / "predictions.csv", predictor.class_names)
     done = run_source(predictor, sample / "classify" / "val", [sink], progress=progress)
     rows = list(csv.DictReader(sink.path.open()))
@@ -101,7 +101,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     _say(done, f"{correct}/{len(rows)} held-out crops correct (accuracy {report.accuracy:.3f})")
 
     print(f"[2/3] segment: {images} and {video} with {models / MODEL_FILES['segment']}")
-    predictor = load_model(models / MODEL_FILES["segment"], tasks="segment", device=device, batch=16).predictor()
+    predictor = load(models / MODEL_FILES["segment"], tasks="segment", device=device, batch=16).predictor
     seg = out / "segment" / "images"
     coco = CocoSink(seg / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                     results_path=seg / "predictions.json", root=images)
@@ -118,7 +118,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     _say(done, f"{mp4.frames} frames with the class overlay")
 
     print(f"[3/3] detect: {images} and {video} with {models / MODEL_FILES['detect']}")
-    predictor = load_model(models / MODEL_FILES["detect"], tasks=DETECTION_TASKS, device=device, batch=16).predictor()
+    predictor = load(models / MODEL_FILES["detect"], tasks=DETECTION_TASKS, device=device, batch=16).predictor
     det = out / "detect" / "images"
     coco = CocoSink(det / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                     results_path=det / "predictions.json", gt=gt)

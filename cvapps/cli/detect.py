@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
@@ -44,8 +44,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
         raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
-    predictor = load_model(args.model, tasks=DETECTION_TASKS, device=args.device, batch=args.batch,
-                           trust=args.trust_model).predictor()
+    predictor = load(args.model, tasks=DETECTION_TASKS, device=args.device, batch=args.batch,
+                     trust=args.trust_model).predictor
     out = Path(args.out)
     root = source_root(args.source)
     images, video, save_json = frame_outputs(args)

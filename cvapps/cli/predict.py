@@ -168,11 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.io.sinks import ClassificationCSV
 
-    predictor = load_model(args.model, tasks="classify", device=args.device, batch=args.batch,
-                           trust=args.trust_model).predictor()
+    predictor = load(args.model, tasks="classify", device=args.device, batch=args.batch,
+                     trust=args.trust_model).predictor
     csv_sink = ClassificationCSV(Path(args.out) / "predictions.csv", predictor.class_names, args.topk)
     sinks = [csv_sink, *common_sinks(args, predictor)]
     report = run_common(args, predictor, sinks, {"topk": args.topk})

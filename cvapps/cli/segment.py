@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from cvapps.engine.load import load_model
+    from cvapps.api import load
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import CocoSink, MaskImages, OverlayImages
@@ -41,8 +41,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     root = source_root(args.source)
     images, video, save_json = frame_outputs(args)
-    predictor = load_model(args.model, tasks="segment", device=args.device, batch=args.batch,
-                           trust=args.trust_model).predictor()
+    predictor = load(args.model, tasks="segment", device=args.device, batch=args.batch,
+                     trust=args.trust_model).predictor
     sinks: list = []
     overlays = images and not args.no_overlay
     if overlays:
