@@ -1,14 +1,12 @@
-"""Shared backbones: one contract (:class:`Backbone`), one registry, one builder."""
+"""Shared backbones: one contract (:class:`Backbone`), one registry, one builder.
+
+Backbone modules (``tiny``, ``course``, ``torchvision_nets``) are imported by the registry when a
+backbone of theirs is first built, not here.
+"""
 
 from cvapps.backbones.base import Backbone, FeatureInfo, check_backbone, conv_output_size
-from cvapps.backbones.registry import BACKBONES, build_backbone, register_backbone
+from cvapps.backbones.registry import (BACKBONE_MODULES, BACKBONES, available_backbones, backbone_builder,
+                                       build_backbone, register_backbone)
 
-# The built-in backbones register themselves on import.
-from cvapps.backbones import course, tiny, torchvision_nets  # noqa: E402,F401  isort: skip
-
-__all__ = ["BACKBONES", "Backbone", "FeatureInfo", "build_backbone", "check_backbone",
-           "conv_output_size", "register_backbone", "available_backbones"]
-
-
-def available_backbones() -> list[str]:
-    return sorted(BACKBONES)
+__all__ = ["BACKBONES", "BACKBONE_MODULES", "Backbone", "FeatureInfo", "available_backbones", "backbone_builder",
+           "build_backbone", "check_backbone", "conv_output_size", "register_backbone"]

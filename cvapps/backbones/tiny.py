@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 from cvapps.backbones.base import Backbone, FeatureInfo
 from cvapps.backbones.registry import register_backbone
@@ -12,7 +11,10 @@ from cvapps.errors import CvappsError
 
 
 def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Module:
-    return Conv2dNormActivation(cin, cout, kernel, stride, activation_layer=nn.SiLU)
+    """conv (same padding, no bias) + BN + SiLU: torchvision's ``Conv2dNormActivation`` layout
+    (keys ``0``/``1``), built from torch.nn so that a tiny-backbone run never imports torchvision."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.SiLU(inplace=True))
 
 
 class TinyBackbone(Backbone):

@@ -9,18 +9,21 @@ training. Evaluation and prediction run the same fit without the random transfor
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta, letterbox
 from cvapps.errors import ConfigError, shorten
+from cvapps.formats.masks import IGNORE_INDEX  # noqa: F401  re-exported: the mask value losses and metrics skip
 
-IGNORE_INDEX = 255  # mask value that losses and metrics skip (borders, padding, "don't care")
+if TYPE_CHECKING:
+    import albumentations as A
+
 # Transforms that run user-supplied functions; a config is data and names no code.
 REFUSED_TRANSFORMS = frozenset({"Lambda"})
 
@@ -49,6 +52,8 @@ def build_augment(specs: list[dict[str, dict[str, Any]]], *, boxes: bool = False
     the ignore index, unless the spec sets ``fill``/``fill_mask`` itself. Boxes pushed out of the
     image (less than 30% visible) are dropped with their labels.
     """
+    # Imported here, not at the top: only datasets need it, and prediction start-up would pay ~0.5 s.
+    A = importlib.import_module("albumentations")  # noqa: N806 - albumentations' usual alias
     transforms = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or len(spec) != 1:

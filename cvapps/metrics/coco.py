@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cvapps.formats.coco import detections_to_results
-from cvapps.metrics.plots import plt, save_figure
+from cvapps.metrics.plots import new_figure, save_figure
 
 
 class CocoDetectionMetric:
@@ -108,7 +108,7 @@ def _evaluate(gt: dict[str, Any], results: list[dict[str, Any]], class_names: Se
 def plot_pr_curves(ev: Any, class_names: Sequence[str], category_ids: Sequence[int], has_gt: set[int],
                    path: str | Path) -> None:
     """Precision-recall curve at IoU 0.5 of each class (and their mean) as a PNG."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = new_figure((6, 5))
     recall = np.linspace(0, 1, 101)
     curves = []
     if ev is not None:

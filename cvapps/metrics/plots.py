@@ -5,18 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cvapps.checkpoint import atomic_write  # noqa: E402
+from cvapps.checkpoint import atomic_write
 
 
-def save_figure(fig, path: Path) -> None:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, imported at the first plot: importing it
+    costs ~0.6 s, which every command's start-up would otherwise pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def new_figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """``(figure, axes)`` of a new single-plot figure (``plt.subplots``)."""
+    return _pyplot().subplots(figsize=figsize)
+
+
+def save_figure(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_history(history: list[dict], out_dir: Path) -> None:
@@ -26,7 +40,7 @@ def plot_history(history: list[dict], out_dir: Path) -> None:
         keys = sorted({k for row in history for k in row if k.startswith(prefix) and "/" not in k[len(prefix):]})
         if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure((6, 4))
         for key in keys:
             pts = [(e, row[key]) for e, row in zip(epochs, history) if isinstance(row.get(key), (int, float))]
             if pts:
@@ -41,7 +55,7 @@ def plot_history(history: list[dict], out_dir: Path) -> None:
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> None:
     """Rows: true class, columns: predicted class; cells show counts, colour is the row share."""
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1 + 0.6 * n))
+    fig, ax = new_figure((1.2 + 0.6 * n, 1 + 0.6 * n))
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cvapps.data.augment import IGNORE_INDEX
+from cvapps.formats.masks import IGNORE_INDEX
 from cvapps.metrics.base import ConfusionMatrixMetric
 
 
