@@ -10,8 +10,8 @@ The trackers match boxes whatever their class, so a second box of another class 
 (which class-wise NMS keeps) would start a second track: before tracking, a box overlapping a
 higher-scoring box by IoU > ``DEDUPE_IOU`` is dropped (class-agnostic NMS).
 Only boxes that belong to a confirmed track are kept (as ``model.track`` does in ultralytics); their
-boxes, scores, labels and masks are the detector's, and ``track_ids`` (>= 1) are unique per source
-for the whole run.
+boxes, scores, labels and masks are the detector's, and ``track_ids`` (1, 2, ... in order of first
+appearance) are unique over the whole run, across sources.
 
 The track buffer (``--track-buffer``: ``30`` = frames, ``2s`` = seconds) is how long a lost track is
 kept: a track unseen for that long ends, and a source whose frames stop for longer than it (a stream
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cvapps.structures import Detections, Frame
 TRACKERS = ("bytetrack", "botsort")
 DEFAULT_BUFFER = "30"  # frames, ultralytics' default track_buffer
 DEFAULT_FPS = 30.0  # frame rate assumed until a source's timestamps tell
+PRUNE_IDS = 1024  # tracker ids remembered per source before ended ones are forgotten
 DEDUPE_IOU = 0.7  # class-agnostic NMS before tracking (see the module doc)
 
 
@@ -105,8 +106,7 @@ class _Boxes:
 class _SourceState:
     tracker: Any
     last_ts: float
-    offset: int = 0  # ids handed out before the last restart, so ids stay unique per source
-    max_id: int = 0
+    ids: dict[int, int] = field(default_factory=dict)  # the tracker's ids -> the run's ids
     interval: float = 1.0 / DEFAULT_FPS  # running estimate of the time between frames
     steps: int = 0  # frame-to-frame intervals seen
 
@@ -128,6 +128,7 @@ class Tracker:
         self.args = tracker_args(kind)
         self.states: dict[str, _SourceState] = {}
         self.restarts = 0  # sources restarted after an outage longer than the buffer
+        self.tracks = 0  # track ids handed out
         self.seconds = 0.0  # time spent tracking
 
     def _frames_lost(self, state: _SourceState) -> int:
@@ -147,7 +148,7 @@ class Tracker:
             return state
         dt = frame.timestamp - state.last_ts
         if state.steps and dt > self._gap_s(state):  # an outage longer than the buffer: every track is gone
-            state.tracker, state.offset = self._new_tracker(), state.max_id
+            state.tracker, state.ids = self._new_tracker(), {}
             self.restarts += 1
         elif dt > 0:  # smoothed frame interval (outages excluded), so seconds <-> frames follow the source
             state.interval = dt if not state.steps else 0.9 * state.interval + 0.1 * dt
@@ -155,6 +156,12 @@ class Tracker:
         state.last_ts = frame.timestamp
         state.tracker.max_frames_lost = self._frames_lost(state)
         return state
+
+    def _run_id(self, state: _SourceState, tracker_id: int) -> int:
+        if tracker_id not in state.ids:
+            self.tracks += 1
+            state.ids[tracker_id] = self.tracks
+        return state.ids[tracker_id]
 
     def update(self, frame: Frame, det: Detections) -> Detections:
         """Track one frame's detections (frames of a source in order); returns the tracked boxes only."""
@@ -166,10 +173,12 @@ class Tracker:
         tracks = state.tracker.update(boxes, frame.image)  # rows [x1, y1, x2, y2, id, score, cls, idx]
         if len(tracks):
             idx = torch.as_tensor(kept[tracks[:, -1].astype(np.int64)])
-            ids = tracks[:, 4].astype(np.int64) + state.offset
-            state.max_id = max(state.max_id, int(ids.max()))
+            ids = np.array([self._run_id(state, int(t)) for t in tracks[:, 4]], dtype=np.int64)
         else:
             idx, ids = torch.zeros(0, dtype=torch.int64), np.zeros(0, np.int64)
+        if len(state.ids) > PRUNE_IDS:  # forget ended tracks, so endless streams keep memory flat
+            alive = {t.track_id for t in (*state.tracker.tracked_stracks, *state.tracker.lost_stracks)}
+            state.ids = {k: v for k, v in state.ids.items() if k in alive}
         out = det.filter(idx)
         out.track_ids = ids
         self.seconds += time.perf_counter() - t0
