@@ -188,3 +188,25 @@ def test_mot_round_trip_and_bad_line(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("1,1,0,0,5\n")
     with pytest.raises(DataError, match=r"bad.txt:1"):
         read_mot(tmp_path / "bad.txt")
+
+
+def test_count_traffic_pipeline_matches_the_cli(tracked: tuple[Path, Path], tmp_path: Path) -> None:
+    import cvapps
+
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import count_traffic
+    finally:
+        sys.path.remove(str(ROOT / "pipelines"))
+    video, cli_out = tracked
+    model = cvapps.load(DETECTOR, device="cpu")
+    lines = [",".join(str(v) for v in line) for line in LINES]
+    totals = count_traffic.count(model, str(video / "shapes.mp4"), tmp_path, lines)
+    cli = json.loads((cli_out / "counts.json").read_text())
+    assert [(t["in"], t["out"], t["classes"]) for t in totals["lines"]] == \
+        [(c["in"], c["out"], c["classes"]) for c in cli["lines"]]
+    assert json.loads((tmp_path / "counts.json").read_text())["lines"] == totals["lines"]
+    records = [json.loads(line) for line in (tmp_path / "tracks.jsonl").read_text().splitlines()]
+    assert len(records) == 240 and all(len(r["prediction"]["track_ids"]) == len(r["prediction"]["boxes"])
+                                       for r in records)
+    assert (tmp_path / "shapes.mp4").stat().st_size > 0
