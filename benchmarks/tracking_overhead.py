@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import cvapps  # noqa: E402
-from cvapps.data.synth import generate_video  # noqa: E402
-from cvapps.formats.mot import read_mot  # noqa: E402
+import cvapps
+from cvapps.data.synth import generate_video
+from cvapps.formats.mot import read_mot
 
 
 def score(results: list, gt_path: Path) -> dict[str, float]:

@@ -20,8 +20,19 @@ from cvapps.analytics.tracking import DEFAULT_BUFFER, TRACKERS, Tracker, source_
 from cvapps.errors import CvappsError
 from cvapps.structures import Detections, Frame
 
-__all__ = ["Analytics", "AnalyticsPredictor", "Counter", "CountsFile", "TRACKERS", "TRACK_CONF", "Tracker",
-           "make_analytics", "parse_line", "parse_zone", "source_key"]
+__all__ = [
+    "TRACKERS",
+    "TRACK_CONF",
+    "Analytics",
+    "AnalyticsPredictor",
+    "Counter",
+    "CountsFile",
+    "Tracker",
+    "make_analytics",
+    "parse_line",
+    "parse_zone",
+    "source_key",
+]
 
 #: The detector score threshold used while tracking unless one is given: the trackers' low threshold
 #: (``track_low_thresh`` of ultralytics' tracker YAML), so ByteTrack's second association sees the
@@ -30,9 +41,9 @@ TRACK_CONF = 0.1
 
 
 def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: str | bool | None = None,
-                   track_buffer: str | int | float = DEFAULT_BUFFER,
+                   track_buffer: str | float = DEFAULT_BUFFER,
                    count_lines: Sequence[str | Sequence[float]] = (),
-                   zones: Sequence[str | Sequence[Any]] = ()) -> "Analytics | None":
+                   zones: Sequence[str | Sequence[Any]] = ()) -> Analytics | None:
     """The analytics step asked for, or None when nothing is.
 
     track: ``"bytetrack"``, ``"botsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4

@@ -50,7 +50,7 @@ def source_key(source: str) -> str:
     return str(Path(source).parent) if "://" not in str(source) else str(source)
 
 
-def parse_track_buffer(spec: str | int | float) -> tuple[float, bool]:
+def parse_track_buffer(spec: str | float) -> tuple[float, bool]:
     """``"30"`` / ``30`` -> (30, False) frames; ``"2s"`` / ``"2.5s"`` -> (2.5, True) seconds."""
     text = str(spec).strip().lower()
     seconds = text.endswith("s")
@@ -98,7 +98,7 @@ class _Boxes:
     def __len__(self) -> int:
         return len(self.conf)
 
-    def __getitem__(self, keep: Any) -> "_Boxes":
+    def __getitem__(self, keep: Any) -> _Boxes:
         return _Boxes(self.xyxy[keep], self.conf[keep], self.cls[keep])
 
 
@@ -118,7 +118,7 @@ class Tracker:
     track is kept, also the longest outage of a source that keeps its ids.
     """
 
-    def __init__(self, kind: str = "bytetrack", track_buffer: str | int | float = DEFAULT_BUFFER) -> None:
+    def __init__(self, kind: str = "bytetrack", track_buffer: str | float = DEFAULT_BUFFER) -> None:
         kind = str(kind).lower()
         if kind not in TRACKERS:
             raise CvappsError(f"--track: unknown tracker {kind!r} (choose from {', '.join(TRACKERS)})")

@@ -13,9 +13,9 @@ Ground truth (``gt.txt``): ``conf`` 1 (0 = ignore this box), ``class`` the objec
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cvapps.errors import DataError
 

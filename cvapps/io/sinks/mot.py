@@ -10,8 +10,9 @@ hidden temp files as frames come (memory stays flat) and moved into place on com
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cvapps.formats.mot import MotRow
 from cvapps.formats.names import parse_frame_name
@@ -21,7 +22,8 @@ from cvapps.structures import Detections, Frame
 
 class MotTracksSink(StagedSink):
     """Writes each tracked frame's boxes to ``folder/<video stem>.txt`` and the class names to
-    ``folder/labels.txt``; frames without track ids (still images, untracked runs) are ignored."""
+    ``folder/labels.txt``; frames without track ids (still images, untracked runs) are ignored, and
+    a run with none writes nothing."""
 
     def __init__(self, folder: str | Path, class_names: Sequence[str]) -> None:
         super().__init__()
@@ -52,7 +54,8 @@ class MotTracksSink(StagedSink):
 
     @property
     def targets(self) -> list[Path]:
-        return [final for final, _, _ in self._files.values()] + [self.folder / "labels.txt"]
+        finals = [final for final, _, _ in self._files.values()]
+        return [*finals, self.folder / "labels.txt"] if finals else []  # no tracked video frame: no files
 
     @property
     def path(self) -> Path:
@@ -63,7 +66,8 @@ class MotTracksSink(StagedSink):
             if not fh.closed:
                 fh.close()
                 self.stage_file(tmp, final)
-        self.stage_text(self.folder / "labels.txt", "".join(f"{n}\n" for n in self.class_names))
+        if self._files:
+            self.stage_text(self.folder / "labels.txt", "".join(f"{n}\n" for n in self.class_names))
 
     def discard(self) -> None:
         for _, tmp, fh in self._files.values():
