@@ -169,7 +169,7 @@ def test_drawn_track_ids_trails_and_counts() -> None:
     assert not np.array_equal(plain, tracked_image)
 
 
-def test_missing_supervision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_extras_and_bad_options_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "supervision", None)  # import supervision -> ImportError
     with pytest.raises(CvappsError, match=r'pip install "cvapps\[supervision\]"'):
         make_analytics(["a"], count_lines=["0,0,10,10"])
@@ -178,6 +178,9 @@ def test_missing_supervision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
             make_analytics(["a"], count_lines=[bad])
     with pytest.raises(CvappsError, match="--track-buffer"):
         Tracker("bytetrack", "-1")
+    monkeypatch.setitem(sys.modules, "lap", None)  # ultralytics' trackers need lap (the tracking extra)
+    with pytest.raises(CvappsError, match=r'pip install "cvapps\[tracking\]"'):
+        Tracker("bytetrack")
 
 
 def test_mot_round_trip_and_bad_line(tmp_path: Path) -> None:
