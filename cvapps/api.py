@@ -27,6 +27,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from cvapps.analytics import TRACK_CONF, Analytics, AnalyticsPredictor, make_analytics
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import LoadedModel, load_model
 from cvapps.engine.predict import Predictor
@@ -42,7 +43,10 @@ from cvapps.tasks import load_config
 #: ``predict`` keywords that go to :func:`~cvapps.io.sources.open_source` (the rest go to the
 #: task's postprocess: ``conf``, ``iou``, ``max_det`` for detectors, ``topk`` for classifiers).
 SOURCE_OPTIONS = ("vid_stride", "shard", "buffer", "reconnect_s")
+#: ``predict`` keywords for tracking and counting (:mod:`cvapps.analytics`).
+ANALYTICS_OPTIONS = ("track", "track_buffer", "count_lines", "zones")
 ARRAY_SOURCE = "<array>"
+DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
 
 def overrides_list(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> list[str]:
@@ -103,19 +107,29 @@ class Model:
         predicted and handed over one batch at a time, so memory stays flat on long videos);
         stream=False returns a list (so never ends on a webcam or stream URL: use stream=True). options: ``vid_stride``, ``shard``, ``buffer``, ``reconnect_s``
         go to the source, the rest to the task (``conf``, ``iou`` for detectors, ``topk``...).
+        Detectors also take ``track`` (``"bytetrack"`` / ``"botsort"``: ``r.track_ids``; ``conf``
+        then defaults to 0.1, the tracker's low threshold), ``track_buffer`` (frames, or ``"2s"``),
+        ``count_lines`` ([(x1, y1, x2, y2)] or ``"x1,y1,x2,y2"`` strings) and ``zones`` (polygons):
+        ``r.counts`` (see :mod:`cvapps.analytics`); trackers start afresh on each call.
         Unreadable files are skipped and reported on stderr, as by the CLI.
         """
         source_options = {k: options.pop(k) for k in SOURCE_OPTIONS if k in options}
+        analytics = make_analytics(self.names, self.task in DETECTION_TASKS,
+                                   **{k: options.pop(k) for k in ANALYTICS_OPTIONS if k in options})
+        if analytics is not None and analytics.tracker is not None:
+            options.setdefault("conf", TRACK_CONF)
         frames = _open_frames(source, source_options)  # opened now: a bad source fails here, not later
-        results = self._results(frames, options)
+        results = self._results(frames, options, analytics)
         return results if stream else list(results)
 
     __call__ = predict
 
-    def _results(self, frames: Iterable[Frame], options: dict[str, Any]) -> Iterator[Result]:
+    def _results(self, frames: Iterable[Frame], options: dict[str, Any],
+                 analytics: Analytics | None = None) -> Iterator[Result]:
         names, ids = self.names, self.category_ids
+        predictor = self.predictor if analytics is None else AnalyticsPredictor(self.predictor, analytics)
         with frames if isinstance(frames, Source) else contextlib.nullcontext():
-            for frame, prediction in self.predictor.predict(frames, **options):
+            for frame, prediction in predictor.predict(frames, **options):
                 yield Result(frame.source, frame.index, frame.timestamp, frame.image, prediction, names, ids)
             for path, reason in getattr(frames, "skipped", []):
                 print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -70,6 +70,18 @@ class Result:
         return self._need(Detections, "labels").labels.numpy()
 
     @property
+    def track_ids(self) -> np.ndarray | None:
+        """(N,) int64 track ids parallel to ``boxes`` when predicted with ``track=``, else None."""
+        return self._need(Detections, "track_ids").track_ids
+
+    @property
+    def counts(self) -> dict[str, Any] | None:
+        """This frame's line totals and zone occupancy (``{"lines": [...], "zones": [...]}``, see
+        :mod:`cvapps.analytics.counting`) when predicted with ``count_lines=`` / ``zones=``, else None."""
+        counts = self._need(Detections, "counts").counts
+        return counts.to_json() if counts is not None else None
+
+    @property
     def label(self) -> int:
         """The predicted class index (classifiers only); ``names[label]`` is its name."""
         return int(self._need(Classification, "label").label)
@@ -99,7 +111,8 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``source``, ``index``, ``timestamp`` and the prediction.
 
-        Detections: ``boxes`` ([[x1, y1, x2, y2]] original pixels), ``scores``, ``labels``, ``names``;
+        Detections: ``boxes`` ([[x1, y1, x2, y2]] original pixels), ``scores``, ``labels``, ``names``
+        (and ``track_ids``, ``counts`` when tracked / counted);
         Classification: ``label``, ``name``, ``score``, ``topk`` ([{label, name, score}]);
         SegmentationMask: ``size`` [H, W] and ``classes`` ([{label, name, pixels, score, rle}],
         the mask of each class present as compressed COCO RLE).
@@ -110,6 +123,10 @@ class Result:
             labels = pred.labels.tolist()
             out.update(boxes=pred.boxes.tolist(), scores=pred.scores.tolist(), labels=labels,
                        names=[self._name(k) for k in labels])
+            if pred.track_ids is not None:
+                out["track_ids"] = pred.track_ids.tolist()
+            if pred.counts is not None:
+                out["counts"] = pred.counts.to_json()
         elif isinstance(pred, Classification):
             out.update(label=int(pred.label), name=self._name(pred.label), score=float(pred.score),
                        topk=[{"label": int(k), "name": self._name(k), "score": float(p)} for k, p in pred.topk])
@@ -161,6 +178,7 @@ class Result:
             masks = getattr(pred, "masks", None)  # instance masks, when the structure carries them
             return sv.Detections(xyxy=pred.boxes.numpy().astype(np.float32), confidence=pred.scores.numpy(),
                                  class_id=labels, mask=None if masks is None else np.asarray(masks).astype(bool),
+                                 tracker_id=pred.track_ids,
                                  data={"class_name": np.array([self._name(k) for k in labels], dtype=str)})
         mask = np.asarray(pred.mask)
         classes = _present_classes(mask)

@@ -58,12 +58,16 @@ class Detections:
     labels: (N,) int64 class indices into the checkpoint's class names (0-based, no background).
     masks: (N, H, W) bool instance masks in original image pixels (H, W = the image's size), one per
         box; None for box-only models. Native ultralytics ``-seg`` models fill it.
+    track_ids: (N,) int64 track id of each box (>= 1) when a tracker ran (``--track``), else None.
+    counts: the line/zone counts of this frame (:class:`Counts`) when counting ran, else None.
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
     masks: torch.Tensor | None = None
+    track_ids: np.ndarray | None = None
+    counts: "Counts | None" = None
 
     def __post_init__(self) -> None:
         self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4).cpu()
@@ -76,6 +80,10 @@ class Detections:
             if self.masks.ndim != 3 or len(self.masks) != len(self.boxes):
                 raise ValueError(f"masks must be (N, H, W) with N = {len(self.boxes)} boxes, "
                                  f"got {tuple(self.masks.shape)}")
+        if self.track_ids is not None:
+            self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(self.track_ids) != len(self.boxes):
+                raise ValueError(f"track_ids must be (N,) with N = {len(self.boxes)} boxes, got {self.track_ids.shape}")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -86,4 +94,46 @@ class Detections:
 
     def filter(self, keep: torch.Tensor) -> "Detections":
         masks = self.masks[keep] if self.masks is not None else None
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks)
+        track_ids = self.track_ids[np.asarray(keep)] if self.track_ids is not None else None
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks, track_ids, self.counts)
+
+
+@dataclass
+class LineCount:
+    """Totals of one counting line so far (for one source): ``points`` (x1, y1, x2, y2) in pixels;
+    ``in_count`` / ``out_count`` tracks that crossed it (in: from the right of the direction
+    (x1, y1) -> (x2, y2) to its left, as supervision's LineZone); ``classes``: name -> {"in", "out"}."""
+
+    points: tuple[float, float, float, float]
+    in_count: int = 0
+    out_count: int = 0
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"line": [round(float(v), 2) for v in self.points], "in": self.in_count, "out": self.out_count,
+                "classes": {k: dict(v) for k, v in self.classes.items()}}
+
+
+@dataclass
+class ZoneCount:
+    """Occupancy of one polygon zone in one frame: ``polygon`` [(x, y), ...] in pixels, ``count``
+    objects whose box's bottom centre is inside, ``classes``: name -> count."""
+
+    polygon: list[tuple[float, float]]
+    count: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"zone": [[round(float(x), 2), round(float(y), 2)] for x, y in self.polygon], "count": self.count,
+                "classes": dict(self.classes)}
+
+
+@dataclass
+class Counts:
+    """The line totals and zone occupancies of one frame's source, in the order they were given."""
+
+    lines: list[LineCount] = field(default_factory=list)
+    zones: list[ZoneCount] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"lines": [c.to_json() for c in self.lines], "zones": [z.to_json() for z in self.zones]}

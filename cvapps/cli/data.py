@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=160, help="image side in pixels (default 160)")
     p.add_argument("--video-frames", type=int, default=240, help="frames in the sample video (default 240)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--video-only", action="store_true",
+                   help="write only the moving-shapes video to OUT: shapes.mp4, shapes.json and gt.txt "
+                        "(MOT Challenge tracking ground truth)")
     p.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("check", help="validate a detection dataset (COCO or YOLO txt layout)",
@@ -68,8 +71,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cvapps.data.synth import generate_shapes
+    from cvapps.data.synth import generate_shapes, generate_video
 
+    if args.video_only:
+        print(f"wrote {generate_video(args.out, frames=args.video_frames, seed=args.seed)}/shapes.mp4, "
+              "shapes.json and gt.txt")
+        return 0
     root = generate_shapes(args.out, n_train=args.train, n_val=args.val, imgsz=args.imgsz,
                            video_frames=args.video_frames, seed=args.seed)
     print(f"wrote shapes dataset to {root}")

@@ -9,7 +9,8 @@
       labels/{train,val}/shapes_000000.txt   YOLO txt "cls xc yc w h" (normalised, cls 0-based)
       data.yaml                              ultralytics dataset file (paths relative to this file)
       classify/{train,val}/<class>/<class>_0000.png   single-shape crops (classification ROOT)
-      video/shapes.mp4, video/shapes.json    bouncing shapes + per-frame ground-truth boxes
+      video/shapes.mp4, video/shapes.json    bouncing shapes + per-frame ground-truth boxes and track ids
+      video/gt.txt                           the same as MOT Challenge ground truth (cvapps.formats.mot)
 
 Classes are ``CLASS_NAMES``: mask value / COCO category id = index + 1, YOLO id = index.
 Geometry lives in COCO pixel coordinates (pixel i covers [i, i+1)); cv2 puts pixel centres on
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cvapps.errors import CvappsError
+from cvapps.formats.mot import MotRow, write_mot
 
 CLASS_NAMES = ("circle", "square", "triangle")
 _SPLITS = ("train", "val")
@@ -168,6 +170,27 @@ def _crop(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     return img  # no pixel noise: lossless PNG of noise would triple the size; augmentation can add it
 
 
+def _reach(cls: int, r: float) -> float:
+    """Radius of the circle around a shape of :func:`_polygon` (a square's corners reach r * sqrt 2)."""
+    return r * np.sqrt(2) if cls == 1 else r
+
+
+def _collide(objs: list[dict]) -> None:
+    """Shapes bounce off each other like equal billiard balls (their circumscribed circles touch), so
+    they never overlap and keep their identities readable: tracking ground truth without occlusion."""
+    for i in range(len(objs)):
+        for j in range(i + 1, len(objs)):
+            a, b = objs[i], objs[j]
+            d = a["p"] - b["p"]
+            dist = float(np.linalg.norm(d))
+            if dist >= _reach(a["cls"], a["r"]) + _reach(b["cls"], b["r"]) or dist == 0:
+                continue
+            n = d / dist
+            rel = float(np.dot(a["v"] - b["v"], n))
+            if rel < 0:  # approaching: swap the velocity components along the line of centres
+                a["v"], b["v"] = a["v"] - rel * n, b["v"] + rel * n
+
+
 def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, int], fps: int, bar: tqdm) -> list[dict]:
     """Bouncing shapes over a slowly panning, cross-fading texture; returns per-frame boxes."""
     w, h = size
@@ -177,7 +200,12 @@ def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, i
     for _ in range(int(rng.integers(2, 4))):
         r = rng.uniform(0.12, 0.22) * min(w, h)
         ang = rng.uniform(0, 2 * np.pi)
-        objs.append({"cls": int(rng.integers(0, 3)), "r": r, "p": rng.uniform([r + 1, r + 1], [w - 1 - r, h - 1 - r]),
+        cls = int(rng.integers(0, 3))
+        for _try in range(50):  # shapes start apart (as in the training images, which barely overlap)
+            pos = rng.uniform([r + 1, r + 1], [w - 1 - r, h - 1 - r])
+            if all(np.linalg.norm(pos - o["p"]) > _reach(cls, r) + _reach(o["cls"], o["r"]) + 2 for o in objs):
+                break
+        objs.append({"cls": cls, "r": r, "p": pos,
                      "v": rng.uniform(1.0, 3.0) * np.array([np.cos(ang), np.sin(ang)]),
                      "rot": rng.uniform(0, 2 * np.pi), "spin": rng.uniform(-0.03, 0.03),
                      "col": _colour(rng, tex_a.reshape(-1, 3).mean(0))})
@@ -192,20 +220,28 @@ def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, i
             ox, oy = (int(round(pan * (1 + np.sin(k * ph)))) for k in (1, 2))  # smooth Lissajous drift
             a = 0.5 - 0.5 * np.cos(ph)
             frame = np.clip((1 - a) * tex_a + a * tex_b, 0, 255)[oy:oy + h, ox:ox + w].astype(np.uint8)
-            boxes, cats = [], []
+            boxes, cats, rasters = [], [], []
             for o in objs:
                 poly = _polygon(o["cls"], o["p"][0], o["p"][1], o["r"], o["rot"]).round(2)
                 _draw(frame, poly, o["col"])
                 boxes.append([round(float(v), 2) for v in _box(poly)])
                 cats.append(o["cls"] + 1)
+                rasters.append(_raster(poly, h, w))
                 o["p"] = o["p"] + o["v"]
                 o["rot"] += o["spin"]
                 for k, lim in ((0, w), (1, h)):  # bounce off the walls (circumscribed circle stays inside)
                     if not o["r"] + 1 <= o["p"][k] <= lim - 1 - o["r"]:
                         o["v"][k] = -o["v"][k]
                         o["p"][k] = np.clip(o["p"][k], o["r"] + 1, lim - 1 - o["r"])
+            _collide(objs)
             writer.write(_finish(frame, rng, sigma=1.5))
-            gt.append({"frame": f, "boxes": boxes, "category_ids": cats, "track_ids": list(range(1, len(objs) + 1))})
+            covered = np.zeros((h, w), np.uint8)  # shapes are drawn in list order: later ones hide earlier ones
+            visibility = [0.0] * len(rasters)
+            for k in range(len(rasters) - 1, -1, -1):
+                visibility[k] = round(float((rasters[k] & (1 - covered)).sum() / max(1, rasters[k].sum())), 3)
+                covered |= rasters[k]
+            gt.append({"frame": f, "boxes": boxes, "category_ids": cats, "track_ids": list(range(1, len(objs) + 1)),
+                       "visibility": visibility})
             bar.update()
         writer.release()
         os.replace(tmp, path)
@@ -288,8 +324,30 @@ def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, img
         # "path: ." would resolve against the current working directory.
         names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
         _atomic_write(out / "data.yaml", f"train: images/train\nval: images/val\nnames:\n{names}".encode())
-        (out / "video").mkdir(exist_ok=True)
-        gt = _video(out / "video" / "shapes.mp4", np.random.default_rng([seed, 200]), video_frames,
-                    tuple(video_size), fps, bar)
-        _atomic_write(out / "video" / "shapes.json", json.dumps(gt).encode())
+        _write_video(out / "video", video_frames, tuple(video_size), fps, seed, bar)
+    return out
+
+
+def _write_video(folder: Path, frames: int, size: tuple[int, int], fps: int, seed: int, bar: tqdm) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gt = _video(folder / "shapes.mp4", np.random.default_rng([seed, 200]), frames, size, fps, bar)
+    _atomic_write(folder / "shapes.json", json.dumps(gt).encode())
+    write_mot(folder / "gt.txt", [MotRow(g["frame"] + 1, tid, tuple(box), 1.0, cat, vis)  # type: ignore[arg-type]
+                                  for g in gt for box, cat, tid, vis in
+                                  zip(g["boxes"], g["category_ids"], g["track_ids"], g["visibility"])])
+
+
+def generate_video(out: str | Path, *, frames: int = 240, size: tuple[int, int] = (320, 240), fps: int = 24,
+                   seed: int = 0, progress: bool = True) -> Path:
+    """Only the moving-shapes video of :func:`generate_shapes` (the same one for the same seed):
+    ``out/shapes.mp4``, ``out/shapes.json`` (per frame: boxes [x, y, w, h], category_ids, track_ids,
+    visibility) and ``out/gt.txt`` (MOT Challenge ground truth: frame from 1, track id, box, 1,
+    category id, visibility). Each shape keeps its track id for the whole video. Returns ``out``."""
+    out = Path(out)
+    if frames < 1 or min(size) < 32:
+        raise CvappsError("generate_video: need frames >= 1 and video sides >= 32")
+    if out.exists() and not out.is_dir():
+        raise CvappsError(f"{out}: exists and is not a directory")
+    with tqdm(total=frames, desc="video", unit="frame", disable=not progress) as bar:
+        _write_video(out, frames, size, fps, seed, bar)
     return out

@@ -18,6 +18,12 @@ One rule for each of these, used by every writer:
   and an empty mask, which loads as a bbox or a segm result and cannot change any AP;
 * image ids (:class:`ImageIndex`): with a ground-truth file (``--coco-gt``) its ids, matched by
   ``file_name``; otherwise 1..N in the order images/frames are written.
+* video frames and tracks (:class:`VideoIndex`): the layout of TAO and mmtracking's ``CocoVID``
+  video datasets: a top-level
+  ``videos`` list ``{"id", "name", "width", "height"}``, each frame's image entry carries
+  ``video_id`` and ``frame_id`` (the frame's index in its video, from 0), and each tracked
+  annotation ``track_id`` (unique over the file). Readers that do not know these keys (pycocotools,
+  COCOeval, FiftyOne's COCO importer, which keeps ``track_id`` as a detection attribute) ignore them.
 """
 
 from __future__ import annotations
@@ -109,6 +115,10 @@ def detections_to_results(det: Any, image_id: int, category_ids: Sequence[int]) 
     out = [{"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box_to_coco(box),
             "score": round_score(score)}
            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())]
+    track_ids = getattr(det, "track_ids", None)
+    if track_ids is not None:  # tracked: each box's track id (see VideoIndex for the layout)
+        for result, track_id in zip(out, track_ids.tolist()):
+            result["track_id"] = int(track_id)
     masks = getattr(det, "masks", None)
     if masks is not None:
         for result, mask in zip(out, masks):
@@ -270,6 +280,28 @@ class ImageIndex:
         if len(self._by_source) > self.REMEMBER:
             self._by_source.popitem(last=False)
         return entry
+
+
+class VideoIndex:
+    """The ``videos`` of a COCO file (TAO / CocoVID layout, see the module doc): ids 1..N in the order
+    videos (or streams) are first seen; ``lookup(frame source, width, height)`` gives the frame's
+    ``{"video_id", "frame_id"}`` keys (None for a still image)."""
+
+    def __init__(self) -> None:
+        self.videos: list[dict[str, Any]] = []
+        self._ids: dict[str, int] = {}
+
+    def lookup(self, source: str, width: int, height: int) -> dict[str, int] | None:
+        parsed = parse_frame_name(source)
+        if parsed is None:
+            return None
+        video, index = parsed
+        if video not in self._ids:
+            self._ids[video] = len(self.videos) + 1
+            name = video if "://" in video else PurePosixPath(_posix(video)).name
+            self.videos.append({"id": self._ids[video], "name": safe_name(name), "width": int(width),
+                                "height": int(height)})
+        return {"video_id": self._ids[video], "frame_id": int(index)}
 
 
 def gt_category_ids(gt: dict[str, Any], class_names: Sequence[str],

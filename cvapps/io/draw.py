@@ -1,15 +1,21 @@
 """Drawing any prediction on an image (OpenCV): boxes with class names and scores in a fixed palette,
-mask overlays (:mod:`cvapps.io.overlay`) and a class label; used by every annotated output."""
+mask overlays (:mod:`cvapps.io.overlay`) and a class label; used by every annotated output.
+
+Tracked detections are labelled ``#id name score`` in a colour per track id, with a short trail of
+the track's recent box centres (:class:`Trails`, kept by the drawer :func:`make_drawer` returns);
+counting lines are drawn with their ``in``/``out`` totals and zones with their occupancy.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
 from cvapps.io.overlay import overlay_mask
-from cvapps.structures import Classification, Detections, SegmentationMask
+from cvapps.structures import Classification, Counts, Detections, SegmentationMask
 
 Draw = Callable[[np.ndarray, Any], np.ndarray]
 
@@ -21,6 +27,7 @@ PALETTE: list[tuple[int, int, int]] = [
     (200, 149, 255), (199, 55, 255),
 ]
 MASK_ALPHA = 0.5  # weight of the class colour where an instance mask is drawn
+TRAIL = 30  # box centres kept per track for its trail
 
 
 def color(label: int) -> tuple[int, int, int]:
@@ -28,11 +35,14 @@ def color(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequence[str],
-                    thickness: int | None = None) -> np.ndarray:
+                    thickness: int | None = None, trails: dict[int, Sequence[tuple[float, float]]] | None = None
+                    ) -> np.ndarray:
     """A copy of ``image_bgr`` (H, W, 3 uint8) with each box (xyxy original pixels) outlined and
-    labelled ``name score``; the label sits above the box, or inside it at the top edge. Instance
-    masks (``det.masks`` (N, H, W) bool, original pixels) are blended at 50 % in the class colour
-    under the boxes."""
+    labelled ``name score`` (``#id name score`` in the track's colour when ``det.track_ids`` is
+    set); the label sits above the box, or inside it at the top edge. Instance masks
+    (``det.masks`` (N, H, W) bool, original pixels) are blended at 50 % in the class colour under
+    the boxes. trails: track id -> recent box centres, drawn as a fading polyline;
+    ``det.counts``: lines and zones with their counts (:func:`draw_counts`)."""
     out = np.ascontiguousarray(image_bgr.copy())
     h, w = out.shape[:2]
     if det.masks is not None and det.masks.shape[1:] == (h, w):
@@ -40,12 +50,20 @@ def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequenc
             out[mask] = (out[mask] * (1 - MASK_ALPHA) + np.array(color(label)) * MASK_ALPHA).astype(np.uint8)
     t = thickness or max(1, round(0.002 * (h + w)))
     scale = max(0.35, t / 3)
-    for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
-        c = color(label)
+    ids = det.track_ids.tolist() if det.track_ids is not None else [None] * len(det)
+    if det.counts is not None:
+        draw_counts(out, det.counts, t)
+    for tid in ids:
+        points = (trails or {}).get(tid) if tid is not None else None
+        if points is not None and len(points) > 1:
+            pts = np.round(np.asarray(points)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.polylines(out, [pts], False, color(tid), max(1, t - 1), cv2.LINE_AA)
+    for (x1, y1, x2, y2), score, label, tid in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), ids):
+        c = color(label if tid is None else tid)
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
         cv2.rectangle(out, p1, p2, c, t, cv2.LINE_AA)
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
-        text = f"{name} {score:.2f}"
+        text = f"{name} {score:.2f}" if tid is None else f"#{tid} {name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, t - 1))
         above = p1[1] - th - base >= 0
         top = p1[1] - th - base if above else p1[1]
@@ -54,6 +72,45 @@ def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequenc
                     max(1, t - 1), cv2.LINE_AA)
     return out
 
+
+def draw_counts(image: np.ndarray, counts: Counts, thickness: int = 2) -> None:
+    """Draw (in place) each zone's polygon with its occupancy and each line with ``in N out M``."""
+    for k, zone in enumerate(counts.zones):
+        pts = np.round(np.asarray(zone.polygon)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(image, [pts], True, color(k + 7), thickness, cv2.LINE_AA)
+        x, y = pts.reshape(-1, 2).min(0)
+        _label(image, f"zone {k + 1}: {zone.count}", int(x) + 2, int(y) + 2 + 16, color(k + 7))
+    for k, line in enumerate(counts.lines):
+        x1, y1, x2, y2 = (int(round(v)) for v in line.points)
+        cv2.line(image, (x1, y1), (x2, y2), (255, 255, 255), thickness + 2, cv2.LINE_AA)
+        cv2.line(image, (x1, y1), (x2, y2), color(k + 2), thickness, cv2.LINE_AA)
+        _label(image, f"line {k + 1}: in {line.in_count} out {line.out_count}", 4, 20 + 22 * k, color(k + 2))
+
+
+class Trails:
+    """Recent box centres per track id (ids are unique over a run, whatever the source), for trails.
+
+    ``update(det)`` adds a frame's centres once (a frame drawn by several sinks counts once; frames a
+    preview skips leave a straight segment) and returns ``{track id: [(x, y), ...]}``; the least
+    recently seen tracks are forgotten beyond ``tracks``, so endless runs stay flat.
+    """
+
+    def __init__(self, length: int = TRAIL, tracks: int = 512) -> None:
+        self.length, self.max_tracks = length, tracks
+        self._tracks: OrderedDict[int, deque] = OrderedDict()
+        self._last: Any = None  # the Detections drawn last: several sinks draw the same frame
+
+    def update(self, det: Detections) -> dict[int, deque]:
+        if det.track_ids is not None and det is not self._last:
+            self._last = det
+            centres = ((det.boxes[:, :2] + det.boxes[:, 2:]) / 2).tolist()
+            for tid, centre in zip(det.track_ids.tolist(), centres):
+                trail = self._tracks.pop(tid, None) or deque(maxlen=self.length)
+                trail.append(tuple(centre))
+                self._tracks[tid] = trail  # most recent last
+            while len(self._tracks) > self.max_tracks:
+                self._tracks.popitem(last=False)
+        return self._tracks
 
 
 def _label(image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
@@ -64,7 +121,8 @@ def _label(image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int,
     cv2.putText(image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[str]) -> np.ndarray:
+def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[str],
+                    trails: dict[int, Sequence[tuple[float, float]]] | None = None) -> np.ndarray:
     """A copy of ``image`` (HxWx3 BGR uint8) with ``prediction`` drawn on it.
 
     Detections: boxes (xyxy, original pixels) with "name score" (:func:`draw_detections`);
@@ -73,7 +131,7 @@ def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[st
     top left.
     """
     if isinstance(prediction, Detections):
-        return draw_detections(image, prediction, class_names)
+        return draw_detections(image, prediction, class_names, trails=trails)
     if isinstance(prediction, SegmentationMask):
         mask = np.asarray(prediction.mask)
         return overlay_mask(image, np.where(mask == 255, 0, mask).astype(np.uint8), class_names=list(class_names))
@@ -85,7 +143,21 @@ def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[st
     return out
 
 
+class Drawer:
+    """``draw(image, prediction) -> image`` for the given class names (see :func:`draw_prediction`);
+    tracked detections also get their trails (:class:`Trails`, kept by this drawer)."""
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.names = list(class_names)
+        self.trails = Trails()
+
+    def __call__(self, image: np.ndarray, prediction: Any) -> np.ndarray:
+        trails = None
+        if isinstance(prediction, Detections) and prediction.track_ids is not None:
+            trails = self.trails.update(prediction)
+        return draw_prediction(image, prediction, self.names, trails)
+
+
 def make_drawer(class_names: Sequence[str]) -> Draw:
-    """``draw(image, prediction) -> image`` for the given class names (see :func:`draw_prediction`)."""
-    names = list(class_names)
-    return lambda image, prediction: draw_prediction(image, prediction, names)
+    """A :class:`Drawer` for the given class names."""
+    return Drawer(class_names)

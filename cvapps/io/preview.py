@@ -7,7 +7,8 @@ Both are sinks (``write(frame, prediction)``, ``close()``) fed by the runner's w
   ``imshow`` there would abort the whole process inside Qt/GTK.
 * :class:`MJPEGServer` runs a :class:`~http.server.ThreadingHTTPServer` for headless machines:
   ``/`` an HTML page, ``/stream.mjpg`` the latest annotated frame as ``multipart/x-mixed-replace``
-  MJPEG, ``/snapshot.jpg`` one JPEG, ``/stats.json`` running fps, frames, dropped. The standard
+  MJPEG, ``/snapshot.jpg`` one JPEG, ``/stats.json`` running fps, frames, dropped and the latest
+  line/zone counts (shown on the page). The standard
   library server is enough for a few viewers and adds no dependency.
 """
 
@@ -118,8 +119,10 @@ img{{max-width:100%;border:1px solid #444}}#stats{{margin:.5em 0}}</style></head
 async function poll() {{
   try {{
     const s = await (await fetch('/stats.json', {{cache: 'no-store'}})).json();
+    const c = s.counts ? s.counts.lines.map((l, i) => ` | line ${{i + 1}}: in ${{l.in}} out ${{l.out}}`).join('')
+      + s.counts.zones.map((z, i) => ` | zone ${{i + 1}}: ${{z.count}}`).join('') : '';
     document.getElementById('stats').textContent =
-      `${{s.fps.toFixed(1)}} fps | ${{s.frames}} frames | ${{s.dropped}} dropped` + (s.finished ? ' | finished' : '');
+      `${{s.fps.toFixed(1)}} fps | ${{s.frames}} frames | ${{s.dropped}} dropped` + c + (s.finished ? ' | finished' : '');
   }} catch (e) {{ document.getElementById('stats').textContent = 'disconnected'; }}
 }}
 setInterval(poll, 1000); poll();
@@ -141,6 +144,7 @@ class MJPEGServer:
         self.frames = 0
         self.viewers = 0
         self.finished = False
+        self.counts: dict[str, Any] | None = None
         self._source: Any = None
         self._cond = threading.Condition()
         self._image: np.ndarray | None = None
@@ -174,6 +178,9 @@ class MJPEGServer:
         self._times.append(now)
         if len(self._times) > 64:
             del self._times[:-64]
+        counts = getattr(prediction, "counts", None)  # line/zone counts (--count-line, --zone) for stats.json
+        if counts is not None:
+            self.counts = counts.to_json()
         if self.viewers == 0 and now - self._last_draw < 0.5:
             return
         self._last_draw = now
@@ -197,7 +204,7 @@ class MJPEGServer:
         src = self._source
         return {"frames": self.frames, "fps": round(fps, 2), "dropped": int(getattr(src, "dropped", 0) or 0),
                 "skipped": len(getattr(src, "skipped", []) or []), "viewers": self.viewers,
-                "source": self.name, "finished": self.finished}
+                "source": self.name, "finished": self.finished, "counts": self.counts}
 
     def jpeg(self, after: int = 0, timeout: float = 1.0) -> tuple[int, bytes] | None:
         """The newest frame as JPEG once its id is > ``after`` (None on timeout or when finished)."""

@@ -4,8 +4,10 @@
   from :class:`~cvapps.formats.coco.ImageIndex` (the one image-id and file-name rule; video frames
   also carry ``frame_index`` and ``timestamp``), annotations carry ``score``:
   Detections -> ``bbox`` [x, y, w, h] + ``area`` (box area; with instance masks also an RLE
-  ``segmentation``, and ``area`` is the mask's pixel count); SegmentationMask -> one RLE ``segmentation`` per
+  ``segmentation``, and ``area`` is the mask's pixel count; tracked: ``track_id``); SegmentationMask -> one RLE ``segmentation`` per
   class present + ``bbox`` + ``area``; Classification -> no annotation (images only).
+* video and stream frames: a ``videos`` list, and ``video_id`` / ``frame_id`` on their images
+  (:class:`~cvapps.formats.coco.VideoIndex`: the TAO / CocoVID layout).
 * ``results_path`` (``predictions.json``), if given: the COCO results list of the same predictions
   (bbox results, or segm results with RLE), or the one empty-result placeholder when nothing was
   found (:func:`cvapps.formats.coco.empty_results`).
@@ -23,8 +25,8 @@ from typing import Any, Sequence
 
 from pycocotools import mask as mask_utils
 
-from cvapps.formats.coco import (ImageIndex, detections_to_results, dumps, empty_results, gt_category_ids,
-                                 mask_to_results)
+from cvapps.formats.coco import (ImageIndex, VideoIndex, detections_to_results, dumps, empty_results,
+                                 gt_category_ids, mask_to_results)
 from cvapps.formats.names import parse_frame_name
 from cvapps.io.sinks.base import StagedSink
 from cvapps.structures import Classification, Detections, Frame, SegmentationMask
@@ -50,6 +52,7 @@ class CocoSink(StagedSink):
         self.images: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
         self._ids: set[int] = set()
+        self.videos = VideoIndex()  # the "videos" list: frames carry video_id and frame_id
 
     @property
     def categories(self) -> list[dict[str, Any]]:
@@ -60,7 +63,8 @@ class CocoSink(StagedSink):
         h, w = frame.image.shape[:2]
         extra = {}
         if parse_frame_name(frame.source) is not None:
-            extra = {"frame_index": frame.index, "timestamp": round(frame.timestamp, 4)}
+            extra = {"frame_index": frame.index, "timestamp": round(frame.timestamp, 4),
+                     **(self.videos.lookup(frame.source, w, h) or {})}
         image = self.index.lookup(frame.source, w, h, **extra)
         if image is None:
             return  # not in --coco-gt (counted by the index)
@@ -86,7 +90,8 @@ class CocoSink(StagedSink):
             else:
                 ann["area"] = round(r["bbox"][2] * r["bbox"][3], 2)
             anns.append(ann)
-        return {"info": self.info, "licenses": [], "images": self.images, "annotations": anns,
+        videos = {"videos": self.videos.videos} if self.videos.videos else {}
+        return {"info": self.info, "licenses": [], **videos, "images": self.images, "annotations": anns,
                 "categories": self.categories}
 
     def results_for_file(self) -> list[dict[str, Any]]:

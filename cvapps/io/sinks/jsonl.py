@@ -27,7 +27,9 @@ def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str,
 
     Detections -> {"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores", "labels", "names"},
     plus "mask_areas" (pixels per instance mask) when the model gives masks (the masks themselves go
-    to COCO RLE);
+    to COCO RLE), "track_ids" (parallel to "boxes") when tracked and "counts" ({"lines": [{"line",
+    "in", "out", "classes"}], "zones": [{"zone", "count", "classes"}]}: line totals so far and zone
+    occupancy in this frame) when counting;
     SegmentationMask -> {"classes": {name: pixel count}} (class index = mask value; the mask itself
     goes to COCO RLE / PNG);
     Classification -> {"label", "name", "score", "topk": [[label, score], ...]}.
@@ -40,6 +42,10 @@ def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str,
                "labels": labels, "names": [name(i) for i in labels]}
         if prediction.masks is not None:
             out["mask_areas"] = [int(a) for a in prediction.masks.flatten(1).sum(1).tolist()]
+        if prediction.track_ids is not None:
+            out["track_ids"] = prediction.track_ids.tolist()
+        if prediction.counts is not None:
+            out["counts"] = prediction.counts.to_json()
         return out
     if isinstance(prediction, SegmentationMask):
         values, counts = np.unique(np.asarray(prediction.mask), return_counts=True)

@@ -1,0 +1,109 @@
+"""Video analytics on top of any detector's output stream: tracking (:mod:`.tracking`), line and zone
+counting (:mod:`.counting`).
+
+:class:`Analytics` is one step applied to each ``(frame, prediction)`` in input order, after the
+predictor and before the sinks: track (ids on the Detections), then count (``Detections.counts``).
+:class:`AnalyticsPredictor` wraps a :class:`~cvapps.engine.predict.Predictor` so the runner, the
+API and pipelines use it unchanged (it has the Predictor attributes they read)::
+
+    frames -> Predictor.predict -> Analytics (track, count) -> sinks (draw, JSON lines, COCO, counts.json)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from cvapps.analytics.counting import Counter, CountsFile, parse_line, parse_zone
+from cvapps.analytics.tracking import DEFAULT_BUFFER, TRACKERS, Tracker, source_key
+from cvapps.errors import CvappsError
+from cvapps.structures import Detections, Frame
+
+__all__ = [
+    "TRACKERS",
+    "TRACK_CONF",
+    "Analytics",
+    "AnalyticsPredictor",
+    "Counter",
+    "CountsFile",
+    "Tracker",
+    "make_analytics",
+    "parse_line",
+    "parse_zone",
+    "source_key",
+]
+
+#: The detector score threshold used while tracking unless one is given: the trackers' low threshold
+#: (``track_low_thresh`` of ultralytics' tracker YAML), so ByteTrack's second association sees the
+#: low-score boxes of partly hidden objects; tracks still start only from boxes >= 0.25.
+TRACK_CONF = 0.1
+
+
+def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: str | bool | None = None,
+                   track_buffer: str | float = DEFAULT_BUFFER,
+                   count_lines: Sequence[str | Sequence[float]] = (),
+                   zones: Sequence[str | Sequence[Any]] = ()) -> Analytics | None:
+    """The analytics step asked for, or None when nothing is.
+
+    track: ``"bytetrack"``, ``"botsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4
+    numbers each (they need tracks, so they turn on bytetrack); zones: ``"x1,y1,x2,y2,x3,y3,..."``
+    or [(x, y), ...] each. detector: False refuses any of them (one-line error).
+    """
+    lines = [parse_line(c) if isinstance(c, str) else parse_line(",".join(map(str, c))) for c in count_lines]
+    polys = [parse_zone(z) if isinstance(z, str) else parse_zone(",".join(str(v) for p in z for v in p))
+             for z in zones]
+    if not (track or lines or polys):
+        return None
+    if not detector:
+        raise CvappsError("tracking and counting need a detector (Faster R-CNN, YOLO or ultralytics) model")
+    kind = "bytetrack" if track is True or (not track and lines) else track
+    tracker = Tracker(str(kind), track_buffer) if kind else None
+    counter = Counter(lines, polys, class_names) if (lines or polys) else None
+    return Analytics(tracker, counter)
+
+
+class Analytics:
+    """``analytics(frame, prediction) -> prediction``: tracked Detections with ``counts`` set.
+
+    tracker / counter: either may be None. Predictions that are not Detections pass through.
+    """
+
+    def __init__(self, tracker: Tracker | None = None, counter: Counter | None = None) -> None:
+        self.tracker, self.counter = tracker, counter
+        self.seconds = 0.0
+
+    def __call__(self, frame: Frame, prediction: Any) -> Any:
+        if not isinstance(prediction, Detections):
+            return prediction
+        t0 = time.perf_counter()
+        if self.tracker is not None:
+            prediction = self.tracker.update(frame, prediction)
+        if self.counter is not None:
+            prediction.counts = self.counter.update(frame, prediction)
+        self.seconds += time.perf_counter() - t0
+        return prediction
+
+    def stream(self, pairs: Iterable[tuple[Frame, Any]]) -> Iterator[tuple[Frame, Any]]:
+        for frame, prediction in pairs:
+            yield frame, self(frame, prediction)
+
+
+class AnalyticsPredictor:
+    """A Predictor whose ``predict`` output goes through :class:`Analytics`; every other attribute is
+    the wrapped predictor's. Time spent tracking and counting is added to the ``postprocess`` timing."""
+
+    def __init__(self, predictor: Any, analytics: Analytics) -> None:
+        self.predictor, self.analytics = predictor, analytics
+
+    @property
+    def timings(self) -> dict[str, float]:
+        timings = dict(self.predictor.timings)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + self.analytics.seconds
+        return timings
+
+    def predict(self, frames: Iterable[Frame], **options: Any) -> Iterator[tuple[Frame, Any]]:
+        return self.analytics.stream(self.predictor.predict(frames, **options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)

@@ -1,0 +1,77 @@
+"""Tracks as MOT Challenge files (:mod:`cvapps.formats.mot`), one per video or stream.
+
+``OUT/tracks/<video stem>.txt``: ``frame (from 1), track id, x, y, w, h, score, class, -1`` per
+tracked box, ``class`` being the 1-based line of ``OUT/tracks/labels.txt`` (the class names). A
+file and ``labels.txt`` zipped as ``gt/gt.txt`` + ``gt/labels.txt`` import into CVAT as tracks
+("MOT 1.1"); motmetrics and TrackEval score the file against a ``gt.txt``. Lines are appended to
+hidden temp files as frames come (memory stays flat) and moved into place on commit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cvapps.formats.mot import MotRow
+from cvapps.formats.names import parse_frame_name
+from cvapps.io.sinks.base import StagedSink, open_temp
+from cvapps.structures import Detections, Frame
+
+
+class MotTracksSink(StagedSink):
+    """Writes each tracked frame's boxes to ``folder/<video stem>.txt`` and the class names to
+    ``folder/labels.txt``; frames without track ids (still images, untracked runs) are ignored, and
+    a run with none writes nothing."""
+
+    def __init__(self, folder: str | Path, class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.folder, self.class_names = Path(folder), list(class_names)
+        self._files: dict[str, tuple[Path, Path, Any]] = {}  # video -> (final path, temp path, file)
+
+    def _file(self, video: str) -> Any:
+        if video not in self._files:
+            stem = "stream" if "://" in video else (re.sub(r"[^\w.\-]+", "_", Path(video).stem) or "video")
+            taken = {final.name for final, _, _ in self._files.values()}
+            name, n = f"{stem}.txt", 1
+            while name in taken:  # two streams (or same-named videos) get stream.txt, stream_2.txt, ...
+                n += 1
+                name = f"{stem}_{n}.txt"
+            tmp, fh = open_temp(self.folder / name)
+            self._files[video] = (self.folder / name, tmp, fh)
+        return self._files[video][2]
+
+    def write(self, frame: Frame, prediction: Any) -> None:
+        parsed = parse_frame_name(frame.source)
+        if parsed is None or not isinstance(prediction, Detections) or prediction.track_ids is None:
+            return
+        fh = self._file(parsed[0])
+        for (x1, y1, x2, y2), score, label, tid in zip(prediction.boxes.tolist(), prediction.scores.tolist(),
+                                                       prediction.labels.tolist(), prediction.track_ids.tolist()):
+            fh.write(MotRow(frame.index + 1, int(tid), (x1, y1, x2 - x1, y2 - y1), float(score), int(label) + 1).line())
+        fh.flush()
+
+    @property
+    def targets(self) -> list[Path]:
+        finals = [final for final, _, _ in self._files.values()]
+        return [*finals, self.folder / "labels.txt"] if finals else []  # no tracked video frame: no files
+
+    @property
+    def path(self) -> Path:
+        return self.folder
+
+    def prepare(self) -> None:
+        for final, tmp, fh in self._files.values():
+            if not fh.closed:
+                fh.close()
+                self.stage_file(tmp, final)
+        if self._files:
+            self.stage_text(self.folder / "labels.txt", "".join(f"{n}\n" for n in self.class_names))
+
+    def discard(self) -> None:
+        for _, tmp, fh in self._files.values():
+            if not fh.closed:
+                fh.close()
+            tmp.unlink(missing_ok=True)
+        super().discard()
