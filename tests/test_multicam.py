@@ -10,6 +10,7 @@ wait is bounded; the servers and the run are always stopped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -200,7 +201,8 @@ class FfmpegServer:
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary")
-def test_three_streams_one_killed_and_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_three_streams_one_killed_and_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
     av = pytest.importorskip("av")
     ckpt = make_checkpoint(tmp_path / "yolo.pt", "yolo_shapes.yaml", ["data.imgsz=64"], SHAPES, [1, 2, 3])
     servers = [FfmpegServer(_free_port()) for _ in range(3)]
@@ -226,6 +228,8 @@ def test_three_streams_one_killed_and_restarted(tmp_path: Path, monkeypatch: pyt
         it; stop the run once it is back."""
         try:
             wait_for(lambda: len(set(seen)) == 3, "frames of all three streams")
+            # the three opened at once and file descriptor 2 is still where it was
+            steps.append("stderr kept" if os.fstat(2).st_ino == stderr_inode else "stderr lost")
             servers[1].stop()
             steps.append("killed")
             n_kill = Counter(seen)
@@ -257,14 +261,18 @@ def test_three_streams_one_killed_and_restarted(tmp_path: Path, monkeypatch: pyt
         return model
 
     monkeypatch.setattr(cvapps.api, "load", spy_load)
+    stderr_inode = os.fstat(2).st_ino
     try:
         code = cli(["detect", str(streams), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
-                    "--batch", "3", "--reconnect", "20", "--quiet"])
+                    "--batch", "3", "--reconnect", "20"])
     finally:
         for server in servers:
             server.stop()
-    assert steps == ["killed", "restarted", "back"], steps
+    assert steps == ["stderr kept", "killed", "restarted", "back"], steps
     assert code == 0
+    # file descriptor 2 still leads to stderr at the end (the timing report is there)
+    out_text, err_text = capfd.readouterr()
+    assert "frames in" in err_text and f"wrote {out / 'predictions.jsonl'}" in out_text
 
     # one forward pass per batch, batches mixing cameras
     assert sum(batch_sizes) == len(seen) and len(batch_sizes) < len(seen)

@@ -142,19 +142,24 @@ class StreamSource(Source):
     Frame ``index`` counts frames read since start (striding applies), ``timestamp`` is the
     wall-clock time in seconds since the source was opened, or since ``t0`` (a
     ``time.monotonic()`` value) when given, so several sources can share one clock.
+    ``explain``: add FFmpeg's reason to the error when the first open fails (read from file
+    descriptor 2 meanwhile, so only where no other thread opens or prints at the same time;
+    :class:`~cvapps.io.sources.multi.MultiSource` opens its streams in parallel and turns it off).
     """
 
     is_live = True
 
     def __init__(self, url: Any, *, capture_factory: CaptureFactory | None = None, vid_stride: int = 1,
                  buffer: bool | None = None, reconnect_s: float = 10.0, queue_size: int = 64,
-                 name: str | None = None, shard: tuple[int, int] | None = None, t0: float | None = None) -> None:
+                 name: str | None = None, shard: tuple[int, int] | None = None, t0: float | None = None,
+                 explain: bool = True) -> None:
         super().__init__(name if name is not None else redact_url(str(url)), queue_size=queue_size,
                          keep_newest=not buffer, shard=shard)
         self.target = url
         self.vid_stride = vid_stride
         self.reconnect_s = reconnect_s
         self._factory = capture_factory
+        self._explain = explain
         self._cap: Capture | None = self._open_initial()
         self.fps = fps_of(self._cap)
         self.frame_size = size_of(self._cap)
@@ -178,7 +183,8 @@ class StreamSource(Source):
         """Retry with backoff for up to reconnect_s: a camera may be rebooting right now."""
         deadline = time.monotonic() + self.reconnect_s
         backoff = _BACKOFF_START_S
-        collect = NativeStderr() if self._factory is None and not isinstance(self.target, int) else None
+        explain = self._explain and self._factory is None and not isinstance(self.target, int)
+        collect = NativeStderr() if explain else None
         why = ""
         while True:
             if collect is None:

@@ -154,7 +154,8 @@ class MultiSource(Source):
         self.stems: dict[str, str] = {spec.name: spec.stem for spec in specs}
         self._stream_kwargs: dict[str, Any] = dict(
             vid_stride=vid_stride, buffer=buffer, reconnect_s=reconnect_s, queue_size=queue_size, shard=shard,
-            capture_factory=capture_factory, t0=time.monotonic())
+            capture_factory=capture_factory, t0=time.monotonic(),
+            explain=False)  # FFmpeg's reason is read by redirecting fd 2: not from parallel threads
         self._cameras = [_Camera(spec, queue_size if buffer else 1) for spec in specs]
         self._keep_all = bool(buffer)
         self._cond = threading.Condition()
