@@ -27,7 +27,7 @@ import cvapps.api
 from cvapps.cli import main as cli
 from cvapps.errors import CvappsError
 from cvapps.io.sinks import JsonLinesSink
-from cvapps.io.sources import MultiSource, is_streams_file, open_source, read_streams_file
+from cvapps.io.sources import MultiSource, is_streams_file, read_streams_file
 from cvapps.structures import Detections
 
 SAMPLE_VIDEO = ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"

@@ -157,8 +157,8 @@ def print_written(sinks: list[Any]) -> None:
     from cvapps.formats.names import safe_name
 
     for sink in sinks:
-        path = getattr(sink, "path", None)
-        for path in getattr(sink, "paths", [path]):  # a sink with many files (a video per stream) lists them
+        # a sink with many files (a video per stream) lists them in ``paths``
+        for path in getattr(sink, "paths", [getattr(sink, "path", None)]):
             if path is not None and Path(path).exists():
                 print(f"wrote {safe_name(str(path))}")
 

@@ -252,10 +252,9 @@ class StreamSource(Source):
 
     def _record_gap(self, start: float, end: float, reconnected: bool) -> None:
         """Keep one outage (``time.monotonic()`` values) as a gap event."""
-        utc = lambda t: iso_utc(self._wall0 + t - self._t0)  # noqa: E731
         event = {"event": "gap", "source": self.name, "from": round(start - self._t0, 3),
                  "to": round(end - self._t0, 3), "seconds": round(end - start, 3), "reconnected": reconnected,
-                 "from_utc": utc(start), "to_utc": utc(end)}
+                 "from_utc": iso_utc(self._wall0 + start - self._t0), "to_utc": iso_utc(self._wall0 + end - self._t0)}
         with self._events_lock:
             self.gaps.append(event)
 
