@@ -16,7 +16,9 @@ from typing import Any, Callable
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="image, folder (recursive), glob, .txt list, video file, webcam index or stream URL")
+    p.add_argument("source", help="image, folder (recursive), glob, .txt list, video file, webcam index, stream URL, "
+                                  "or a streams file (.txt, one stream URL or webcam index per line, optionally "
+                                  "followed by a name): all its streams through one batched model")
     p.add_argument("--model", required=True, help="checkpoint (.pt) to run")
     p.add_argument("--trust-model", action="store_true",
                    help="allow a model file that can only be read by a full unpickle (it can run code stored "
@@ -58,11 +60,13 @@ def _source_stem(source: str) -> str:
 
 
 def is_video_source(source: str) -> bool:
-    """A video file, webcam index or stream URL (anything whose frames are not image files)."""
+    """A video file, webcam index, stream URL or streams file (anything whose frames are not image files)."""
     from cvapps.io.images import VIDEO_EXTENSIONS
+    from cvapps.io.sources import is_streams_file
 
     text = str(source)
-    return "://" in text or text.isdigit() or Path(text.split("?")[0]).suffix.lower() in VIDEO_EXTENSIONS
+    return ("://" in text or text.isdigit() or Path(text.split("?")[0]).suffix.lower() in VIDEO_EXTENSIONS
+            or is_streams_file(text))
 
 
 def source_root(source: str) -> str | None:
@@ -74,11 +78,16 @@ def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool, bool]:
     """``(per-frame images, annotated video, COCO JSON pair)`` for detect/segment: image sources
     default to images, video and stream sources to ``OUT/<stem>.mp4`` plus the JSON pair (frames
     are not files a user can open later, so the predictions must be kept); ``--save-images`` /
-    ``--save-video`` / ``--save-json`` / ``--coco-gt`` add either, ``--no-images`` drops the images."""
+    ``--save-video`` / ``--save-json`` / ``--coco-gt`` add either, ``--no-images`` drops the images.
+    A streams file (many cameras, open-ended) keeps its predictions in JSON lines instead (written
+    as they come: :func:`common_sinks`), so the COCO pair is written only when asked for."""
+    from cvapps.io.sources import is_streams_file
+
     video_source = is_video_source(args.source)
     images = (getattr(args, "save_images", False) or not video_source) and not getattr(args, "no_images", False)
     video = bool(getattr(args, "save_video", False) or video_source)
-    json = bool(getattr(args, "save_json", False) or getattr(args, "coco_gt", None) or video_source)
+    json = bool(getattr(args, "save_json", False) or getattr(args, "coco_gt", None)
+                or (video_source and not is_streams_file(args.source)))
     return images, video, json
 
 
@@ -86,18 +95,22 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
                  video: bool | None = None, images: bool | None = None) -> list[Any]:
     """Sinks for the annotated video, annotated images (``OUT/annotated/``), --save-jsonl, --show and
     --serve (in that order). video/images: override --save-video/--save-images (detect and segment
-    decide with :func:`frame_outputs` and write their own images)."""
-    from cvapps.io.sinks import AnnotatedImages, JsonLinesSink, VideoWriterSink, make_drawer
+    decide with :func:`frame_outputs` and write their own images). A streams file gets one video
+    per stream (``OUT/<stream>.mp4``) and ``OUT/predictions.jsonl`` (with its gap events) by default."""
+    from cvapps.io.sinks import AnnotatedImages, JsonLinesSink, VideoPerSource, VideoWriterSink, make_drawer
+    from cvapps.io.sources import is_streams_file
 
     draw = draw or make_drawer(predictor.class_names)
     out = Path(args.out)
     root = source_root(args.source)
+    streams = is_streams_file(args.source)
     sinks: list[Any] = []
     if getattr(args, "save_video", False) if video is None else video:
-        sinks.append(VideoWriterSink(out / f"{_source_stem(args.source)}.mp4", draw))
+        sinks.append(VideoPerSource(out, draw) if streams else VideoWriterSink(out / f"{_source_stem(args.source)}.mp4",
+                                                                                draw))
     if getattr(args, "save_images", False) if images is None else images:
         sinks.append(AnnotatedImages(out / "annotated", draw, root=root))
-    if getattr(args, "save_jsonl", False):
+    if getattr(args, "save_jsonl", False) or streams:
         sinks.append(JsonLinesSink(out / "predictions.jsonl", predictor.class_names, root=root))
     if getattr(args, "show", False) or getattr(args, "serve", None):
         from cvapps.io.preview import MJPEGServer, PreviewWindow, exposure_warning
@@ -144,9 +157,10 @@ def print_written(sinks: list[Any]) -> None:
     from cvapps.formats.names import safe_name
 
     for sink in sinks:
-        path = getattr(sink, "path", None)
-        if path is not None and Path(path).exists():
-            print(f"wrote {safe_name(str(path))}")
+        # a sink with many files (a video per stream) lists them in ``paths``
+        for path in getattr(sink, "paths", [getattr(sink, "path", None)]):
+            if path is not None and Path(path).exists():
+                print(f"wrote {safe_name(str(path))}")
 
 
 def exit_code(report: Any) -> int:

@@ -5,7 +5,8 @@
   (``clip.mp4#frame=000123``), a stream URL is kept whole.
 * A per-frame output file (annotated image, overlay, mask) goes to ``<relative path>`` for images
   under the source folder (the input tree is mirrored), ``<file name>`` for other images and
-  ``<video stem>_<index>`` for video frames (``stream_<index>`` for URLs) (:func:`output_relpath`).
+  ``<video stem>_<index>`` for video frames (``<stream stem>_<index>`` for URLs, see
+  :func:`stream_stem`) (:func:`output_relpath`).
 * A name that is not valid UTF-8 (a file name of undecodable bytes, held by Python as lone
   surrogates) is written with those bytes backslash-escaped (``bad\\xffname.png``) so text writers
   never fail on it (:func:`safe_name`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 FRAME_TAG = "#frame="
 _FRAME = re.compile(r"^(?P<video>.*)#frame=(?P<index>\d+)$", re.DOTALL)
@@ -43,6 +45,20 @@ def _has_surrogates(text: str) -> bool:
         return False
     except UnicodeEncodeError:
         return True
+
+
+def stream_stem(name: str) -> str:
+    """A file-name stem for a stream or camera name, for its output files (one video per stream):
+    ``rtsp://user:***@cam1:554/live`` -> ``cam1_554_live`` (never the user name or password),
+    ``webcam0`` -> ``webcam0``, ``gate north`` -> ``gate_north``."""
+    text = safe_name(name)
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            text = parts.netloc.rsplit("@", 1)[-1] + parts.path + (f"?{parts.query}" if parts.query else "")
+        except ValueError:  # not a well-formed URL (e.g. a broken IPv6 host): drop the scheme only
+            text = text.split("://", 1)[1].rsplit("@", 1)[-1]
+    return re.sub(r"[^\w.\-]+", "_", text).strip("._")[:100] or "stream"
 
 
 def _under(path: str, root: str | Path | None) -> PurePosixPath | None:
@@ -75,7 +91,7 @@ def output_relpath(source: str, root: str | Path | None = None, ext: str | None 
     parsed = parse_frame_name(source)
     if parsed is not None:
         video, index = parsed
-        stem = "stream" if "://" in video else (re.sub(r"[^\w.\-]+", "_", Path(video).stem) or "video")
+        stem = stream_stem(video) if "://" in video else (re.sub(r"[^\w.\-]+", "_", Path(video).stem) or "video")
         return PurePosixPath(f"{stem}_{index:06d}{ext or '.jpg'}")
     rel = _under(source, root) or PurePosixPath(Path(source).name)
     return rel.with_suffix(ext) if ext else rel

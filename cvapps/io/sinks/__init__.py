@@ -4,7 +4,7 @@ every sink each ``(frame, prediction)`` pair in order from its writer thread and
 not at all.
 
 Modules: :mod:`base` (protocol, two-phase close), :mod:`images` (annotated images, overlays, mask
-PNGs, classification CSV), :mod:`video` (annotated mp4), :mod:`jsonl` (one JSON object per frame),
+PNGs, classification CSV), :mod:`video` (annotated H.264 mp4, one per stream for many cameras), :mod:`jsonl` (one JSON object per frame),
 :mod:`coco` (the one COCO sink). Drawing lives in :mod:`cvapps.io.draw`.
 """
 
@@ -13,8 +13,8 @@ from cvapps.io.sinks.base import Sink, StagedSink, close_all
 from cvapps.io.sinks.coco import CocoSink
 from cvapps.io.sinks.images import AnnotatedImages, ClassificationCSV, MaskImages, OverlayImages
 from cvapps.io.sinks.jsonl import JsonLinesSink, prediction_to_json
-from cvapps.io.sinks.video import VideoWriterSink, count_video_frames
+from cvapps.io.sinks.video import VideoPerSource, VideoWriterSink, count_video_frames, h264_unavailable
 
 __all__ = ["AnnotatedImages", "ClassificationCSV", "CocoSink", "Draw", "JsonLinesSink", "MaskImages", "OverlayImages",
-           "Sink", "StagedSink", "VideoWriterSink", "close_all", "count_video_frames", "draw_prediction",
-           "make_drawer", "prediction_to_json"]
+           "Sink", "StagedSink", "VideoPerSource", "VideoWriterSink", "close_all", "count_video_frames",
+           "draw_prediction", "h264_unavailable", "make_drawer", "prediction_to_json"]

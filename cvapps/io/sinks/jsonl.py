@@ -1,7 +1,17 @@
 """``predictions.jsonl``: one JSON object per frame, in order::
 
     {"source": "...", "file_name": "video.mp4#frame=000012", "index": 12, "timestamp": 0.5,
-     "width": 320, "height": 240, "prediction": {...}}   # see prediction_to_json
+     "width": 320, "height": 240, "stream": "...", "prediction": {...}}   # see prediction_to_json
+
+``source`` is the frame's full name (``<video or stream>#frame=<index>`` for video and stream frames,
+else the image path); ``stream`` (video and stream frames only) is the video or stream it came from,
+which tells the cameras of a many-stream run apart.
+
+A live source's outages are lines of their own (from the source's ``take_events()``, see
+:mod:`cvapps.io.sources.live`): ``{"event": "gap", "source": <stream>, "from": 12.3, "to": 15.9,
+"seconds", "reconnected", "from_utc", "to_utc"}``, written just before that stream's first frame
+after the gap (or at the end, for a stream that never came back); ``from``/``to`` are on the
+frames' ``timestamp`` clock. Readers tell the two kinds of line apart by ``"event"``.
 
 Lines are appended to a hidden temp file as they come (flushed, so memory stays flat) and the file
 is moved into place on commit, so the final name only ever holds whole lines. Names that are not
@@ -13,11 +23,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cvapps.formats.names import frame_file_name, safe_name
+from cvapps.formats.names import frame_file_name, parse_frame_name, safe_name
 from cvapps.io.sinks.base import StagedSink, open_temp
 from cvapps.structures import Classification, Detections, Frame, SegmentationMask
 
@@ -63,19 +73,51 @@ class JsonLinesSink(StagedSink):
         self.path, self.class_names, self.root = Path(path), list(class_names), root
         self._tmp, self._fh = open_temp(self.path)
         self.lines = 0
+        self.events = 0
+        self._take_events: Callable[[], list[dict[str, Any]]] | None = None
+        self._pending: list[dict[str, Any]] = []
+
+    def start(self, source: Any) -> None:
+        """Collect the source's events (gaps of live sources), if it has any."""
+        take = getattr(source, "take_events", None)
+        self._take_events = take if callable(take) else None
 
     def write(self, frame: Frame, prediction: Any) -> None:
         h, w = frame.image.shape[:2]
+        parsed = parse_frame_name(frame.source)
+        stream = parsed[0] if parsed is not None else None
+        self._write_events(stream, frame.timestamp)
         record = {"source": safe_name(frame.source), "file_name": frame_file_name(frame.source, self.root),
-                  "index": frame.index, "timestamp": round(frame.timestamp, 4), "width": w, "height": h,
-                  "prediction": prediction_to_json(prediction, self.class_names)}
+                  "index": frame.index, "timestamp": round(frame.timestamp, 4), "width": w, "height": h}
+        if stream is not None:
+            record["stream"] = safe_name(stream)
+        record["prediction"] = prediction_to_json(prediction, self.class_names)
         self.write_record(record)
+
+    def _write_events(self, stream: str | None, timestamp: float | None) -> None:
+        """Write the events due before a frame of ``stream`` at ``timestamp``: its gaps that ended by
+        then (frames wait in queues, so a gap is known before the frames read ahead of it are written);
+        with ``stream=None`` every pending event (the end of the run)."""
+        if self._take_events is not None:
+            self._pending += self._take_events()
+        keep = []
+        for event in self._pending:
+            due = stream is None or (event.get("source") == stream and event.get("to", 0.0) <= timestamp + 1e-3)
+            if not due:
+                keep.append(event)
+                continue
+            self._append({**event, "source": safe_name(str(event.get("source", "")))})
+            self.events += 1
+        self._pending = keep
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Append any JSON-serialisable dict as one line (for pipelines with their own records)."""
+        self._append(record)
+        self.lines += 1
+
+    def _append(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
-        self.lines += 1
 
     @property
     def targets(self) -> list[Path]:
@@ -83,6 +125,7 @@ class JsonLinesSink(StagedSink):
 
     def prepare(self) -> None:
         if not self._fh.closed:
+            self._write_events(None, None)
             self.stage_file(self._tmp, self.path)
             try:
                 self._fh.flush()

@@ -21,8 +21,11 @@ manager (or call ``close()``) to stop the thread and release captures.
 folder or video without coordination; items outside the shard are never decoded (image files
 are not opened, video frames are grabbed but not decoded).
 
+A streams file (``.txt``, one URL or webcam index per line) opens every stream at once and
+interleaves their frames (:mod:`cvapps.io.sources.multi`), for one batched model over many cameras.
+
 Modules: ``base`` (Source, shards), ``files`` (still images), ``video`` (video files),
-``live`` (streams, webcams); :func:`open_source` picks one.
+``live`` (streams, webcams), ``multi`` (many streams as one); :func:`open_source` picks one.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from cvapps.errors import CvappsError
 from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from cvapps.io.sources.base import Capture, CaptureFactory, Source, check_shard, parse_shard
 from cvapps.io.sources.files import ImageFilesSource, expand_paths, glob_images, iter_image_files, txt_lines
-from cvapps.io.sources.live import StreamSource, WebcamSource, redact_url
+from cvapps.io.sources.live import StreamSource, WebcamSource, is_url, redact_url
+from cvapps.io.sources.multi import MultiSource, StreamSpec, is_streams_file, read_streams_file
 from cvapps.io.sources.video import VideoSource
 
 __all__ = [
@@ -49,6 +53,10 @@ __all__ = [
     "VideoSource",
     "StreamSource",
     "WebcamSource",
+    "MultiSource",
+    "StreamSpec",
+    "is_streams_file",
+    "read_streams_file",
     "open_source",
     "is_url",
     "iter_image_files",
@@ -60,12 +68,6 @@ __all__ = [
 STREAM_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(spec: str) -> bool:
-    """True for anything of the form ``scheme://...``: read as a live stream, never as a file."""
-    return bool(_URL.match(spec.strip()))
 
 
 def open_source(
@@ -83,7 +85,9 @@ def open_source(
     a ``.txt`` file with one path per line (relative to the txt's folder; blank lines and ``#``
     comments skipped); a list of paths; a video file (by extension); a webcam index (``0`` or
     ``"0"``); or a URL (anything with ``://``: rtsp, http, udp...), always read as a live stream
-    (reconnect, keep-newest, timeouts), even ``http://host/clip.mp4``. ``buffer=None`` means
+    (reconnect, keep-newest, timeouts), even ``http://host/clip.mp4``; or a streams file (a
+    ``.txt`` whose every line is a URL or webcam index): all its streams interleaved
+    (:class:`~cvapps.io.sources.multi.MultiSource`). ``buffer=None`` means
     keep-newest for live sources; files never drop frames. ``shard``: ``(i, n)`` or ``"i/n"``,
     keep items i, i+n, ... (files, or video frames after ``vid_stride``).
     """
@@ -122,6 +126,8 @@ def open_source(
         return ImageFilesSource(s, lambda skip: iter_image_files(local, skip), **files_kwargs)
     if os.path.exists(local):
         suffix = os.path.splitext(local)[1].lower()
+        if suffix == ".txt" and is_streams_file(local):
+            return MultiSource(read_streams_file(local), name=s, **live_kwargs)
         if suffix == ".txt":
             txt = Path(local)
             if not txt.is_file():
@@ -153,6 +159,8 @@ def local_inputs(spec: Any) -> tuple[list[str], list[str]]:
         return [], []
     else:
         s = os.path.expanduser(os.fspath(spec).strip())
+        if is_streams_file(s):
+            return [s], []  # the list itself; its streams read nothing local
         if not s or is_url(s) or (re.fullmatch(r"\d+", s) and not os.path.exists(s)):
             return [], []
         entries = [s] if os.path.exists(s) else list(glob_images(s)) if _GLOB_MAGIC.search(s) else []

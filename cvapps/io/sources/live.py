@@ -5,6 +5,13 @@ opened with FFmpeg open/read timeouts tied to ``reconnect_s``, so a frozen or st
 the run (or is reconnected) within about ``reconnect_s`` seconds instead of OpenCV's internal
 ~30 s. A stream that never yields a decodable frame is an error naming the source and, where
 FFmpeg said why, its complaint.
+
+Each outage (reads failed after at least one frame, until the next frame or the end) is kept as a
+gap event, ``{"event": "gap", "source", "from", "to", "seconds", "reconnected", "from_utc",
+"to_utc"}``: ``from``/``to`` are on the frames' ``timestamp`` clock (the last frame before the
+outage, the first one after it or the moment the source gave up or was stopped). Nothing is
+invented for the outage: no frames are yielded while it lasts. :meth:`StreamSource.take_events`
+hands new events over (the JSON-lines sink writes them).
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,6 +52,19 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(spec: str) -> bool:
+    """True for anything of the form ``scheme://...``: read as a live stream, never as a file."""
+    return bool(_URL.match(spec.strip()))
+
+
+def iso_utc(seconds: float) -> str:
+    """``time.time()`` seconds as ISO 8601 UTC with milliseconds: ``2026-11-23T13:40:00.123Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _timeout_ms(seconds: float) -> int:
@@ -118,24 +140,34 @@ class StreamSource(Source):
     :class:`CvappsError`. ``capture_factory(target)`` must return an object with
     ``isOpened/read/get/release`` (FFmpeg with timeouts by default; tests inject fakes).
     Frame ``index`` counts frames read since start (striding applies), ``timestamp`` is the
-    wall-clock time in seconds since the source was opened.
+    wall-clock time in seconds since the source was opened, or since ``t0`` (a
+    ``time.monotonic()`` value) when given, so several sources can share one clock.
+    ``explain``: add FFmpeg's reason to the error when the first open fails (read from file
+    descriptor 2 meanwhile, so only where no other thread opens or prints at the same time;
+    :class:`~cvapps.io.sources.multi.MultiSource` opens its streams in parallel and turns it off).
     """
 
     is_live = True
 
     def __init__(self, url: Any, *, capture_factory: CaptureFactory | None = None, vid_stride: int = 1,
                  buffer: bool | None = None, reconnect_s: float = 10.0, queue_size: int = 64,
-                 name: str | None = None, shard: tuple[int, int] | None = None) -> None:
+                 name: str | None = None, shard: tuple[int, int] | None = None, t0: float | None = None,
+                 explain: bool = True) -> None:
         super().__init__(name if name is not None else redact_url(str(url)), queue_size=queue_size,
                          keep_newest=not buffer, shard=shard)
         self.target = url
         self.vid_stride = vid_stride
         self.reconnect_s = reconnect_s
         self._factory = capture_factory
+        self._explain = explain
         self._cap: Capture | None = self._open_initial()
         self.fps = fps_of(self._cap)
         self.frame_size = size_of(self._cap)
-        self._t0 = time.monotonic()
+        self._t0 = time.monotonic() if t0 is None else t0
+        self._wall0 = time.time() - (time.monotonic() - self._t0)  # the wall-clock time of _t0
+        self.gaps: list[dict[str, Any]] = []  # every gap event so far (take_events hands out new ones)
+        self._events_taken = 0
+        self._events_lock = threading.Lock()
 
     def _try_open(self, deadline: float) -> Capture | None:
         if self._factory is not None:
@@ -151,7 +183,8 @@ class StreamSource(Source):
         """Retry with backoff for up to reconnect_s: a camera may be rebooting right now."""
         deadline = time.monotonic() + self.reconnect_s
         backoff = _BACKOFF_START_S
-        collect = NativeStderr() if self._factory is None and not isinstance(self.target, int) else None
+        explain = self._explain and self._factory is None and not isinstance(self.target, int)
+        collect = NativeStderr() if explain else None
         why = ""
         while True:
             if collect is None:
@@ -187,16 +220,22 @@ class StreamSource(Source):
     def _produce(self) -> Iterator[Frame]:
         index = 0
         last_frame_at = time.monotonic()
+        outage_since: float | None = None  # last frame's time while reads fail after a first frame
         while not self._stop.is_set():
             cap = self._cap
             ok, image = cap.read() if cap is not None else (False, None)
             if ok and image is not None:
                 last_frame_at = time.monotonic()
+                if outage_since is not None:
+                    self._record_gap(outage_since, last_frame_at, reconnected=True)
+                    outage_since = None
                 if index % self.vid_stride == 0 and self._in_shard(index // self.vid_stride):
                     yield Frame(image=image, source=f"{self.name}#frame={index:06d}", index=index,
                                 timestamp=last_frame_at - self._t0)
                 index += 1
                 continue
+            if index > 0 and outage_since is None:
+                outage_since = last_frame_at
             # The stream stalled or ended: drop this capture and try to get a fresh one.
             self._release()
             cap = self._reconnect(last_frame_at)
@@ -205,9 +244,26 @@ class StreamSource(Source):
             # last_frame_at is refreshed only by real frames, so a stream that opens but never
             # delivers still ends after reconnect_s.
             self._cap = cap
+        if outage_since is not None:  # gave up, or stopped while the stream was down
+            self._record_gap(outage_since, time.monotonic(), reconnected=False)
         if index == 0 and not self._stop.is_set():
             raise CvappsError(f"stream {self.name}: no decodable video frame (it opened, but nothing "
                               f"could be decoded within {self.reconnect_s:g} s)")
+
+    def _record_gap(self, start: float, end: float, reconnected: bool) -> None:
+        """Keep one outage (``time.monotonic()`` values) as a gap event."""
+        event = {"event": "gap", "source": self.name, "from": round(start - self._t0, 3),
+                 "to": round(end - self._t0, 3), "seconds": round(end - start, 3), "reconnected": reconnected,
+                 "from_utc": iso_utc(self._wall0 + start - self._t0), "to_utc": iso_utc(self._wall0 + end - self._t0)}
+        with self._events_lock:
+            self.gaps.append(event)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Gap events recorded since the last call (thread-safe; the reader thread records them)."""
+        with self._events_lock:
+            new = self.gaps[self._events_taken:]
+            self._events_taken = len(self.gaps)
+        return new
 
     def _release(self) -> None:
         cap, self._cap = self._cap, None
@@ -220,7 +276,8 @@ class WebcamSource(StreamSource):
 
     def __init__(self, index: int, **kwargs: Any) -> None:
         self.index = index
-        super().__init__(index, name=f"webcam{index}", **kwargs)
+        kwargs.setdefault("name", f"webcam{index}")
+        super().__init__(index, **kwargs)
 
     def _open_initial(self) -> Capture:
         cap = self._try_open(time.monotonic())
