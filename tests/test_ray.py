@@ -21,20 +21,19 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from cvapps.api import load  # noqa: E402
-from cvapps.engine.manifest import Manifest, decode_prediction, encode_prediction  # noqa: E402
-from cvapps.engine.ray_predict import MANIFEST, plan_items, run_ray  # noqa: E402
-from cvapps.errors import CvappsError  # noqa: E402
-from cvapps.formats.coco import ImageIndex  # noqa: E402
-from cvapps.io.sinks import CocoSink, JsonLinesSink, close_all  # noqa: E402
-from cvapps.io.sources import open_source  # noqa: E402
+from cvapps.api import load
+from cvapps.engine.manifest import Manifest, decode_prediction, encode_prediction
+from cvapps.engine.ray_predict import MANIFEST, plan_items, run_ray
+from cvapps.errors import CvappsError
+from cvapps.formats.coco import ImageIndex
+from cvapps.io.sinks import CocoSink, JsonLinesSink, close_all
+from cvapps.io.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "sample_data" / "models" / "detect.pt"
 IMAGES = REPO / "sample_data" / "shapes" / "images" / "val"
 VIDEO = REPO / "sample_data" / "shapes" / "video" / "shapes.mp4"
 OPTIONS = {"conf": 0.25, "iou": 0.5, "max_det": 300}
-CHUNK = 64  # video frames per read task: 240 frames -> 4 ranges
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +104,9 @@ def reference(inputs, tmp_path_factory) -> Path:
 
 
 def test_ray_matches_single_process(ray_session, inputs, reference, tmp_path):
-    predictor = load(MODEL, device="cpu").predictor
     out = tmp_path / "ray"
-    report = run_ray(str(MODEL), str(inputs), _sinks(predictor, out), out, actors=2, options=OPTIONS,
-                     device="cpu", chunk=CHUNK, progress=False)
+    # the API of `cvapps detect LIST --ray --ray-actors 2 --save-jsonl`: the same sinks as _sinks
+    report = load(MODEL, device="cpu").predict_ray(str(inputs), out, actors=2, save_jsonl=True, **OPTIONS)
     got = json.loads((out / "predictions_coco.json").read_text())
     want = json.loads((reference / "predictions_coco.json").read_text())
     assert report.processed == 12 + 240 and report.predicted == 12 + 240 and report.resumed == 0
@@ -192,7 +190,19 @@ def test_encoded_predictions_round_trip():
 def test_plan_refuses_streams_and_splits_videos(inputs):
     with pytest.raises(CvappsError, match="not live streams"):
         plan_items("rtsp://camera/1")
-    items, skipped = plan_items(str(inputs), chunk=100)
+    items, _ = plan_items(str(inputs), chunk=100)
     videos = [(it.start, it.end) for it in items if it.kind == "video"]
     assert videos == [(0, 100), (100, 200), (200, -1)]
     assert [Path(it.path).name for it in items if it.kind == "image"][-1] == "shapes_000011.jpg"
+
+
+def test_cli_ray_errors_are_one_line(inputs, tmp_path, monkeypatch, capsys):
+    from cvapps.cli import main
+
+    base = ["detect", str(inputs), "--model", str(MODEL), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]
+    assert main([*base, "--ray", "--save-images"]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --ray writes JSON/CSV outputs only: drop --save-images (or run without --ray)"]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main([*base, "--ray"]) != 0
+    assert capsys.readouterr().err.strip().splitlines() == ['error: --ray needs Ray Data: pip install "cvapps[ray]"']

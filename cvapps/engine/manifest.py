@@ -99,7 +99,7 @@ class Manifest:
         self._fh: Any = None
         self._last_sync = 0.0
 
-    def __enter__(self) -> "Manifest":
+    def __enter__(self) -> Manifest:
         self.open()
         return self
 

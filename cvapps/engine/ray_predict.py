@@ -27,26 +27,34 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from cvapps.engine.device import progress_interval
 from cvapps.engine.manifest import Manifest, decode_prediction
-from cvapps.engine.ray_workers import PredictActor, decode_items, item_rows
+from cvapps.engine.ray_read import decode_items, item_rows
+from cvapps.engine.ray_workers import PredictActor
 from cvapps.engine.runner import RunReport
 from cvapps.errors import CvappsError
+from cvapps.formats.coco import ImageIndex
 from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from cvapps.io.sinks import AnnotatedImages, MaskImages, OverlayImages, VideoWriterSink, close_all
+from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
+                              VideoWriterSink, close_all)
 from cvapps.io.sources import is_url
 from cvapps.io.sources.files import expand_paths, glob_images, iter_image_files, txt_lines
 from cvapps.structures import Frame
 
 MANIFEST = "ray_manifest.jsonl"
 INSTALL = 'pip install "cvapps[ray]"'
+# Bigger blocks and calls amortise Ray's per-task and per-call costs (measured on 2 CPUs: 8/8 -> 32/32
+# raised one actor's steady rate by a third); they stay small enough to stream.
+BLOCK_IMAGES = 32  # images per read task
+CALL_FRAMES = 32  # frames per actor call (the predictor still runs them `batch` at a time)
 READ_CPUS = 0.5  # Ray CPUs a read task asks for (see _dataset)
 PIXEL_SINKS = (AnnotatedImages, OverlayImages, MaskImages, VideoWriterSink)
 
@@ -59,6 +67,8 @@ class RayReport(RunReport):
     predicted: int = 0
     items: int = 0
     resumed: int = 0
+    first_result_s: float = 0.0  # from the start of the call to the first finished item (Ray and actor start-up)
+    predict_s: float = 0.0  # from the start of the call to the last finished item
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ def import_ray() -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read when ray starts: no usage report
     try:
         import ray  # lazy: optional heavy package
-        import ray.data  # noqa: F401 - the Data library ships in the ray[data] extra
+        import ray.data
     except ImportError:
         raise CvappsError(f"--ray needs Ray Data: {INSTALL}") from None
     return ray
@@ -89,7 +99,7 @@ def import_ray() -> Any:
 def _video_ranges(path: str, chunk: int) -> list[tuple[int, int]]:
     """``[(start, end)]`` ranges of ``chunk`` frames; the last one runs to the end of the file (-1), so a
     frame count the container under-reports loses nothing (one over-reported gives an empty range)."""
-    import cv2  # noqa: PLC0415 - heavy, and only needed for videos
+    import cv2
 
     cap = cv2.VideoCapture(path)
     try:
@@ -108,7 +118,7 @@ def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str
     them, so frame names and file names in the outputs agree. Live streams and webcams are refused.
     """
     skipped: list[tuple[str, str]] = []
-    skip = lambda path, reason: skipped.append((path, reason))  # noqa: E731
+    skip = lambda path, reason: skipped.append((path, reason))
     if isinstance(source, (list, tuple)):
         paths = expand_paths(iter([os.fspath(p) for p in source]), skip)
     else:
@@ -173,8 +183,9 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
     images = [it for it in todo if it.kind == "image"]
     videos = [it for it in todo if it.kind == "video"]
     parts = []
-    if images:  # about one read task per `batch` images; each video range is a read task of its own
-        parts.append(ray.data.from_items(item_rows(images), override_num_blocks=max(1, -(-len(images) // batch))))
+    if images:  # one read task per BLOCK_IMAGES images; each video range is a read task of its own
+        blocks = max(1, -(-len(images) // BLOCK_IMAGES))
+        parts.append(ray.data.from_items(item_rows(images), override_num_blocks=blocks))
     if videos:
         parts.append(ray.data.from_items(item_rows(videos), override_num_blocks=len(videos)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
@@ -188,7 +199,7 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
     ds = ds.map_batches(decode_items, batch_size=1, num_cpus=read_cpus,
                         fn_kwargs={"vid_stride": vid_stride, "max_file_mb": max_file_mb})
     return ds.map_batches(
-        PredictActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
+        PredictActor, batch_size=max(batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model,
                                "device": device, "batch": batch, "trust": trust, "options": options},
         num_cpus=1, num_gpus=1 if want_gpu else 0)
@@ -202,6 +213,7 @@ class _Collect:
         self.manifest, self.bar = manifest, bar
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.frames = 0
+        self.first_t = self.last_t = None  # perf_counter of the first and the last finished item
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         for i in range(len(batch["key"])):
@@ -226,12 +238,14 @@ class _Collect:
             self.frames += len(frames)
         self.manifest.append(record)
         self.bar.update(1)
+        self.last_t = time.perf_counter()
+        self.first_t = self.first_t or self.last_t
 
 
 class _SigtermToInterrupt:
     """SIGTERM stops the driver like Ctrl-C (main thread only): the manifest keeps what was done."""
 
-    def __enter__(self) -> "_SigtermToInterrupt":
+    def __enter__(self) -> _SigtermToInterrupt:
         self.previous = None
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, self._raise)
@@ -315,6 +329,8 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
             finally:
                 bar.close()
             report.predicted, report.items, report.resumed = collect.frames, len(items), len(items) - len(todo)
+            if collect.first_t is not None:
+                report.first_result_s, report.predict_s = collect.first_t - t0, collect.last_t - t0
             if report.interrupted is None:
                 _replay(items, manifest, sinks, report)
         committed = report.interrupted is None
@@ -338,6 +354,7 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts items
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         weights = None if data is None else ray.put(data)  # stored once, fetched once per actor
         ds = _dataset(ray, todo, weights, model, actors=actors, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -345,3 +362,21 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
     finally:
         if started:
             ray.shutdown()
+
+
+def predict_files(model: str, task: str, class_names: list[str], category_ids: list[int], source: Any,
+                  out: str | Path, *, save_jsonl: bool = False, **kwargs: Any) -> RayReport:
+    """:func:`run_ray` into the files ``cvapps classify|segment|detect SOURCE --ray`` writes to ``out``:
+    ``predictions.csv`` for classifiers (top-k from ``options["topk"]``, default 3), else
+    ``predictions.json`` + ``predictions_coco.json``; ``predictions.jsonl`` too with save_jsonl."""
+    out = Path(out)
+    root = os.fspath(source) if isinstance(source, (str, os.PathLike)) and os.path.isdir(source) else None
+    if task == "classify":
+        topk = int((kwargs.get("options") or {}).get("topk", 3))
+        sinks: list[Any] = [ClassificationCSV(out / "predictions.csv", class_names, topk)]
+    else:
+        sinks = [CocoSink(out / "predictions_coco.json", class_names, category_ids,
+                          results_path=out / "predictions.json", index=ImageIndex(root, None))]
+    if save_jsonl:
+        sinks.append(JsonLinesSink(out / "predictions.jsonl", class_names, root=root))
+    return run_ray(model, source, sinks, out, **kwargs)
