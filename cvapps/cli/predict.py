@@ -171,6 +171,8 @@ def _run_ray(args: argparse.Namespace, sinks: list[Any], options: dict[str, Any]
                      options=options, vid_stride=args.vid_stride, batch=args.batch, device=args.device,
                      trust=args.trust_model, max_file_mb=getattr(args, "max_file_mb", None),
                      progress=not args.quiet)
+    if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
+        raise KeyboardInterrupt
     if not args.quiet:
         print(f"ray: predicted {report.predicted} frames in {report.wall_s:.2f} s; {report.resumed} of "
               f"{report.items} items were done by an earlier run", file=sys.stderr)

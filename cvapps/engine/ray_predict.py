@@ -194,6 +194,10 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
     # Read tasks take half a CPU, so two run beside each actor's core; a resource request unlike the
     # actors' also keeps Ray Data from fusing them into the actors. With no CPU left beside the
     # actors, reading is fused into them instead (the same request), or the read tasks would wait forever.
+    have = resources.get("GPU", 0) if want_gpu else resources.get("CPU", 0)
+    if have < actors:  # Ray Data would wait for the missing actors forever
+        raise CvappsError(f"--ray-actors {actors} needs {actors} {'GPUs' if want_gpu else 'CPUs'}; the Ray cluster "
+                          f"has {have:g}")
     spare = resources.get("CPU", 0) - actors
     read_cpus = READ_CPUS if spare >= READ_CPUS else 1
     ds = ds.map_batches(decode_items, batch_size=1, num_cpus=read_cpus,
@@ -337,7 +341,7 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
     finally:
         errors = close_all(sinks, commit=committed)
         report.wall_s = time.perf_counter() - t0
-    if errors:
+    if errors and committed:  # (an interrupted run discards its staged files on purpose)
         raise CvappsError(errors[-1])
     if report.interrupted:
         print(f"stopped by {report.interrupted}: {len(manifest.done)} of {len(items)} items are done "
