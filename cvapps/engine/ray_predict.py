@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -99,8 +100,6 @@ def import_ray() -> Any:
 def _video_ranges(path: str, chunk: int) -> list[tuple[int, int]]:
     """``[(start, end)]`` ranges of ``chunk`` frames; the last one runs to the end of the file (-1), so a
     frame count the container under-reports loses nothing (one over-reported gives an empty range)."""
-    import cv2
-
     cap = cv2.VideoCapture(path)
     try:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
