@@ -214,18 +214,20 @@ class _Collect:
 
     def __init__(self, manifest: Manifest, bar: tqdm) -> None:
         self.manifest, self.bar = manifest, bar
-        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
         self.frames = 0
         self.first_t = self.last_t = None  # perf_counter of the first and the last finished item
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         for i in range(len(batch["key"])):
             key = str(batch["key"][i])
-            rows = self.pending.setdefault(key, [])
-            rows.append({k: batch[k][i] for k in ("status", "source", "index", "timestamp", "width", "height",
-                                                  "prediction")})
+            if key in self.manifest.done:  # already recorded (a retried task can deliver rows twice)
+                continue
+            rows = self.pending.setdefault(key, {})  # by frame index: a row delivered twice counts once
+            rows[int(batch["index"][i])] = {k: batch[k][i] for k in ("status", "source", "index", "timestamp",
+                                                                    "width", "height", "prediction")}
             if len(rows) == int(batch["count"][i]):
-                self._finish(key, self.pending.pop(key))
+                self._finish(key, list(self.pending.pop(key).values()))
 
     def _finish(self, key: str, rows: list[dict[str, Any]]) -> None:
         status = str(rows[0]["status"])
