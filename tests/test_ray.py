@@ -206,3 +206,16 @@ def test_cli_ray_errors_are_one_line(inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main([*base, "--ray"]) != 0
     assert capsys.readouterr().err.strip().splitlines() == ['error: --ray needs Ray Data: pip install "cvapps[ray]"']
+
+
+def test_video_range_equals_the_video_source():
+    """A frame range read after a seek (with a stride) = the same frames of a VideoSource read from the start."""
+    import numpy as np
+
+    from cvapps.engine.ray_read import video_frames
+
+    with open_source(str(VIDEO), vid_stride=3) as src:
+        want = [(f.source, f.index, f.timestamp, f.image) for f in src if 100 <= f.index < 160]
+    got = list(video_frames(str(VIDEO), 100, 160, vid_stride=3))
+    assert [g[:3] for g in got] == [w[:3] for w in want] and len(got) == 20
+    assert all(np.array_equal(g[3], w[3]) for g, w in zip(got, want))
