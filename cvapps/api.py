@@ -7,6 +7,7 @@
     model = cvapps.load("runs/yolo_shapes/best.pt")         # or an exported .onnx, or yolov8n.pt
     for r in model.predict("images/", stream=True):          # lazily, one Result per frame
         print(r.source, r.boxes, r.scores, r.labels)         # xyxy original pixels
+    model.predict_ray("images/", "runs/ray", actors=4)       # on Ray Data into COCO files, resumable
     run = cvapps.train("configs/classify_shapes.yaml", overrides={"train.epochs": 1})
 
 Everything goes through the library's one home for each job: models are loaded by
