@@ -7,6 +7,7 @@
     model = cvapps.load("runs/yolo_shapes/best.pt")         # or an exported .onnx, or yolov8n.pt
     for r in model.predict("images/", stream=True):          # lazily, one Result per frame
         print(r.source, r.boxes, r.scores, r.labels)         # xyxy original pixels
+    model.predict_ray("images/", "runs/ray", actors=4)       # on Ray Data into COCO files, resumable
     run = cvapps.train("configs/classify_shapes.yaml", overrides={"train.epochs": 1})
 
 Everything goes through the library's one home for each job: models are loaded by
@@ -31,6 +32,7 @@ from cvapps.analytics import TRACK_CONF, Analytics, AnalyticsPredictor, make_ana
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import LoadedModel, load_model
 from cvapps.engine.predict import Predictor
+from cvapps.engine.ray_predict import RayReport, predict_files
 from cvapps.engine.train import TrainResult
 from cvapps.engine.train import train as _train
 from cvapps.errors import CvappsError
@@ -123,6 +125,22 @@ class Model:
         return results if stream else list(results)
 
     __call__ = predict
+
+    def predict_ray(self, source: Any, out: str | os.PathLike[str], *, address: str | None = None, actors: int = 1,
+                    save_jsonl: bool = False, **options: Any) -> RayReport:
+        """Predict ``source`` on Ray Data into files in ``out``, as ``cvapps classify|segment|detect SOURCE
+        --ray [ADDRESS] --ray-actors N --out OUT`` (``pip install "cvapps[ray]"``; see
+        :func:`cvapps.engine.ray_predict.run_ray`): ``predictions.csv`` for classifiers, else
+        ``predictions.json`` + ``predictions_coco.json``, and ``predictions.jsonl`` with save_jsonl.
+        Resumable: calling it again after a crash predicts only what ``OUT/ray_manifest.jsonl`` lacks.
+        options: ``vid_stride`` for the source, the rest for the task (``conf``, ``iou``, ``topk``...).
+        Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
+        """
+        vid_stride = int(options.pop("vid_stride", 1))
+        return predict_files(str(self.path), self.task, self.names, self.category_ids, source, out,
+                             save_jsonl=save_jsonl, address=address, actors=actors, options=options,
+                             vid_stride=vid_stride, batch=self.loaded.batch, device=self.loaded.device,
+                             trust=self._trust, progress=False)
 
     def _results(self, frames: Iterable[Frame], options: dict[str, Any],
                  analytics: Analytics | None = None) -> Iterator[Result]:

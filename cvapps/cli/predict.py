@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from cvapps.errors import CvappsError
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="image, folder (recursive), glob, .txt list, video file, webcam index, stream URL, "
@@ -36,6 +38,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="process only items I, I+N, I+2N, ... (0-based I); run N processes with I=0..N-1 "
                         "to split a folder or video")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="predict on Ray Data (pip install \"cvapps[ray]\"): parallel read tasks and a pool of "
+                        "predictor actors; SOURCE a folder, glob, .txt list or video(s). No ADDRESS: a local Ray "
+                        "instance; 'auto' or ray://HOST:10001: an existing cluster. Writes the JSON/CSV outputs "
+                        "once all is done; OUT/ray_manifest.jsonl records finished items, so rerunning the same "
+                        "command after a crash or Ctrl-C predicts only what is missing")
+    p.add_argument("--ray-actors", type=int, default=1, metavar="N",
+                   help="predictor actors with --ray, each loading the model once (one GPU each on a GPU "
+                        "cluster; default 1)")
     p.add_argument("--buffer", action="store_true",
                    help="live sources (webcam, stream URL): keep every frame instead of only the newest")
     p.add_argument("--reconnect", type=float, default=10.0, metavar="SECONDS",
@@ -83,6 +94,8 @@ def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool, bool]:
     as they come: :func:`common_sinks`), so the COCO pair is written only when asked for."""
     from cvapps.io.sources import is_streams_file
 
+    if getattr(args, "ray", None):  # Ray runs write data files only (see cvapps.engine.ray_predict)
+        return False, False, True
     video_source = is_video_source(args.source)
     images = (getattr(args, "save_images", False) or not video_source) and not getattr(args, "no_images", False)
     video = bool(getattr(args, "save_video", False) or video_source)
@@ -100,6 +113,18 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     from cvapps.io.sinks import AnnotatedImages, JsonLinesSink, VideoPerSource, VideoWriterSink, make_drawer
     from cvapps.io.sources import is_streams_file
 
+    if getattr(args, "ray", None):
+        asked = [flag for flag, on in (("--save-video", getattr(args, "save_video", False)),
+                                       ("--save-images", getattr(args, "save_images", False)),
+                                       ("--show", getattr(args, "show", False)),
+                                       ("--serve", getattr(args, "serve", None)), ("--shard", getattr(args, "shard", None)),
+                                       ("--track", getattr(args, "track", None)),
+                                       ("--count-line", getattr(args, "count_line", None)),
+                                       ("--zone", getattr(args, "zone", None)))
+                 if on]
+        if asked:
+            raise CvappsError(f"--ray writes JSON/CSV outputs only: drop {', '.join(asked)} (or run without --ray)")
+        video = images = False
     draw = draw or make_drawer(predictor.class_names)
     out = Path(args.out)
     root = source_root(args.source)
@@ -143,12 +168,30 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     # no output may replace an input; files over the size cap are skipped unread
     with protected(args.out, *local_inputs(args.source), others=others), \
             file_size_cap(getattr(args, "max_file_mb", None)):
+        if getattr(args, "ray", None):
+            return _run_ray(args, sinks, options)
         report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
                             vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
                             buffer=True if getattr(args, "buffer", False) else None,
                             reconnect_s=getattr(args, "reconnect", 10.0))
     if not args.quiet:
         print(report.timing_report(), file=sys.stderr)
+    return report
+
+
+def _run_ray(args: argparse.Namespace, sinks: list[Any], options: dict[str, Any] | None) -> Any:
+    """``--ray``: the same sinks fed by :func:`cvapps.engine.ray_predict.run_ray`."""
+    from cvapps.engine.ray_predict import run_ray
+
+    report = run_ray(args.model, args.source, sinks, args.out, address=args.ray, actors=args.ray_actors,
+                     options=options, vid_stride=args.vid_stride, batch=args.batch, device=args.device,
+                     trust=args.trust_model, max_file_mb=getattr(args, "max_file_mb", None),
+                     progress=not args.quiet)
+    if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
+        raise KeyboardInterrupt
+    if not args.quiet:
+        print(f"ray: predicted {report.predicted} frames in {report.wall_s:.2f} s; {report.resumed} of "
+              f"{report.items} items were done by an earlier run", file=sys.stderr)
     return report
 
 

@@ -1,0 +1,177 @@
+"""The resume manifest of a distributed prediction run: an append-only JSON-lines file in OUT.
+
+::
+
+    {"cvapps_manifest": 1, "run": {...}}                     # header: what run this is (source, model hash, options)
+    {"key": "imgs/a.jpg", "frames": [{"source", "index", "timestamp", "width", "height", "prediction"}]}
+    {"key": "clip.mp4#frames=0-32", "frames": [...]}          # one line per finished item
+    {"key": "imgs/bad.jpg", "skipped": "not an image"}        # an unreadable file, reported again at the end
+
+Lines are written only by the driver, flushed as each item finishes (so a killed driver loses at
+most the items it had not written yet) and fsynced every few seconds and at close. A torn last line
+(the process died mid-write) is dropped and cut off on reopening, so the next line starts clean; any
+other unreadable line is a one-line DataError. A rerun with a different header (another source,
+model or option) is refused instead of mixing two runs' predictions. An exclusive ``flock`` keeps two
+drivers off the same manifest.
+
+Predictions are stored losslessly (:func:`encode_prediction`: floats as JSON numbers round-trip
+float32 exactly, masks as pycocotools RLE), so outputs rebuilt from the manifest equal a run's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvapps.errors import CvappsError, DataError
+from cvapps.formats.coco import mask_to_rle, rle_to_mask
+from cvapps.structures import Classification, Detections, SegmentationMask
+
+try:  # POSIX only; elsewhere two drivers on one OUT are not prevented
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+VERSION = 1
+FSYNC_EVERY_S = 2.0
+
+
+def encode_prediction(prediction: Any) -> dict[str, Any]:
+    """A prediction -> a JSON-ready dict that :func:`decode_prediction` turns back into an equal one."""
+    if isinstance(prediction, Detections):
+        out: dict[str, Any] = {"type": "detections", "boxes": prediction.boxes.tolist(),
+                               "scores": prediction.scores.tolist(), "labels": prediction.labels.tolist()}
+        if prediction.masks is not None:
+            out["masks"] = [mask_to_rle(m) for m in prediction.masks.numpy()]
+            out["mask_size"] = list(prediction.masks.shape[1:])
+        return out
+    if isinstance(prediction, SegmentationMask):
+        mask = np.asarray(prediction.mask)
+        classes = np.unique(mask).tolist()
+        return {"type": "mask", "size": list(mask.shape), "dtype": str(mask.dtype),
+                "classes": {str(c): mask_to_rle(mask == c) for c in classes},
+                "scores": None if prediction.scores is None else np.asarray(prediction.scores).tolist(),
+                "scores_dtype": None if prediction.scores is None else str(np.asarray(prediction.scores).dtype)}
+    if isinstance(prediction, Classification):
+        return {"type": "classification", "label": int(prediction.label), "score": float(prediction.score),
+                "topk": [[int(i), float(s)] for i, s in prediction.topk]}
+    raise TypeError(f"cannot store a {type(prediction).__name__} prediction")
+
+
+def decode_prediction(data: dict[str, Any]) -> Any:
+    """The inverse of :func:`encode_prediction`."""
+    kind = data["type"]
+    if kind == "detections":
+        masks = None
+        if "masks" in data:
+            h, w = data["mask_size"]
+            masks = np.stack([rle_to_mask(r, h, w) for r in data["masks"]]) if data["masks"] else np.zeros((0, h, w), bool)
+        return Detections(np.asarray(data["boxes"], np.float32), np.asarray(data["scores"], np.float32),
+                          np.asarray(data["labels"], np.int64), None if masks is None else masks)
+    if kind == "mask":
+        h, w = data["size"]
+        mask = np.zeros((h, w), np.dtype(data["dtype"]))
+        for value, rle in data["classes"].items():
+            mask[rle_to_mask(rle, h, w)] = int(value)
+        scores = None if data["scores"] is None else np.asarray(data["scores"], np.dtype(data["scores_dtype"]))
+        return SegmentationMask(mask, scores)
+    if kind == "classification":
+        return Classification(data["label"], data["score"], [(int(i), float(s)) for i, s in data["topk"]])
+    raise DataError(f"unknown prediction type in the manifest: {kind!r}")
+
+
+class Manifest:
+    """``OUT/<name>``: finished items of one run (see the module doc). Use as a context manager.
+
+    run: the header describing the run (JSON-ready); ``done``: key -> record of finished items.
+    """
+
+    def __init__(self, path: str | Path, run: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.run = json.loads(json.dumps(run))  # compared with the stored header as JSON reads it back
+        self.done: dict[str, dict[str, Any]] = {}
+        self.resumed = 0  # items found in the file when it was opened
+        self._fh: Any = None
+        self._last_sync = 0.0
+
+    def __enter__(self) -> Manifest:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+b")
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise CvappsError(f"{self.path} is in use by another run (one driver per output folder)") from None
+        try:
+            fh.seek(0)
+            good_end = self._read(fh.read())
+            fh.truncate(good_end)  # drop a torn last line, so the next append starts on a fresh line
+            fh.seek(good_end)
+            if good_end == 0:
+                fh.write((json.dumps({"cvapps_manifest": VERSION, "run": self.run}) + "\n").encode())
+                fh.flush()
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        self.resumed = len(self.done)
+
+    def _read(self, data: bytes) -> int:
+        """Parse the file's bytes into ``done``; returns the offset after the last whole line.
+
+        Only the text after the final newline can be torn (each record is one write ending in a
+        newline): it is ignored, and its item is simply predicted again."""
+        offset = 0
+        for number, line in enumerate(data.split(b"\n")[:-1], 1):
+            try:
+                record = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                raise DataError(f"{self.path}: line {number} is not valid JSON; the manifest is damaged "
+                                "(delete it to start the run over)") from None
+            if number == 1:
+                self._check_header(record)
+            elif not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                raise DataError(f"{self.path}: line {number} is not a manifest record")
+            else:
+                self.done[record["key"]] = record
+            offset += len(line) + 1
+        return offset
+
+    def _check_header(self, header: Any) -> None:
+        if not isinstance(header, dict) or header.get("cvapps_manifest") != VERSION:
+            raise DataError(f"{self.path}: not a cvapps manifest (version {VERSION})")
+        if header.get("run") != self.run:
+            stored = header.get("run") or {}
+            diff = sorted(k for k in set(stored) | set(self.run) if stored.get(k) != self.run.get(k))
+            raise CvappsError(f"{self.path} records another run (different {', '.join(diff)}); use another "
+                              "output folder, or delete the manifest to start over")
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Record one finished item (``{"key", "frames"}`` or ``{"key", "skipped"}``); flushed at once."""
+        self._fh.write((json.dumps(record, allow_nan=False) + "\n").encode())
+        self._fh.flush()  # in the OS now: survives a killed process
+        self.done[record["key"]] = record
+        if time.monotonic() - self._last_sync > FSYNC_EVERY_S:  # and on disk every few seconds
+            os.fsync(self._fh.fileno())
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()  # also releases the lock

@@ -1,0 +1,387 @@
+"""Batch prediction on Ray Data: many processes or machines, resumable, the same outputs as one process.
+
+::
+
+    driver: plan items (images; videos cut into frame ranges) -- skip those in OUT/ray_manifest.jsonl
+      -> ray.data.from_items -> map_batches(decode_items)           parallel read tasks (read_image / OpenCV)
+      -> map_batches(PredictActor, ActorPoolStrategy(size=actors))  one model load per actor (num_gpus=1 on GPUs)
+      -> driver: each finished item appended to the manifest (flushed)
+    then, once every item is in the manifest: replay all of them in source order into the sinks.
+
+Why replay instead of writing as results come: items finish in any order, on any worker, and a run
+may be killed and resumed; replaying the manifest in the source's order hands the sinks exactly the
+frames, in exactly the order, a single-process run would, so :class:`~cvapps.formats.coco.ImageIndex`
+gives the same image ids (1..N by file order, never by completion order) and a resumed run's COCO
+file equals an uninterrupted one's. Only data sinks (COCO, JSON lines, CSV, counters) can be fed
+this way: the replayed frames carry no pixels (a zero-cost array of the right shape).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cvapps.engine.device import progress_interval
+from cvapps.engine.manifest import Manifest, decode_prediction
+from cvapps.engine.ray_read import decode_items, item_rows
+from cvapps.engine.ray_workers import PredictActor
+from cvapps.engine.runner import RunReport
+from cvapps.errors import CvappsError
+from cvapps.formats.coco import ImageIndex
+from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
+                              VideoWriterSink, close_all)
+from cvapps.io.sources import is_url
+from cvapps.io.sources.files import expand_paths, glob_images, iter_image_files, txt_lines
+from cvapps.structures import Frame
+
+MANIFEST = "ray_manifest.jsonl"
+INSTALL = 'pip install "cvapps[ray]"'
+# Bigger blocks and calls amortise Ray's per-task and per-call costs (measured on 2 CPUs: 8/8 -> 32/32
+# raised one actor's steady rate by a third); they stay small enough to stream.
+BLOCK_IMAGES = 32  # images per read task
+CALL_FRAMES = 32  # frames per actor call (the predictor still runs them `batch` at a time)
+READ_CPUS = 0.5  # Ray CPUs a read task asks for (see _dataset)
+PIXEL_SINKS = (AnnotatedImages, OverlayImages, MaskImages, VideoWriterSink)
+
+
+@dataclass
+class RayReport(RunReport):
+    """A :class:`RunReport` plus ``predicted`` (frames predicted by this call; the rest came from the
+    manifest of an earlier, interrupted call) and ``items`` / ``resumed`` (work items, and those already done)."""
+
+    predicted: int = 0
+    items: int = 0
+    resumed: int = 0
+    first_result_s: float = 0.0  # from the start of the call to the first finished item (Ray and actor start-up)
+    predict_s: float = 0.0  # from the start of the call to the last finished item
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: an image file, or frames ``start <= index < end`` of a video (end -1: to EOF)."""
+
+    key: str
+    order: int
+    kind: str
+    path: str
+    start: int = 0
+    end: int = -1
+
+
+def import_ray() -> Any:
+    """``ray`` (with ``ray.data``), quiet; a one-line CvappsError naming the extra when it is missing."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read when ray starts: no usage report
+    try:
+        import ray  # lazy: optional heavy package
+        import ray.data
+    except ImportError:
+        raise CvappsError(f"--ray needs Ray Data: {INSTALL}") from None
+    return ray
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+def _video_ranges(path: str, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, end)]`` ranges of ``chunk`` frames; the last one runs to the end of the file (-1), so a
+    frame count the container under-reports loses nothing (one over-reported gives an empty range)."""
+    cap = cv2.VideoCapture(path)
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    starts = list(range(0, max(n, 1), chunk))
+    return [(s, starts[i + 1] if i + 1 < len(starts) else -1) for i, s in enumerate(starts)]
+
+
+def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The work of ``source`` in its order, and ``(path, reason)`` of entries the walk left out.
+
+    source: a folder (recursive, sorted), a glob, an image, a video, a ``.txt`` list or a list of
+    paths (folders, images and videos mixed); paths are spelled as the single-process sources spell
+    them, so frame names and file names in the outputs agree. Live streams and webcams are refused.
+    """
+    skipped: list[tuple[str, str]] = []
+    skip = lambda path, reason: skipped.append((path, reason))
+    if isinstance(source, (list, tuple)):
+        paths = expand_paths(iter([os.fspath(p) for p in source]), skip)
+    else:
+        text = os.fspath(source).strip()
+        local = os.path.expanduser(text)
+        if is_url(text) or (text.isdigit() and not os.path.exists(local)):
+            raise CvappsError(f"--ray reads files (folders, globs, lists, videos), not live streams: {text}")
+        if os.path.isdir(local):
+            paths = iter_image_files(local, skip)
+        elif os.path.isfile(local) and local.lower().endswith(".txt"):
+            paths = expand_paths(txt_lines(Path(local)), skip)
+        elif os.path.exists(local):
+            paths = iter([local])
+        elif re.search(r"[*?[]", text):
+            paths = glob_images(local)
+        else:
+            raise CvappsError(f"source not found: {text}")
+    items: list[Item] = []
+    seen: set[str] = set()
+    for path in paths:
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix in VIDEO_EXTENSIONS and os.path.isfile(path):
+            for start, end in _video_ranges(path, chunk):
+                items.append(Item(f"{path}#frames={start}:{end}", len(items), "video", path, start, end))
+        elif path not in seen:  # a file listed twice is predicted once
+            items.append(Item(path, len(items), "image", path))
+        elif suffix not in IMAGE_EXTENSIONS:
+            skip(path, "not an image or video file")
+        seen.add(path)
+    if not items and not skipped:
+        raise CvappsError(f"no images or videos in {source}")
+    return items, skipped
+
+
+# -- running -----------------------------------------------------------------------------------
+
+def _connect(ray: Any, address: str | None, actors: int, num_cpus: int | None) -> bool:
+    """Start a local Ray instance (address None/"local") or join a cluster; False if Ray was already up."""
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address in (None, "", "local"):
+        cpus = num_cpus or max(os.cpu_count() or 1, actors + 1)  # a free CPU for the read tasks
+        ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+    else:
+        ray.init(address=address, **quiet)
+    return True
+
+
+def _model_bytes(model: str) -> tuple[bytes | None, str]:
+    """The model file's bytes (shipped once to each actor through the object store) and its sha256;
+    None for a name the loader resolves itself (a published ultralytics model)."""
+    path = Path(model)
+    if not path.is_file():
+        return None, model
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: int, batch: int, device: str,
+             trust: bool, options: dict[str, Any], vid_stride: int, max_file_mb: float | None) -> Any:
+    images = [it for it in todo if it.kind == "image"]
+    videos = [it for it in todo if it.kind == "video"]
+    parts = []
+    if images:  # one read task per BLOCK_IMAGES images; each video range is a read task of its own
+        blocks = max(1, -(-len(images) // BLOCK_IMAGES))
+        parts.append(ray.data.from_items(item_rows(images), override_num_blocks=blocks))
+    if videos:
+        parts.append(ray.data.from_items(item_rows(videos), override_num_blocks=len(videos)))
+    ds = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
+    resources = ray.cluster_resources()
+    want_gpu = device.startswith("cuda") or (device == "auto" and resources.get("GPU", 0) >= 1)
+    # Read tasks take half a CPU, so two run beside each actor's core; a resource request unlike the
+    # actors' also keeps Ray Data from fusing them into the actors. With no CPU left beside the
+    # actors, reading is fused into them instead (the same request), or the read tasks would wait forever.
+    have = resources.get("GPU", 0) if want_gpu else resources.get("CPU", 0)
+    if have < actors:  # Ray Data would wait for the missing actors forever
+        raise CvappsError(f"--ray-actors {actors} needs {actors} {'GPUs' if want_gpu else 'CPUs'}; the Ray cluster "
+                          f"has {have:g}")
+    spare = resources.get("CPU", 0) - actors
+    read_cpus = READ_CPUS if spare >= READ_CPUS else 1
+    ds = ds.map_batches(decode_items, batch_size=1, num_cpus=read_cpus,
+                        fn_kwargs={"vid_stride": vid_stride, "max_file_mb": max_file_mb})
+    return ds.map_batches(
+        PredictActor, batch_size=max(batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model,
+                               "device": device, "batch": batch, "trust": trust, "options": options},
+        num_cpus=1, num_gpus=1 if want_gpu else 0)
+
+
+class _Collect:
+    """Driver side: rows of an item arrive in pieces and in any order; an item is written to the
+    manifest once all ``count`` of its rows are in."""
+
+    def __init__(self, manifest: Manifest, bar: tqdm) -> None:
+        self.manifest, self.bar = manifest, bar
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {}
+        self.frames = 0
+        self.first_t = self.last_t = None  # perf_counter of the first and the last finished item
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for i in range(len(batch["key"])):
+            key = str(batch["key"][i])
+            if key in self.manifest.done:  # already recorded (a retried task can deliver rows twice)
+                continue
+            rows = self.pending.setdefault(key, {})  # by frame index: a row delivered twice counts once
+            rows[int(batch["index"][i])] = {k: batch[k][i] for k in ("status", "source", "index", "timestamp",
+                                                                    "width", "height", "prediction")}
+            if len(rows) == int(batch["count"][i]):
+                self._finish(key, list(self.pending.pop(key).values()))
+
+    def _finish(self, key: str, rows: list[dict[str, Any]]) -> None:
+        status = str(rows[0]["status"])
+        if status == "skip":
+            record: dict[str, Any] = {"key": key, "skipped": str(rows[0]["source"])}
+        else:
+            frames = [] if status == "empty" else [
+                {"source": str(r["source"]), "index": int(r["index"]), "timestamp": float(r["timestamp"]),
+                 "width": int(r["width"]), "height": int(r["height"]),
+                 "prediction": json.loads(str(r["prediction"]))}
+                for r in sorted(rows, key=lambda r: int(r["index"]))]
+            record = {"key": key, "frames": frames}
+            self.frames += len(frames)
+        self.manifest.append(record)
+        self.bar.update(1)
+        self.last_t = time.perf_counter()
+        self.first_t = self.first_t or self.last_t
+
+
+class _SigtermToInterrupt:
+    """SIGTERM stops the driver like Ctrl-C (main thread only): the manifest keeps what was done."""
+
+    def __enter__(self) -> _SigtermToInterrupt:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report: RayReport) -> None:
+    """Every item's frames, in source order, into every sink (see the module doc)."""
+    pixel = np.zeros((1, 1, 3), np.uint8)
+    image_index = 0  # still images are numbered over those read, as ImageFilesSource numbers them
+    for item in items:
+        record = manifest.done[item.key]
+        if "skipped" in record:
+            report.skipped.append((item.path, record["skipped"]))
+            continue
+        for f in record["frames"]:
+            image = np.broadcast_to(pixel, (f["height"], f["width"], 3))  # the shape sinks read, no memory
+            index = f["index"] if item.kind == "video" else image_index
+            image_index += item.kind == "image"
+            frame = Frame(image, f["source"], index, f["timestamp"])
+            prediction = decode_prediction(f["prediction"])
+            for sink in sinks:
+                sink.write(frame, prediction)
+            report.processed += 1
+
+
+def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, address: str | None = None,
+            actors: int = 1, options: dict[str, Any] | None = None, vid_stride: int = 1, batch: int = 8,
+            device: str = "auto", trust: bool = False, max_file_mb: float | None = None, chunk: int = 32,
+            num_cpus: int | None = None, progress: bool = True) -> RayReport:
+    """Predict every frame of ``source`` on Ray and write the results to ``sinks``; resumable.
+
+    model: the model file (or name) as :func:`~cvapps.engine.load.load_model` takes it; sinks: data
+    sinks only (COCO, JSON lines, CSV); out: the output folder, where ``ray_manifest.jsonl`` records
+    finished items (rerun the same call after a crash or Ctrl-C to do only what is missing).
+    address: None/"local" starts a local Ray instance (``num_cpus``: its CPUs, default all), "auto"
+    or ``ray://host:10001`` joins a cluster; if Ray is already initialised it is used as it is.
+    actors: predictor actors (one GPU each when the cluster has GPUs and device is auto/cuda);
+    chunk: video frames per read task. The sinks are written only when every item is done: a run
+    stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
+    """
+    for sink in sinks:
+        if isinstance(sink, PIXEL_SINKS):
+            raise CvappsError(f"--ray writes JSON/CSV outputs only, not {type(sink).__name__} "
+                              "(drop --save-images/--save-video, or run without --ray)")
+    if actors < 1 or batch < 1 or chunk < 1 or vid_stride < 1:
+        raise CvappsError("--ray-actors, --batch, the video chunk and --vid-stride must be >= 1")
+    ray = import_ray()
+    report = RayReport()
+    t0 = time.perf_counter()
+    items, report.skipped = plan_items(source, chunk)
+    data, model_id = _model_bytes(model)
+    options = dict(options or {})
+    run = {"source": str(source) if not isinstance(source, (list, tuple)) else [os.fspath(p) for p in source],
+           "model": model_id, "options": options, "vid_stride": vid_stride, "chunk": chunk}
+    committed = False
+    try:
+        with Manifest(Path(out) / MANIFEST, run) as manifest, _SigtermToInterrupt():
+            todo = [it for it in items if it.key not in manifest.done]
+            if manifest.resumed and progress:
+                print(f"resuming: {len(items) - len(todo)} of {len(items)} items already done "
+                      f"({manifest.path})", file=sys.stderr)
+            bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="predict (ray)", unit="item",
+                       disable=not progress, dynamic_ncols=True, mininterval=progress_interval())
+            collect = _Collect(manifest, bar)
+            try:
+                if todo:
+                    _predict(ray, todo, collect, data, model, address=address, actors=actors, batch=batch,
+                             device=device, trust=trust, options=options, vid_stride=vid_stride,
+                             max_file_mb=max_file_mb, num_cpus=num_cpus)
+            except KeyboardInterrupt as exc:
+                report.interrupted = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
+            finally:
+                bar.close()
+            report.predicted, report.items, report.resumed = collect.frames, len(items), len(items) - len(todo)
+            if collect.first_t is not None:
+                report.first_result_s, report.predict_s = collect.first_t - t0, collect.last_t - t0
+            if report.interrupted is None:
+                _replay(items, manifest, sinks, report)
+        committed = report.interrupted is None
+    finally:
+        errors = close_all(sinks, commit=committed)
+        report.wall_s = time.perf_counter() - t0
+    if errors and committed:  # (an interrupted run discards its staged files on purpose)
+        raise CvappsError(errors[-1])
+    if report.interrupted:
+        print(f"stopped by {report.interrupted}: {len(manifest.done)} of {len(items)} items are done "
+              f"(recorded in {manifest.path}); rerun the same command to finish", file=sys.stderr)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return report
+
+
+def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, model: str, *,
+             address: str | None, actors: int, num_cpus: int | None, **kwargs: Any) -> None:
+    started = _connect(ray, address, actors, num_cpus)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the driver's own bar counts items
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+        weights = None if data is None else ray.put(data)  # stored once, fetched once per actor
+        ds = _dataset(ray, todo, weights, model, actors=actors, **kwargs)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            collect.add(batch)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def predict_files(model: str, task: str, class_names: list[str], category_ids: list[int], source: Any,
+                  out: str | Path, *, save_jsonl: bool = False, **kwargs: Any) -> RayReport:
+    """:func:`run_ray` into the files ``cvapps classify|segment|detect SOURCE --ray`` writes to ``out``:
+    ``predictions.csv`` for classifiers (top-k from ``options["topk"]``, default 3), else
+    ``predictions.json`` + ``predictions_coco.json``; ``predictions.jsonl`` too with save_jsonl."""
+    out = Path(out)
+    root = os.fspath(source) if isinstance(source, (str, os.PathLike)) and os.path.isdir(source) else None
+    if task == "classify":
+        topk = int((kwargs.get("options") or {}).get("topk", 3))
+        sinks: list[Any] = [ClassificationCSV(out / "predictions.csv", class_names, topk)]
+    else:
+        sinks = [CocoSink(out / "predictions_coco.json", class_names, category_ids,
+                          results_path=out / "predictions.json", index=ImageIndex(root, None))]
+    if save_jsonl:
+        sinks.append(JsonLinesSink(out / "predictions.jsonl", class_names, root=root))
+    return run_ray(model, source, sinks, out, **kwargs)

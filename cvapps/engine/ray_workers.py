@@ -1,0 +1,53 @@
+"""The predictor actor of :mod:`cvapps.engine.ray_predict` (rows: see :mod:`cvapps.engine.ray_read`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvapps.engine.load import load_model
+from cvapps.engine.manifest import encode_prediction
+from cvapps.structures import Frame
+
+
+class PredictActor:
+    """One model load per actor: the weights arrive once through Ray's object store (``weights``:
+    ``[ObjectRef of the file's bytes]``, or None for a model name the loader resolves itself), and
+    the same :class:`~cvapps.engine.predict.Predictor` as a single-process run predicts each batch."""
+
+    def __init__(self, weights: list[Any] | None, model: str, device: str = "auto", batch: int = 8,
+                 trust: bool = False, options: dict[str, Any] | None = None) -> None:
+        import ray  # lazy: optional heavy package (this module only runs inside Ray workers)
+
+        self._tmp = None
+        if weights is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cvapps-model-")
+            local = Path(self._tmp.name) / Path(model).name  # same suffix: the loader dispatches on it
+            local.write_bytes(ray.get(weights[0]))
+            model = str(local)
+        self.predictor = load_model(model, device=device, batch=batch, trust=trust).predictor()
+        self.predictor.prefetch = 0  # Ray Data already overlaps reading with this actor's work
+        self.options = dict(options or {})
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["key"])
+        is_frame = [batch["status"][i] == "frame" for i in range(n)]
+        frames = [Frame(np.asarray(batch["image"][i]), str(batch["source"][i]), int(batch["index"][i]),
+                        float(batch["timestamp"][i])) for i in range(n) if is_frame[i]]
+        predictions = iter(p for _, p in self.predictor.predict(frames, **self.options))
+        width, height, encoded = np.zeros(n, np.int64), np.zeros(n, np.int64), np.empty(n, dtype=object)
+        for i in range(n):
+            encoded[i] = ""
+            if is_frame[i]:
+                height[i], width[i] = np.asarray(batch["image"][i]).shape[:2]
+                encoded[i] = json.dumps(encode_prediction(next(predictions)))
+        out = {k: batch[k] for k in ("key", "order", "count", "status", "source", "index", "timestamp")}
+        return {**out, "width": width, "height": height, "prediction": encoded}
+
+    def __del__(self) -> None:
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
