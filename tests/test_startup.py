@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cvapps.backbones import BACKBONE_MODULES, BACKBONES, available_backbones
-from cvapps.tasks.detection_common import TORCH_NMS_MAX_BOXES, class_wise_nms, torch_nms
+from cvapps.nms import TORCH_NMS_MAX_BOXES, class_wise_nms, torch_nms
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import nms
 
 from cvapps.errors import CvappsError
 from cvapps.formats.names import parse_frame_name
+from cvapps.nms import class_wise_nms
 from cvapps.structures import Detections, Frame
 
 TRACKERS = ("bytetrack", "botsort")
@@ -167,7 +167,9 @@ class Tracker:
         """Track one frame's detections (frames of a source in order); returns the tracked boxes only."""
         t0 = time.perf_counter()
         state = self._state(frame)
-        kept = nms(det.boxes, det.scores, DEDUPE_IOU).numpy() if len(det) > 1 else np.arange(len(det))
+        same_class = torch.zeros(len(det), dtype=torch.long)  # class-agnostic: one box per object
+        kept = (class_wise_nms(det.boxes, det.scores, same_class, DEDUPE_IOU).numpy() if len(det) > 1
+                else np.arange(len(det)))
         boxes = _Boxes(det.boxes.numpy()[kept].astype(np.float32), det.scores.numpy()[kept].astype(np.float32),
                        det.labels.numpy()[kept].astype(np.float32))
         tracks = state.tracker.update(boxes, frame.image)  # rows [x1, y1, x2, y2, id, score, cls, idx]

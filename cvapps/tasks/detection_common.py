@@ -24,6 +24,7 @@ from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import ConfigError, DataError
 from cvapps.io.images import read_image
 from cvapps.metrics.coco import CocoDetectionMetric
+from cvapps.nms import class_wise_nms
 from cvapps.structures import Detections
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -125,40 +126,6 @@ class DetectionTask(Task):
             keep = class_wise_nms(boxes, scores, labels, iou)[:max_det]  # sorted by score
             out.append(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep]))
         return out
-
-
-# Above this many candidate boxes torchvision's C++ NMS is worth its import (~1.2 s once); below it
-# ultralytics' pure-torch NMS takes well under a millisecond per image.
-TORCH_NMS_MAX_BOXES = 256
-
-
-def class_wise_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
-    """Indices of the boxes kept by class-wise NMS, best score first (``torchvision.ops.batched_nms``).
-
-    boxes: (N, 4) xyxy; scores: (N,); labels: (N,) int. Both implementations give the same indices
-    (tested); the choice only keeps torchvision's import off the start-up of a YOLO run, which
-    predicts a handful of boxes per image (as ultralytics does: its NMS uses torchvision only when
-    something else has imported it).
-    """
-    if "torchvision" in sys.modules or len(boxes) > TORCH_NMS_MAX_BOXES:
-        from torchvision.ops import batched_nms  # start-up: imported only when it pays
-
-        return batched_nms(boxes, scores, labels, iou)
-    return torch_nms(boxes, scores, labels, iou)
-
-
-def torch_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
-    """:func:`class_wise_nms` by ultralytics' pure-torch NMS (a YOLO model's own dependency, already
-    loaded) with batched_nms' trick: boxes of different classes are moved apart so they never overlap."""
-    if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long)
-    from ultralytics.utils.nms import TorchNMS  # loaded with every YOLO model; Faster R-CNN never gets here
-
-    # torchvision visits equal scores in index order (a stable sort); ranks make the order explicit.
-    order = scores.argsort(descending=True, stable=True)
-    shifted = (boxes + (labels.to(boxes) * (boxes.max() + 1))[:, None])[order]
-    ranks = -torch.arange(len(order), dtype=torch.float32)
-    return order[TorchNMS.nms(shifted, ranks, iou)]
 
 
 def _has_split(root: Path, split: str) -> bool:
