@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,39 @@ def test_combined_prediction_drawn_and_saved_under_one_image_id(small_shapes: Pa
     part = seg.predictor()(image)
     assert isinstance(part, SegmentationMask)
     assert np.array_equal(part.mask, pred.segmentation.mask)
+
+
+def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    import cvapps
+    from pycocotools.coco import COCO
+
+    path = tmp_path / "mt.pt"
+    cfg = _cfg(small_shapes)
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
+    with torch.no_grad():
+        model.heads["segment"].score32.bias[1] = 5.0  # the mask says "circle" everywhere
+    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
+                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
+                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    spec = importlib.util.spec_from_file_location("annotate_video", ROOT / "pipelines" / "annotate_video.py")
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "pipelines"))
+    calls = []
+    mt = cvapps.load(path, device="cpu", batch=4)
+    mt.loaded.model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    video = small_shapes / "video" / "shapes.mp4"
+    report = mod.annotate(str(video), tmp_path / "out", conf=0.0, progress=False, multitask=mt)
+    assert report.processed == 24 and len(calls) == 6  # 24 frames in batches of 4: one pass per batch
+    assert (tmp_path / "out" / "shapes.mp4").is_file()
+    coco = COCO(str(tmp_path / "out" / "multitask_coco.json"))
+    assert len(coco.getImgIds()) == 24
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[coco.getImgIds()[0]]))
+    assert any("segmentation" in a and a["category_id"] == 1 for a in anns)
+    assert any("segmentation" not in a for a in anns)
