@@ -102,7 +102,7 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
     result = {}
     for post in (False, True):
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        t_sep, t_mt = timed_pair(lambda: separate(post), lambda: shared(post), args.rounds, clock)
+        t_sep, t_mt = timed_pair(lambda p=post: separate(p), lambda p=post: shared(p), args.rounds, clock)
         key = "with_postprocess" if post else "forward"
         result[f"{key}/separate_img_s"] = n / t_sep
         result[f"{key}/multitask_img_s"] = n / t_mt
