@@ -135,11 +135,11 @@ def test_missing_labels_are_ignored_not_background(small_shapes: Path, tmp_path:
     model = TASK.build_model(cfg, splits.class_names).train()
     image, target = splits.train[names.index(no_mask.name)]
     losses = model(image[None].float() / 255, [target])
-    assert float(losses["loss_seg"]) == 0.0 and float(losses["loss_box"]) > 0
+    assert losses["loss_seg"].item() == 0.0 and losses["loss_box"].item() > 0
     image, target = splits.train[names.index("extra.png")]
     losses = model(image[None].float() / 255, [target])
-    assert float(losses["loss_seg"]) > 0
-    assert float(losses["loss_box"]) == float(losses["loss_cls"]) == float(losses["loss_presence"]) == 0.0
+    assert losses["loss_seg"].item() > 0
+    assert losses["loss_box"].item() == losses["loss_cls"].item() == losses["loss_presence"].item() == 0.0
     sum(losses.values()).backward()  # zero losses keep a graph: the step still runs
 
 
@@ -151,8 +151,8 @@ def test_loss_weights_and_head_choice(small_shapes: Path) -> None:
         torch.manual_seed(0)
         model = TASK.build_model(cfg, splits.class_names).train()
         losses[weight] = model(*_batch(cfg, splits.train))
-    assert float(losses[3]["loss_seg"]) == pytest.approx(3 * float(losses[1]["loss_seg"]), rel=1e-4)
-    assert float(losses[3]["loss_box"]) == pytest.approx(float(losses[1]["loss_box"]), rel=1e-4)
+    assert losses[3]["loss_seg"].item() == pytest.approx(3 * losses[1]["loss_seg"].item(), rel=1e-4)
+    assert losses[3]["loss_box"].item() == pytest.approx(losses[1]["loss_box"].item(), rel=1e-4)
 
     cfg = _cfg(small_shapes, "model.heads.detect=null", "model.heads.classify=null",
                "model.heads.segment.features=backbone")
