@@ -6,7 +6,9 @@ and returns its raw predictions (postprocessing stays in Python, shared with the
 * input ``images``: float32 ``(B, C, S, S)`` RGB (or gray) in [0, 1], already resized/letterboxed
   to ``S = preprocessing.imgsz`` (normalisation is inside the graph);
 * output, by task: ``classify`` logits ``(B, K)``; ``segment`` logits ``(B, K, S, S)``; ``yolo``
-  ``(B, 4 + K, A)`` = xywh (centre, size, input pixels) + per-class sigmoid scores before NMS.
+  ``(B, 4 + K, A)`` = xywh (centre, size, input pixels) + per-class sigmoid scores before NMS;
+  ``multitask``: one named output per head of the one graph (``detect`` as yolo's, ``segment``
+  ``(B, 1 + K, S, S)``, ``classify`` presence logits ``(B, K)``), all from one backbone pass.
 
 Our metadata goes into the model's ``metadata_props`` (all strings; lists/dicts as JSON): ``format``
 (``cvapps-onnx-v1``), ``task``, ``class_names``, ``category_ids``, ``preprocessing`` ({"imgsz",
@@ -43,7 +45,7 @@ from cvapps.engine.onnx_model import INPUT_NAME, ONNX_FORMAT, need_onnxruntime, 
 from cvapps.errors import CvappsError
 from cvapps.heads.yolo import head_of
 
-__all__ = ["ONNX_FORMAT", "OUTPUTS", "PARITY_ATOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
+__all__ = ["HEAD_OUTPUTS", "ONNX_FORMAT", "OUTPUTS", "PARITY_ATOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
 
 
 #: Output names and the absolute tolerance of the onnxruntime-vs-PyTorch check, per task.
@@ -53,7 +55,13 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "segment": ("logits", "float32 (B, K, S, S) per-pixel class logits (letterboxed input pixels)"),
     "yolo": ("predictions", "float32 (B, 4 + K, A): xywh centre/size in input pixels + class scores, before NMS"),
 }
-PARITY_ATOL: dict[str, float] = {"classify": 1e-4, "segment": 1e-4, "yolo": 1e-3}
+#: multitask: one output per head that is on, named after the head.
+HEAD_OUTPUTS: dict[str, tuple[str, str]] = {
+    "detect": ("detect", OUTPUTS["yolo"][1]),
+    "segment": ("segment", "float32 (B, 1 + K, S, S) per-pixel logits, class 0 = background"),
+    "classify": ("classify", "float32 (B, K) presence logits (sigmoid: probability that the class is in the image)"),
+}
+PARITY_ATOL: dict[str, float] = {"classify": 1e-4, "segment": 1e-4, "yolo": 1e-3, "multitask": 1e-3}
 PARITY_RTOL = 1e-3
 
 
@@ -87,9 +95,18 @@ class _EvalForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.model(images)
+        if isinstance(out, dict):  # multitask: one output per head, in the model's head order
+            return tuple(out.values())
         return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _outputs(task: str, model: nn.Module) -> list[tuple[str, str]]:
+    """(name, description) of each graph output."""
+    if task == "multitask":
+        return [HEAD_OUTPUTS[name] for name in model.heads]
+    return [OUTPUTS[task]]
 
 
 def _prepare_yolo_head(model: nn.Module) -> None:
@@ -115,8 +132,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     if task == "faster_rcnn":
         raise CvappsError("export: Faster R-CNN is not exported to ONNX: torchvision's export traces a fixed number "
                           "of images, so the model would not take a dynamic batch; run the .pt checkpoint instead")
-    if task not in OUTPUTS:
-        raise CvappsError(f"export: task {task!r} cannot be exported to ONNX (exportable: {', '.join(OUTPUTS)})")
+    if task not in PARITY_ATOL:
+        raise CvappsError(f"export: task {task!r} cannot be exported to ONNX (exportable: {', '.join(PARITY_ATOL)})")
     if not 11 <= opset <= 20:
         raise CvappsError(f"export: --opset {opset} is outside the supported range 11..20")
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
@@ -124,12 +141,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         raise CvappsError(f"export: the output file must end in .onnx, got {out}")
 
     model = loaded.model.eval()
-    if task == "yolo":
+    if task in ("yolo", "multitask"):
         _prepare_yolo_head(model)
     pre = ckpt["preprocessing"]
     size, channels = int(pre["imgsz"]), int(pre.get("in_channels", 3))
     wrapper = _EvalForward(model).eval()
-    out_name, out_doc = OUTPUTS[task]
+    outputs = _outputs(task, model)
+    out_names = [name for name, _ in outputs]
     example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -137,8 +155,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[out_name], do_constant_folding=True,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, out_name: {0: "batch"}} if dynamic_batch else None,
+            output_names=out_names, do_constant_folding=True,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *out_names]} if dynamic_batch else None,
         )
     proto = onnx.load_from_string(buffer.getvalue())
     meta = {
@@ -149,7 +167,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         "preprocessing": json.dumps({"imgsz": size, "resize": pre.get("resize"), "in_channels": channels}),
         "input": f"{INPUT_NAME}: float32 (B, {channels}, {size}, {size}) RGB in [0, 1], resized with "
                  f"{pre.get('resize')!r} to {size}; normalisation is inside the graph",
-        "outputs": f"{out_name}: {out_doc}",
+        "outputs": "; ".join(f"{name}: {doc}" for name, doc in outputs),
         "config": json.dumps(ckpt["config"]),
         "epoch": str(ckpt.get("epoch", 0)),
         "source": checkpoint.name,
@@ -187,13 +205,18 @@ def check_parity(onnx_path: str | Path, model: nn.Module, task: str, channels: i
     for b in batches:
         x = torch.rand(b, channels, size, size, generator=gen)
         with torch.no_grad():
-            ref = _EvalForward(model.eval())(x).float().numpy()
-        got = session.run(None, {INPUT_NAME: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise CvappsError(f"export check failed: onnxruntime output {got.shape} != PyTorch {ref.shape} at batch {b}")
-        diff = np.abs(got - ref)
-        worst = max(worst, float(diff.max(initial=0.0)))
-        if not np.all(diff <= atol + PARITY_RTOL * np.abs(ref)):
-            raise CvappsError(f"export check failed: onnxruntime differs from PyTorch by up to {diff.max():.3g} "
-                              f"at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
+            refs = _EvalForward(model.eval())(x)
+        refs = [r.float().numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+        gots = session.run(None, {INPUT_NAME: x.numpy()})
+        if len(gots) != len(refs):
+            raise CvappsError(f"export check failed: onnxruntime gives {len(gots)} outputs, PyTorch {len(refs)}")
+        for got, ref, meta in zip(gots, refs, session.get_outputs()):
+            if got.shape != ref.shape:
+                raise CvappsError(f"export check failed: onnxruntime output {meta.name} {got.shape} != PyTorch "
+                                  f"{ref.shape} at batch {b}")
+            diff = np.abs(got - ref)
+            worst = max(worst, float(diff.max(initial=0.0)))
+            if not np.all(diff <= atol + PARITY_RTOL * np.abs(ref)):
+                raise CvappsError(f"export check failed: onnxruntime output {meta.name} differs from PyTorch by up "
+                                  f"to {diff.max():.3g} at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
     return ExportReport(Path(onnx_path), task, 0, worst, atol, tuple(batches))

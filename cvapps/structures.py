@@ -137,3 +137,21 @@ class Counts:
 
     def to_json(self) -> dict:
         return {"lines": [c.to_json() for c in self.lines], "zones": [z.to_json() for z in self.zones]}
+
+
+@dataclass
+class MultiTaskPrediction:
+    """Everything one multi-task forward predicts for one image (a field is None when the model has
+    no such head).
+
+    detections: boxes/scores/labels in original pixels, labels 0-based into the class names.
+    segmentation: class-index mask in original pixels; mask value c is class ``c - 1`` of the
+        class names (0 = background), i.e. the segmentation classes are ``["background", *names]``.
+    labels: (M,) int64 classes predicted present in the image (multi-label, presence score >=
+        the threshold); label_scores: (K,) float32 presence probability of every class.
+    """
+
+    detections: Detections | None = None
+    segmentation: SegmentationMask | None = None
+    labels: torch.Tensor | None = None
+    label_scores: np.ndarray | None = None

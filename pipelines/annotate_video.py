@@ -2,10 +2,13 @@
 """Detection and segmentation overlays on one video, plus COCO JSON.
 
     python pipelines/annotate_video.py VIDEO --detector det.pt --segmenter seg.pt --out runs/annotate
+    python pipelines/annotate_video.py VIDEO --model multitask.pt --out runs/annotate
 
 Writes OUT/<video>.mp4 (same fps and size as the input; masks blended, boxes drawn on top) and
 OUT/detections_coco.json / OUT/segmentation_coco.json (one COCO image per frame, file_name
-``video.mp4#frame=000123``). Either model may be left out.
+``video.mp4#frame=000123``). Either model may be left out. With one multitask model (``--model``)
+a single forward per frame gives both, and OUT/multitask_coco.json holds the boxes and the class
+masks of each frame under its one image id.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("video", help="video file (or any cvapps source)")
     p.add_argument("--detector", help="Faster R-CNN / YOLO checkpoint (or ultralytics model file)")
     p.add_argument("--segmenter", help="segmentation checkpoint")
+    p.add_argument("--model", help="a multitask checkpoint: boxes and masks from one forward (instead of the two)")
     p.add_argument("--out", default="runs/annotate", help="output folder (default runs/annotate)")
     p.add_argument("--conf", type=float, default=0.25, help="detector score threshold (default 0.25)")
     p.add_argument("--batch", type=int, default=8, help="frames per forward pass (default 8)")
@@ -31,22 +35,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if not (args.detector or args.segmenter):
-        p.error("give --detector, --segmenter or both")
+    if not (args.detector or args.segmenter or args.model):
+        p.error("give --detector, --segmenter or both, or --model (multitask)")
+    if args.model and (args.detector or args.segmenter):
+        p.error("--model (multitask) replaces --detector and --segmenter; give one or the others")
     return args
 
 
 def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None, conf: float = 0.25,
-             vid_stride: int = 1, progress: bool = True) -> Any:
+             vid_stride: int = 1, progress: bool = True, multitask: Any = None) -> Any:
     """Run the models (:class:`cvapps.Model`) over ``source`` into an annotated mp4 and COCO JSON
-    files; returns the RunReport."""
+    files; returns the RunReport. ``multitask``: one multitask model used instead of the two."""
 
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
 
     stem = Path(str(source)).stem or "video"
     sinks: list[Any] = []
-    if detector is not None and segmenter is not None:
+    if multitask is not None:  # one backbone pass per frame; its prediction carries boxes and mask
+        predictor, names, options = multitask.predictor, multitask.names, {"conf": conf}
+        draw = lambda image, pred: draw_prediction(image, pred, names)  # noqa: E731
+        sinks.append(CocoSink(out / "multitask_coco.json", names, multitask.category_ids))
+    elif detector is not None and segmenter is not None:
         predictor: Any = Chain(segmenter.predictor, detector.predictor)
         options: dict[str, Any] = {"conf": conf}
 
@@ -75,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_model(args.detector, args.device, args.batch, ("faster_rcnn", "yolo")) if args.detector else None
         segmenter = load_model(args.segmenter, args.device, args.batch, ("segment",)) if args.segmenter else None
-        report = annotate(args.video, Path(args.out), detector, segmenter, args.conf, args.vid_stride, not args.quiet)
+        multitask = load_model(args.model, args.device, args.batch, ("multitask",)) if args.model else None
+        report = annotate(args.video, Path(args.out), detector, segmenter, args.conf, args.vid_stride, not args.quiet,
+                          multitask)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

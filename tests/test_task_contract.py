@@ -19,7 +19,7 @@ from cvapps.checkpoint import save_checkpoint
 from cvapps.engine.device import images_to_device
 from cvapps.engine.load import load_model
 from cvapps.engine.train import build_optimizer, make_loader
-from cvapps.structures import Classification, Detections, SegmentationMask
+from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask
 from cvapps.tasks import TASK_MODULES, get_task, load_config
 
 SETUP = {  # task -> (config, data root under the shapes folder, overrides, structure type)
@@ -30,8 +30,9 @@ SETUP = {  # task -> (config, data root under the shapes folder, overrides, stru
                     Detections),
     "yolo": ("yolo_shapes.yaml", "", ["data.imgsz=64"], Detections),
     "ultralytics": ("ultralytics_shapes.yaml", "", ["data.imgsz=64", "model.model=yolov8n.yaml"], Detections),
+    "multitask": ("multitask_shapes.yaml", "", ["data.imgsz=64"], MultiTaskPrediction),
 }
-EXPORTABLE = ("classify", "segment", "yolo")
+EXPORTABLE = ("classify", "segment", "yolo", "multitask")
 
 
 def test_every_registered_task_is_covered() -> None:
@@ -85,7 +86,7 @@ def test_task_contract(name: str, small_shapes: Path, tmp_path: Path) -> None:
     assert loaded.task.name == name and loaded.class_names == class_names
 
     # predicts and postprocesses to the task's structure, in original pixels
-    options = {"conf": 0.0} if structure is Detections else {}
+    options = {"conf": 0.0} if structure in (Detections, MultiTaskPrediction) else {}
     prediction = loaded.predictor()(image, **options)
     assert isinstance(prediction, structure)
     if structure is SegmentationMask:

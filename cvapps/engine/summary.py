@@ -43,4 +43,18 @@ def summarize(source: str | Path, overrides: list[str] | None = None, depth: int
     model.eval()
     stats = summary(model, input_size=size, depth=depth, verbose=0, device="cpu",
                     col_names=("output_size", "num_params"), row_settings=("var_names",))
-    return str(stats)
+    return f"{stats}\n{parts(model)}"
+
+
+def parts(model: torch.nn.Module) -> str:
+    """Parameters per part: each top-level module (a ModuleDict, e.g. a multi-task model's
+    ``heads``, one line per entry), so a shared backbone shows up once and each head by name."""
+    rows = []
+    for name, child in model.named_children():
+        entries = child.named_children() if isinstance(child, torch.nn.ModuleDict) else [(None, child)]
+        for sub, module in entries:
+            count = sum(p.numel() for p in module.parameters())
+            if count:
+                rows.append((f"{name}.{sub}" if sub else name, type(module).__name__, count))
+    width = max((len(n) for n, _, _ in rows), default=4)
+    return "parts:\n" + "\n".join(f"  {n:<{width}}  {kind:<24} {count:>12,}" for n, kind, count in rows)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from cvapps.io.overlay import overlay_mask
-from cvapps.structures import Classification, Counts, Detections, SegmentationMask
+from cvapps.structures import Classification, Counts, Detections, MultiTaskPrediction, SegmentationMask
 
 Draw = Callable[[np.ndarray, Any], np.ndarray]
 
@@ -128,8 +128,20 @@ def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[st
     Detections: boxes (xyxy, original pixels) with "name score" (:func:`draw_detections`);
     SegmentationMask: classes blended at 50 % with a legend (:func:`cvapps.io.overlay.overlay_mask`;
     class index = mask value, background 0 first in ``class_names``); Classification: "name score"
-    top left.
+    top left; MultiTaskPrediction (``class_names`` without background): its mask, then its boxes on
+    top, then the classes it says are present, top left.
     """
+    if isinstance(prediction, MultiTaskPrediction):
+        out = image
+        if prediction.segmentation is not None:
+            out = draw_prediction(out, prediction.segmentation, ["background", *class_names])
+        if prediction.detections is not None:
+            out = draw_detections(out, prediction.detections, class_names)
+        out = out.copy() if out is image else out
+        if prediction.labels is not None and len(prediction.labels):
+            text = " ".join(class_names[i] if 0 <= i < len(class_names) else str(i) for i in prediction.labels.tolist())
+            _label(out, text, 4, out.shape[0] - 4, (255, 255, 255))
+        return out
     if isinstance(prediction, Detections):
         return draw_detections(image, prediction, class_names, trails=trails)
     if isinstance(prediction, SegmentationMask):

@@ -1,4 +1,4 @@
-"""The four task modules (plus native ultralytics models), looked up by the config's ``task`` key."""
+"""The task modules (classify, segment, faster_rcnn, yolo, multitask; plus native ultralytics models), looked up by the config's ``task`` key."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ TASK_MODULES = {
     "faster_rcnn": "cvapps.tasks.faster_rcnn",
     "yolo": "cvapps.tasks.yolo",
     "ultralytics": "cvapps.tasks.ultralytics_native",
+    "multitask": "cvapps.tasks.multitask",
 }
 
 

@@ -29,7 +29,7 @@ from cvapps.formats.coco import (ImageIndex, VideoIndex, detections_to_results, 
                                  gt_category_ids, mask_to_results)
 from cvapps.formats.names import parse_frame_name
 from cvapps.io.sinks.base import StagedSink
-from cvapps.structures import Classification, Detections, Frame, SegmentationMask
+from cvapps.structures import Classification, Detections, Frame, MultiTaskPrediction, SegmentationMask
 
 
 class CocoSink(StagedSink):
@@ -75,6 +75,12 @@ class CocoSink(StagedSink):
             self.results += detections_to_results(prediction, image["id"], self.category_ids)
         elif isinstance(prediction, SegmentationMask):
             self.results += mask_to_results(prediction.mask, prediction.scores, image["id"], self.category_ids)
+        elif isinstance(prediction, MultiTaskPrediction):  # boxes and class masks under the one image id
+            if prediction.detections is not None:
+                self.results += detections_to_results(prediction.detections, image["id"], self.category_ids)
+            if prediction.segmentation is not None:
+                seg = prediction.segmentation
+                self.results += mask_to_results(seg.mask, seg.scores, image["id"], [0, *self.category_ids])
         elif not isinstance(prediction, Classification):
             raise TypeError(f"cannot write a {type(prediction).__name__} prediction to COCO")
 

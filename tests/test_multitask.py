@@ -1,0 +1,274 @@
+"""task: multitask: one backbone pass feeding the YOLO, FCN-8s and presence heads (tiny data, 64 px)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from tiny_checkpoints import ROOT
+
+from cvapps.checkpoint import save_checkpoint
+from cvapps.cli import main as cli
+from cvapps.config import MultiTaskConfig
+from cvapps.engine.device import images_to_device
+from cvapps.engine.load import load_model
+from cvapps.engine.predict import Predictor
+from cvapps.engine.train import build_optimizer, make_loader
+from cvapps.errors import ConfigError
+from cvapps.io.draw import draw_prediction
+from cvapps.io.sinks import CocoSink
+from cvapps.structures import Detections, Frame, MultiTaskPrediction, SegmentationMask
+from cvapps.tasks import get_task, load_config
+from cvapps.tasks.multitask import select_part
+
+CONFIG = ROOT / "configs" / "multitask_shapes.yaml"
+TASK = get_task("multitask")
+
+
+def _cfg(root: Path, *overrides: str) -> MultiTaskConfig:
+    return load_config(CONFIG, [f"data.root={root}", "data.imgsz=64", "data.workers=0", "train.batch=4",
+                                "train.device=cpu", *overrides])
+
+
+def _batch(cfg: MultiTaskConfig, dataset) -> tuple[torch.Tensor, list]:
+    images, targets = next(iter(make_loader(TASK, dataset, cfg, shuffle=False, device=torch.device("cpu"))))
+    return images_to_device(images, torch.device("cpu")), targets
+
+
+def test_backbone_runs_once_per_batch_for_every_head(small_shapes: Path) -> None:
+    cfg = _cfg(small_shapes)
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"]).eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    images = [(np.random.default_rng(i).random((50 + i, 70, 3)) * 255).astype(np.uint8) for i in range(3)]
+    predictor = Predictor(TASK, model, ["circle", "square", "triangle"], TASK.preprocessing(cfg), "cpu", batch=3,
+                          prefetch=0)
+    results = [p for _, p in predictor.predict([Frame(im, f"im{i}", i) for i, im in enumerate(images)], conf=0.0)]
+    assert len(calls) == 1, "one backbone pass served the whole batch"
+    assert [type(p) for p in results] == [MultiTaskPrediction] * 3
+    for image, pred in zip(images, results):
+        assert isinstance(pred.detections, Detections) and len(pred.detections) > 0
+        assert isinstance(pred.segmentation, SegmentationMask) and pred.segmentation.mask.shape == image.shape[:2]
+        assert pred.label_scores.shape == (3,)
+    # the training forward also runs the backbone once for all the losses
+    calls.clear()
+    splits = TASK.build_datasets(cfg)
+    model.train()
+    losses = model(*_batch(cfg, splits.train))
+    assert len(calls) == 1
+    assert set(losses) == {"loss_box", "loss_cls", "loss_dfl", "loss_seg", "loss_presence"}
+
+
+def _quality(model, x: torch.Tensor, targets: list) -> tuple[float, float]:
+    """(mean over images of the best IoU of the 10 top boxes with any ground-truth box,
+    share of object pixels (mask 1..K) whose class is right) on one batch, in network pixels."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.train(was)
+    preds = TASK.postprocess(out, [t["meta"] for t in targets], conf=0.0, max_det=10)
+    ious = [box_iou(p.detections.boxes, t["meta"].boxes_to_original(t["boxes"])).max().item()
+            for p, t in zip(preds, targets)]
+    masks = torch.stack([t["mask"] for t in targets])
+    objects = (masks != 255) & (masks != 0)
+    right = (out["segment"].argmax(1) == masks)[objects].float().mean().item()
+    return float(np.mean(ious)), right
+
+
+def test_joint_training_reduces_losses_and_learns_both_tasks(small_shapes: Path) -> None:
+    cfg = _cfg(small_shapes, "augment.train=[]", "train.lr=0.003")
+    splits = TASK.build_datasets(cfg)
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, splits.class_names).train()
+    x, y = _batch(cfg, splits.train)
+    iou0, pix0 = _quality(model, x, y)
+    optimizer = build_optimizer(model, cfg.train)
+    history = []
+    for _ in range(20):
+        losses = model(x, y)
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    det = [h["loss_box"] + h["loss_cls"] + h["loss_dfl"] for h in history]
+    # YOLO's task-aligned assigner gives random predictions few positives, so the detection loss first
+    # rises as predictions align with the boxes; it must then fall well below that peak.
+    assert det[-1] < 0.5 * max(det), det
+    for key in ("loss_seg", "loss_presence"):
+        assert history[-1][key] < 0.6 * history[0][key], (key, history[0][key], history[-1][key])
+    iou1, pix1 = _quality(model, x, y)
+    assert iou1 > iou0 + 0.1, (iou0, iou1)
+    assert pix1 > pix0 + 0.2, (pix0, pix1)
+
+
+def test_missing_labels_are_ignored_not_background(small_shapes: Path, tmp_path: Path) -> None:
+    root = tmp_path / "shapes"
+    shutil.copytree(small_shapes, root, ignore=shutil.ignore_patterns("classify", "video", "labels"))
+    train_imgs = sorted((root / "images" / "train").iterdir())
+    no_mask = train_imgs[0]
+    (root / "masks" / "train" / f"{no_mask.stem}.png").unlink()
+    # an image with a mask that the detection annotations do not list: masks only
+    shutil.copy(train_imgs[1], root / "images" / "train" / "extra.png")
+    shutil.copy(root / "masks" / "train" / f"{train_imgs[1].stem}.png", root / "masks" / "train" / "extra.png")
+    cfg = _cfg(root, "augment.train=[]")
+    splits = TASK.build_datasets(cfg)
+    items = {Path(it.path).name: it for it in splits.train.items}
+    assert items[no_mask.name].mask is None and items[no_mask.name].record is not None
+    assert items["extra.png"].record is None and items["extra.png"].mask is not None
+
+    names = [Path(it.path).name for it in splits.train.items]
+    _, target = splits.train[names.index(no_mask.name)]
+    assert bool((target["mask"] == 255).all()), "a missing mask is ignore (255), not background (0)"
+    _, extra = splits.train[names.index("extra.png")]
+    assert extra["has_boxes"] is False and bool((extra["mask"] != 255).any())
+
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, splits.class_names).train()
+    image, target = splits.train[names.index(no_mask.name)]
+    losses = model(image[None].float() / 255, [target])
+    assert losses["loss_seg"].item() == 0.0 and losses["loss_box"].item() > 0
+    image, target = splits.train[names.index("extra.png")]
+    losses = model(image[None].float() / 255, [target])
+    assert losses["loss_seg"].item() > 0
+    assert losses["loss_box"].item() == losses["loss_cls"].item() == losses["loss_presence"].item() == 0.0
+    sum(losses.values()).backward()  # zero losses keep a graph: the step still runs
+
+
+def test_loss_weights_and_head_choice(small_shapes: Path) -> None:
+    losses = {}
+    for weight in (1, 3):
+        cfg = _cfg(small_shapes, f"model.heads.segment.loss_weight={weight}", "augment.train=[]")
+        splits = TASK.build_datasets(cfg)
+        torch.manual_seed(0)
+        model = TASK.build_model(cfg, splits.class_names).train()
+        losses[weight] = model(*_batch(cfg, splits.train))
+    assert losses[3]["loss_seg"].item() == pytest.approx(3 * losses[1]["loss_seg"].item(), rel=1e-4)
+    assert losses[3]["loss_box"].item() == pytest.approx(losses[1]["loss_box"].item(), rel=1e-4)
+
+    cfg = _cfg(small_shapes, "model.heads.detect=null", "model.heads.classify=null",
+               "model.heads.segment.features=backbone")
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
+    assert list(model.heads) == ["segment"] and model.neck is None
+    with pytest.raises(ConfigError, match="at least one head"):
+        _cfg(small_shapes, "model.heads.detect=null", "model.heads.segment=null", "model.heads.classify=null")
+
+
+def test_train_val_export_and_each_command_takes_its_part(small_shapes: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli(["train", str(CONFIG), f"data.root={small_shapes}", "data.imgsz=64", "train.epochs=1",
+                "train.batch=8", "train.device=cpu", f"out={out}", "--quiet"]) == 0
+    ckpt = out / "best.pt"
+
+    assert cli(["val", str(ckpt), "--out", str(tmp_path / "val")]) == 0
+    metrics = json.loads((tmp_path / "val" / "val_metrics.json").read_text())
+    assert {"map", "map50", "miou", "pixel_acc", "presence_f1", "score"} <= set(metrics)
+    assert metrics["score"] == pytest.approx((metrics["map"] + metrics["miou"] + metrics["presence_f1"]) / 3, abs=1e-6)
+
+    pytest.importorskip("onnxruntime")
+    assert cli(["export", str(ckpt), "--format", "onnx"]) == 0
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["detect", "segment", "classify"]
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    det, seg, cls = session.run(None, {"images": x})
+    assert det.shape[:2] == (2, 7) and seg.shape == (2, 4, 64, 64) and cls.shape == (2, 3)
+
+    images = small_shapes / "images" / "val"
+    n = len(list(images.iterdir()))
+    assert cli(["detect", str(images), "--model", str(ckpt), "--out", str(tmp_path / "detect"), "--save-json",
+                "--conf", "0", "--max-det", "3", "--quiet"]) == 0
+    dets = json.loads((tmp_path / "detect" / "predictions.json").read_text())
+    assert len(dets) == 3 * n and all("bbox" in r and "segmentation" not in r for r in dets)
+    assert cli(["segment", str(images), "--model", str(out / "best.onnx"), "--out", str(tmp_path / "segment"),
+                "--save-json", "--quiet"]) == 0
+    coco = json.loads((tmp_path / "segment" / "predictions_coco.json").read_text())
+    assert len(coco["images"]) == n and [c["name"] for c in coco["categories"]] == ["circle", "square", "triangle"]
+    assert len(list((tmp_path / "segment" / "masks").rglob("*.png"))) == n
+
+    capsys.readouterr()
+    assert cli(["summary", str(CONFIG), "data.imgsz=64", f"data.root={small_shapes}"]) == 0
+    parts = capsys.readouterr().out.split("parts:")[1]
+    assert parts.count("backbone") == 1 and "neck" in parts
+    assert all(f"heads.{h}" in parts for h in ("detect", "segment", "classify"))
+
+
+def test_combined_prediction_drawn_and_saved_under_one_image_id(small_shapes: Path, tmp_path: Path) -> None:
+    cfg = _cfg(small_shapes)
+    torch.manual_seed(0)
+    path = tmp_path / "mt.pt"
+    
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
+    with torch.no_grad():
+        model.heads["segment"].score32.bias[2] = 5.0  # a random model's mask says "square" everywhere
+    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
+                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
+                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    loaded = load_model(path, device="cpu")
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    pred = loaded.predictor()(image, conf=0.0, max_det=5)
+    assert isinstance(pred, MultiTaskPrediction) and len(pred.detections) == 5
+    drawn = draw_prediction(image, pred, loaded.class_names)
+    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+
+    sink = CocoSink(tmp_path / "coco.json", loaded.class_names, loaded.category_ids)
+    sink.write(Frame(image, "a.png"), pred)
+    data = sink.dataset()
+    assert len(data["images"]) == 1
+    anns = data["annotations"]
+    assert {a["image_id"] for a in anns} == {data["images"][0]["id"]}
+    boxes = [a for a in anns if "segmentation" not in a]
+    masks = [a for a in anns if "segmentation" in a]
+    assert len(boxes) == 5 and {a["category_id"] for a in boxes} <= {1, 2, 3}
+    assert [a["category_id"] for a in masks] == [2] and masks[0]["area"] == 60 * 80  # mask class 2 -> category 2
+
+    seg = select_part(loaded, "segment")
+    assert seg.class_names == ["background", "circle", "square", "triangle"] and seg.category_ids == [0, 1, 2, 3]
+    part = seg.predictor()(image)
+    assert isinstance(part, SegmentationMask)
+    assert np.array_equal(part.mask, pred.segmentation.mask)
+
+
+def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    import cvapps
+    from pycocotools.coco import COCO
+
+    path = tmp_path / "mt.pt"
+    cfg = _cfg(small_shapes)
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
+    with torch.no_grad():
+        model.heads["segment"].score32.bias[1] = 5.0  # the mask says "circle" everywhere
+    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
+                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
+                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    spec = importlib.util.spec_from_file_location("annotate_video", ROOT / "pipelines" / "annotate_video.py")
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "pipelines"))
+    calls = []
+    mt = cvapps.load(path, device="cpu", batch=4)
+    mt.loaded.model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    video = small_shapes / "video" / "shapes.mp4"
+    report = mod.annotate(str(video), tmp_path / "out", conf=0.0, progress=False, multitask=mt)
+    assert report.processed == 24 and len(calls) == 6  # 24 frames in batches of 4: one pass per batch
+    assert (tmp_path / "out" / "shapes.mp4").is_file()
+    coco = COCO(str(tmp_path / "out" / "multitask_coco.json"))
+    assert len(coco.getImgIds()) == 24
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[coco.getImgIds()[0]]))
+    assert any("segmentation" in a and a["category_id"] == 1 for a in anns)
+    assert any("segmentation" not in a for a in anns)
