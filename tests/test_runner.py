@@ -435,3 +435,26 @@ def test_memory_format_not_probed_for_slow_or_training_models() -> None:
                           channels_last=False, prefetch=0)
     predictor(np.zeros((20, 20, 3), np.uint8))
     assert predictor.memory_format == torch.contiguous_format and training.seen == [False]
+
+
+def test_inline_sinks_are_written_on_the_callers_thread(small_video: Path) -> None:
+    """Only in-memory sinks (inline = True) or none: no writer thread; any other sink: the writer thread."""
+    import threading
+
+    class _Where:
+        def __init__(self, inline: bool) -> None:
+            self.inline, self.threads = inline, set()
+
+        def write(self, frame, prediction) -> None:
+            self.threads.add(threading.current_thread().name)
+
+        def close(self) -> None:
+            pass
+
+    inline = _Where(True)
+    report = run_source(fake_predictor(), small_video, [inline], progress=False, handle_signals=False)
+    assert report.processed == 30 and inline.threads == {threading.current_thread().name}
+    threaded = _Where(False)
+    run_source(fake_predictor(), small_video, [_Where(True), threaded], progress=False, handle_signals=False)
+    assert threaded.threads == {"cvapps-writer"}
+    assert run_source(fake_predictor(), small_video, [], progress=False, handle_signals=False).processed == 30
