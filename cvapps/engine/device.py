@@ -68,13 +68,13 @@ def choose_memory_format(model: nn.Module, sample: torch.Tensor, repeats: int = 
     NCHW vs channels_last (model and input both), one warm-up each then ``repeats`` alternating
     timed passes, minimum kept; channels_last must win by 5%. On 2 CPU cores channels_last is
     10-40% faster for YOLO and FCN and 1.5x slower for the small classifier, so no single rule
-    fits. A model without parameters (ONNX) or slower than :data:`PROBE_BUDGET_S` a pass is
+    fits. A model without convolution weights (ONNX) or slower than :data:`PROBE_BUDGET_S` a pass is
     not probed and stays in NCHW.
     """
     if sample.device.type == "cuda":
         return _convert(model, torch.channels_last)
-    if next(iter(model.parameters()), None) is None or sample.dim() != 4:
-        return DEFAULT_CPU_FORMAT
+    if sample.dim() != 4 or not any(p.dim() == 4 for p in model.parameters()):
+        return DEFAULT_CPU_FORMAT  # no convolution weights (ONNX, a stub): layout does not matter
     formats = (torch.contiguous_format, torch.channels_last)
     inputs = {f: sample.contiguous(memory_format=f) for f in formats}
     best = {f: float("inf") for f in formats}
