@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
-import cvapps  # noqa: E402,F401 - before torch: OpenMP workers sleep, as in the CLI (cvapps/threads.py)
+import cvapps  # noqa: F401 - before torch: OpenMP workers sleep, as in the CLI (cvapps/threads.py)
 
 
 def alternate(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
