@@ -15,7 +15,7 @@ the cost of the forward pass, and both sides get the same file.
     alternating ``--repeats`` times; prints images/s and ``ratio cvapps / ultralytics``.
 (b) defaults (what a user sees): the whole process, ``python -m cvapps detect SOURCE --model W``
     vs ``yolo predict model=W source=SOURCE``, each with its own defaults (threads, batch, layout,
-    annotated images written), start-up included; prints seconds and the ratio.
+    input size 640, annotated images written), start-up included; prints seconds and the ratio.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def equal_settings(weights: Path, folder: Path, imgsz: int, args: argparse.Names
     print(f"      ratio cvapps / ultralytics (equal settings): {b['cvapps'] / b['ultralytics']:.2f}  (target >= 1.0)")
 
 
-def defaults(weights: Path, folder: Path, imgsz: int, tmp: Path, repeats: int) -> None:
+def defaults(weights: Path, folder: Path, tmp: Path, repeats: int) -> None:
     yolo = shutil.which("yolo", path=str(Path(sys.executable).parent)) or "yolo"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"):  # each tool's own defaults
@@ -102,7 +102,8 @@ def defaults(weights: Path, folder: Path, imgsz: int, tmp: Path, repeats: int) -
 
     cvapps_cmd = [sys.executable, "-m", "cvapps", "detect", str(folder), "--model", str(weights), "--quiet",
                   "--out", str(tmp / "out_cvapps")]
-    ul_cmd = [yolo, "predict", f"model={weights}", f"source={folder}", f"imgsz={imgsz}", "device=cpu",
+    # no imgsz on either side: each runs at its default (the size the weights were trained at, 640)
+    ul_cmd = [yolo, "predict", f"model={weights}", f"source={folder}", "device=cpu",
               f"project={tmp / 'out_ul'}", "exist_ok=True", "verbose=False"]
     rates = alternate({"cvapps detect": lambda: process(cvapps_cmd), "yolo predict": lambda: process(ul_cmd)},
                       max(1, repeats // 2))
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== {name}: {folder} (imgsz {imgsz}), weights {weights.name} ==")
             equal_settings(weights, folder, imgsz, args)
             if not args.no_defaults:
-                defaults(weights, folder, imgsz, tmp, args.repeats)
+                defaults(weights, folder, tmp, args.repeats)
     return 0
 
 
