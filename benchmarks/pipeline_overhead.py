@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""Throughput of the full predict pipeline on a video vs a model-only loop, same model and batch.
+"""What the predict pipeline costs: the pipeline against its slowest stage and against a minimal loop.
 
-    python benchmarks/pipeline_overhead.py [--model CKPT] [--video FILE] [--batch 8] [--device auto]
+    python benchmarks/pipeline_overhead.py [--cases video,classify,segment] [--repeats 5] [--batch 8]
+                                           [--threads N] [--device cpu]
 
-Pipeline: what ``cvapps detect VIDEO --save-video`` runs (reader thread decoding the video,
-letterbox + batching in the prefetch thread, forward + NMS, writer thread drawing boxes into an
-annotated mp4 and a COCO JSON). Model-only: the same model on the same frames already decoded and
-letterboxed into uint8 batches, timing only ``model(images)`` (H2D copy + forward). Prints both
-rates and ratio = pipeline / model-only (1.0 means the pipeline adds nothing). Without --model a
-randomly initialised detector from configs/yolo_shapes.yaml at ``--imgsz`` (default 640, the usual
-detector input) is used (falls back to the classifier of configs/classify_shapes.yaml); weights do
-not change the cost of the forward pass. Measured on 2 CPU cores: 1.20 at 640 px; 0.60 at 160 px,
-where the whole forward pass (3 ms/frame) costs less than decoding + mp4 encoding. Each side runs
-``--repeats`` times, alternating, and the best run counts (the machine may be shared).
+* video: ``cvapps detect sample.mp4 --save-video --save-json`` (the shapes YOLO of
+  sample_data/models/detect.pt; reader thread decoding, letterbox + batching, forward + NMS, writer
+  thread drawing into the mp4 and collecting the COCO JSON). Each stage is also measured ALONE in
+  the same run: decode (cv2 read loop), forward+postprocess (on frames already decoded and
+  letterboxed), encode (drawing + mp4 + COCO JSON from predictions already made). Prints
+  ``pipeline / slowest stage`` (1.0: the pipeline costs nothing beyond its bottleneck; target >= 0.85)
+  and the serial sum of the stages for reference.
+* classify, segment: the predictor over a folder (sample_data/shapes/classify, .../images),
+  predictions only, against :func:`_common.minimal_loop` (cv2.imread + the same preprocessing,
+  model, batch, memory layout, threads and postprocessing, serial). Prints
+  ``pipeline / minimal loop`` (target >= 0.95).
+
+Every case runs ``--repeats`` times, alternating with the others; the best of each counts and the
+worst/best spread shows the noise (the machine may be shared). Layout: the predictor's own
+``memory_format`` (chosen by its probe), which the stage and minimal loops use too.
 """
 
 from __future__ import annotations
@@ -23,107 +29,150 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, alternate, best, folder_paths, minimal_loop, rate, spread
+
+VIDEO = ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"
+MODELS = ROOT / "sample_data" / "models"
+FOLDERS = {"classify": ROOT / "sample_data" / "shapes" / "classify",
+           "segment": ROOT / "sample_data" / "shapes" / "images"}
 
 
-def build_predictor(args: argparse.Namespace):
-    import torch
-
-    from cvapps.api import load
-    from cvapps.engine.predict import Predictor
-
-    if args.model:
-        return load(args.model, device=args.device, batch=args.batch).predictor
-    from cvapps.tasks import get_task, load_config
-
-    torch.manual_seed(0)
-    for config, names in (("yolo_shapes.yaml", ["circle", "square", "triangle"]),
-                          ("classify_shapes.yaml", ["circle", "square", "triangle"])):
-        path = ROOT / "configs" / config
-        try:
-            cfg = load_config(path, [f"data.imgsz={args.imgsz}"] if args.imgsz else [])
-            task = get_task(cfg.task)
-            model = task.build_model(cfg, names)
-        except Exception as exc:  # noqa: BLE001 - a task not present in this checkout: try the next
-            print(f"({config} unavailable: {exc}; trying the next model)", file=sys.stderr)
-            continue
-        prep = {"imgsz": cfg.data.imgsz, "resize": task.resize_mode, "in_channels": cfg.model.in_channels}
-        return Predictor(task, model, names, prep, device=args.device, batch=args.batch)
-    raise SystemExit("no model could be built")
-
-
-def pipeline_fps(predictor, video: Path, options: dict) -> tuple[float, int, str]:
-    from cvapps.engine.runner import run_source
+def _video_sinks(predictor, tmp: Path) -> list:
     from cvapps.io.sinks import CocoSink, VideoWriterSink, make_drawer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        draw = make_drawer(predictor.class_names)
-        sinks = [VideoWriterSink(Path(tmp) / "out.mp4", draw), CocoSink(Path(tmp) / "coco.json",
-                                                                     predictor.class_names)]
-        report = run_source(predictor, video, sinks, progress=False, options=options, handle_signals=False)
-    return report.processed / report.wall_s, report.processed, report.timing_report()
+    return [VideoWriterSink(tmp / "out.mp4", make_drawer(predictor.class_names)),
+            CocoSink(tmp / "predictions_coco.json", predictor.class_names, predictor.category_ids,
+                     results_path=tmp / "predictions.json")]
 
 
-def model_only_fps(predictor, batches) -> float:
+def video_case(args: argparse.Namespace) -> None:
+    import cv2
+
+    from cvapps.api import load
+    from cvapps.engine.runner import run_source
+    from cvapps.io.sinks import close_all
+    from cvapps.io.sources import open_source
+
+    predictor = load(MODELS / "detect.pt", device=args.device, batch=args.batch).predictor
+    options = {"conf": 0.25}
+    with open_source(str(VIDEO)) as src:
+        frames = list(src)
+        fps_in = src.fps
+    batches = [predictor._prepare(frames[i:i + args.batch]) for i in range(0, len(frames), args.batch)]
+    predictions: list = []
+
+    def decode() -> float:
+        t0, cap, n = time.perf_counter(), cv2.VideoCapture(str(VIDEO)), 0
+        while cap.read()[0]:
+            n += 1
+        cap.release()
+        return rate(n, time.perf_counter() - t0)
+
+    def letterbox() -> float:
+        t0 = time.perf_counter()
+        for i in range(0, len(frames), args.batch):
+            predictor._prepare(frames[i:i + args.batch])
+        return rate(len(frames), time.perf_counter() - t0)
+
+    def forward() -> float:
+        t0 = time.perf_counter()
+        out = [pair for group in batches for pair in predictor._infer_all(group, options)]
+        seconds = time.perf_counter() - t0
+        predictions[:] = out
+        return rate(len(frames), seconds)
+
+    def encode() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            sinks = _video_sinks(predictor, Path(tmp))
+            sinks[0].fps = fps_in
+            t0 = time.perf_counter()
+            for frame, prediction in predictions:
+                for sink in sinks:
+                    sink.write(frame, prediction)
+            close_all(sinks, commit=True)
+            return rate(len(predictions), time.perf_counter() - t0)
+
+    def pipeline() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = run_source(predictor, str(VIDEO), _video_sinks(predictor, Path(tmp)), progress=False,
+                                options=options, handle_signals=False)
+            return report.fps
+
+    forward()  # warm-up: the layout probe, first-call allocations, the file cache
+    pipeline()
+    rates = alternate({"decode": decode, "letterbox": letterbox, "forward+postprocess": forward,
+                       "encode (draw + mp4 + COCO)": encode, "pipeline": pipeline}, args.repeats)
+    b = best(rates)
+    stages = {k: v for k, v in b.items() if k not in ("pipeline", "letterbox")}
+    slowest = min(stages, key=stages.get)
+    serial = 1 / sum(1 / v for k, v in b.items() if k != "pipeline")
+    print(f"\n== video: detect {VIDEO.name} --save-video --save-json ({len(frames)} frames "
+          f"{frames[0].image.shape[1]}x{frames[0].image.shape[0]}, input {predictor.imgsz} rect, batch {args.batch}, "
+          f"layout {_fmt(predictor)}, torch threads {_threads()}) ==")
+    for name, values in rates.items():
+        print(f"  {name:28} {spread(values)}")
+    print(f"  serial sum of the stages     {serial:9.1f}/s")
+    print(f"ratio pipeline / slowest stage ({slowest}): {b['pipeline'] / b[slowest]:.3f}  (target >= 0.85)")
+
+
+def folder_case(task: str, args: argparse.Namespace) -> None:
+    from cvapps.api import load
+    from cvapps.engine.runner import run_source
+
+    predictor = load(MODELS / f"{task}.pt", device=args.device, batch=args.batch).predictor
+    folder = FOLDERS[task]
+    paths = folder_paths(folder)
+    options: dict = {}
+
+    def pipeline() -> float:
+        return run_source(predictor, str(folder), [], progress=False, options=options, handle_signals=False).fps
+
+    def minimal() -> float:
+        return minimal_loop(predictor, paths, options)
+
+    pipeline()  # warm-up (layout probe, file cache)
+    minimal()
+    rates = alternate({"pipeline": pipeline, "minimal loop": minimal}, args.repeats)
+    b = best(rates)
+    print(f"\n== {task}: folder {folder.relative_to(ROOT)} ({len(paths)} images, input {predictor.imgsz}, "
+          f"batch {args.batch}, layout {_fmt(predictor)}, torch threads {_threads()}) ==")
+    for name, values in rates.items():
+        print(f"  {name:28} {spread(values)}")
+    print(f"ratio pipeline / minimal loop: {b['pipeline'] / b['minimal loop']:.3f}  (target >= 0.95)")
+
+
+def _fmt(predictor) -> str:
     import torch
 
-    from cvapps.engine.device import images_to_device
+    return "channels_last" if predictor.memory_format == torch.channels_last else "NCHW"
 
-    model, device = predictor.model, predictor.device
-    n = sum(len(b) for b in batches)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=predictor.half):
-        model(images_to_device(batches[0], device))  # warm-up (cuDNN autotune, allocator)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for images in batches:
-            model(images_to_device(images, device))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return n / (time.perf_counter() - t0)
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", help="checkpoint (default: a random detector from configs/yolo_shapes.yaml)")
-    p.add_argument("--task", choices=["detect", "other"], default="detect", help="what --model is (default detect)")
-    p.add_argument("--video", default=str(ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"))
+    p.add_argument("--cases", default="video,classify,segment")
     p.add_argument("--batch", type=int, default=8)
-    # 640 is the usual detector input; at the shapes config's 160 px the forward pass takes ~3 ms a
-    # frame on 2 CPU cores, less than decoding + mp4 encoding, so the ratio there measures the codec.
-    p.add_argument("--imgsz", type=int, default=640,
-                   help="network input size for the default model (default 640; 160 = the shapes config)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-
-    import numpy as np
     import torch
 
-    from cvapps.io.sources import open_source
-
-    predictor = build_predictor(args)
-    task = getattr(predictor.task, "name", "?")
-    options = {"conf": 0.25} if task in ("yolo", "faster_rcnn", "ultralytics") else {}
-    with open_source(args.video) as src:
-        frames = list(src)
-    prepared = [predictor.task.preprocess(f.image, predictor.imgsz, predictor.in_channels, rect=predictor.rect)[0] for f in frames]
-    batches = [torch.from_numpy(np.stack(prepared[i:i + args.batch])).permute(0, 3, 1, 2).contiguous()
-               for i in range(0, len(prepared), args.batch)]
-    pipeline_fps(predictor, Path(args.video), options)  # warm-up: first-call costs, file cache
-    best_pipe, best_model, timing = 0.0, 0.0, ""
-    for _ in range(args.repeats):
-        fps, n, report = pipeline_fps(predictor, Path(args.video), options)
-        if fps > best_pipe:
-            best_pipe, timing = fps, report
-        best_model = max(best_model, model_only_fps(predictor, batches))
-    print(f"model: {task} ({type(predictor.model).__name__}), input {predictor.imgsz}, batch {args.batch}, "
-          f"device {predictor.device}, torch threads {torch.get_num_threads()}, {len(frames)} frames")
-    print(f"pipeline (decode + preprocess + model + postprocess + draw/encode mp4 + COCO): {best_pipe:.1f} frames/s")
-    print(f"  {timing}")
-    print(f"model-only loop on pre-decoded tensors:                 {best_model:.1f} frames/s")
-    print(f"ratio pipeline / model-only: {best_pipe / best_model:.3f}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for case in args.cases.split(","):
+        if case == "video":
+            video_case(args)
+        elif case in FOLDERS:
+            folder_case(case, args)
+        else:
+            p.error(f"unknown case {case!r}")
     return 0
 
 

@@ -7,8 +7,9 @@
    detections per image (ultralytics' val settings), and pycocotools' COCOeval scores both result
    lists against the same val.json. Prints mAP50, mAP50-95, training time and inference speed.
 2. With the same yolov8n weights (the run above, or --weights), run ultralytics' ``predict`` and our
-   predictor (the code behind ``cvapps detect``) over the same folder; print images/s and the
-   throughput ratio ours / ultralytics (>= 1.0 means cvapps is at least as fast).
+   predictor (the code behind ``cvapps detect``) over the same folder with EQUAL settings (torch
+   threads, batch, memory layout; start-up excluded; predict_vs_ultralytics.py, which also reports
+   each tool's defaults as a whole process); print images/s and the ratio ours / ultralytics.
 
 The two recipes (same data, image size, epochs, batch, CPU threads, optimizer family):
 
@@ -36,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from predict_vs_ultralytics import equal_settings  # first: it imports cvapps before torch (threads.py)
 
 import torch
 
@@ -220,13 +223,9 @@ def main() -> None:
                   f"{m_ours / max(m_ul, 1e-9):.2f}, train time {t_ours / t_ul:.2f}, inference speed {ul_ms / ours_ms:.2f}x")
 
         print(f"\n== same yolov8n weights ({weights}) on {folder}, imgsz {psize} ==")
-        ours = load(weights, device=args.device, batch=args.predict_batch, imgsz=psize).predictor
-        s_ours = time_cvapps(ours, folder, args.repeat)
-        s_ul = time_ultralytics(weights, folder, psize, args.device, args.repeat)
-        print(f"cvapps detect path : {1 / s_ours:8.1f} img/s ({1000 * s_ours:.2f} ms/img, batch {args.predict_batch})")
-        print(f"ultralytics predict: {1 / s_ul:8.1f} img/s ({1000 * s_ul:.2f} ms/img)")
-        print(f"throughput ratio ours / ultralytics: {s_ul / s_ours:.2f}")
-
+        # equal threads, batch and memory layout on both sides (see predict_vs_ultralytics.py)
+        equal_settings(weights, folder, psize, argparse.Namespace(
+            threads=args.threads or torch.get_num_threads(), batch=args.predict_batch, repeats=max(2, args.repeat)))
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from cvapps.threads import passive_openmp
+
+passive_openmp()  # before anything imports torch: OpenMP workers sleep instead of spinning (see threads.py)
+
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Result", "TrainResult", "load", "train"]

@@ -11,10 +11,17 @@ exception carried over the queue and re-raised on the caller's side):
 
 This module sits at the bottom of the package (it imports only :mod:`cvapps.errors`), so ``io``
 and ``engine`` can both use it.
+
+Threads that do not fight: torch's OpenMP workers by default spin (busy-wait) after every parallel
+region, which on a machine with few cores takes the cores the reader and writer threads need, and
+under load collapses the forward pass (measured on 2 shared cores: the shapes YOLO at 5-18
+frames/s spinning vs 60-73 passive). :func:`passive_openmp` (called when ``cvapps`` is imported,
+before torch loads) makes them sleep instead, unless the user set ``OMP_WAIT_POLICY`` already.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from cvapps.errors import CvappsError
 
-__all__ = ["POLL_S", "QUEUE_BYTES", "Producer", "Consumer"]
+__all__ = ["POLL_S", "QUEUE_BYTES", "Producer", "Consumer", "passive_openmp"]
 
 T = TypeVar("T")
 
@@ -30,6 +37,12 @@ POLL_S = 0.1  # how often blocked queue operations re-check the stop event
 #: Decoded frames queued between two stages (source -> prefetch -> ... -> writer) take at most
 #: about this many bytes per queue (plus one item), whatever the frame count limit says.
 QUEUE_BYTES = 256 << 20
+
+
+def passive_openmp() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless set: OpenMP reads it once, when torch is first imported,
+    so it takes effect only when cvapps is imported before torch (always so for the CLI)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _End:

@@ -209,7 +209,8 @@ def test_huge_bomb_over_pil_hard_limit(tmp_path: Path) -> None:
     for chunk in (ihdr, iend):
         png += struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk))
     (tmp_path / "huge.png").write_bytes(png)
-    with pytest.raises(ImageReadError, match=r"image too large \(200000000 pixels > 89478485\)"):
+    # the PNG header is parsed by cvapps (no PIL open), so the message names both sides
+    with pytest.raises(ImageReadError, match=r"image too large \(20000 x 10000 pixels > 89478485\)"):
         read_image(tmp_path / "huge.png")
 
 
@@ -390,3 +391,25 @@ def test_image_size_is_width_height_after_exif(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="not an image"):
         (tmp_path / "t.png").write_text("hello")
         image_size(tmp_path / "t.png")
+
+
+def test_jpeg_png_decoded_once_without_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEG (baseline, progressive) and PNG sizes come from cvapps' header parser; PIL is not opened."""
+    from cvapps.io import images as images_mod
+    from cvapps.io.headers import jpeg_png_size
+
+    img = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    files = {"a.jpg": cv2.imencode(".jpg", img)[1], "p.jpg": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1],
+             "a.png": cv2.imencode(".png", img)[1]}
+    for name, enc in files.items():
+        (tmp_path / name).write_bytes(enc.tobytes())
+        assert jpeg_png_size(enc.tobytes())[1] == (50, 30)
+
+    def no_pil(_fp):
+        raise AssertionError("PIL opened a JPEG/PNG")
+
+    monkeypatch.setattr(images_mod, "_pil_open", no_pil)
+    for name in files:
+        assert read_image(tmp_path / name).shape == (30, 50, 3)
+    assert jpeg_png_size(b"\xff\xd8\xff\xda" + bytes(10)) is None  # scan before any frame header
+    assert jpeg_png_size(b"GIF89a") is None

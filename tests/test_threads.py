@@ -151,3 +151,18 @@ def test_byte_budget_bounds_queued_bytes() -> None:
     assert sizes == [100] * 10
     big = Producer(lambda stop: iter([bytes(1000)]), max_bytes=10, weigh=len)
     assert [len(b) for b in big] == [1000]  # one item alone always fits
+
+
+def test_openmp_workers_sleep_unless_the_user_chose() -> None:
+    """Importing cvapps (before torch) sets OMP_WAIT_POLICY=PASSIVE; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, cvapps, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

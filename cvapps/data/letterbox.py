@@ -41,14 +41,19 @@ class LetterboxMeta:
         b[:, [1, 3]] = b[:, [1, 3]] * self.scale_xy[1] + self.pad_xy[1]
         return b
 
-    def map_to_original(self, maps: torch.Tensor) -> torch.Tensor:
-        """(..., H_in, W_in) score maps -> (..., H, W): crop the padding, resize bilinearly."""
+    def crop_padding(self, maps: torch.Tensor) -> torch.Tensor:
+        """(..., H_in, W_in) maps -> (..., h, w): the letterbox padding cut off, network resolution."""
         (h, w), (px, py) = self.orig_hw, self.pad_xy
         ih = round(h * self.scale_xy[1])
         iw = round(w * self.scale_xy[0])
-        crop = maps[..., py:py + ih, px:px + iw]
+        return maps[..., py:py + ih, px:px + iw]
+
+    def map_to_original(self, maps: torch.Tensor) -> torch.Tensor:
+        """(..., H_in, W_in) score maps -> (..., H, W): crop the padding, resize bilinearly."""
+        h, w = self.orig_hw
+        crop = self.crop_padding(maps)
         shape = crop.shape
-        flat = crop.reshape(-1, 1, ih, iw).float()
+        flat = crop.reshape(-1, 1, *shape[-2:]).float()
         out = torch.nn.functional.interpolate(flat, size=(h, w), mode="bilinear", align_corners=False)
         return out.reshape(*shape[:-2], h, w)
 

@@ -6,8 +6,9 @@ returns an HxWx3 BGR uint8 array with the EXIF orientation applied, or raises
 file and report ``path: reason``.
 
 Decoding goes through ``cv2.imdecode`` (fast, reads the bytes once). Before it, the image size is
-read from the header for the decompression-bomb check, for every format OpenCV decodes: by
-:mod:`cvapps.io.headers` (HDR, EXR, PFM, PNM/PAM, Sun Raster) or by PIL's lazy ``Image.open``;
+read from the header for the decompression-bomb check, for every format OpenCV decodes: JPEG and
+PNG here (so ``imdecode`` is the only thing that opens them), HDR, EXR, PFM, PNM/PAM and Sun
+Raster by :mod:`cvapps.io.headers`, the rest by PIL's lazy ``Image.open``;
 bytes neither recognises are refused. PIL is also the fallback decoder for formats or modes
 OpenCV rejects. Only regular files up to the size cap (:func:`max_file_bytes`, 256 MiB by
 default) are read; FIFOs and devices are refused from ``stat``, before they are opened.
@@ -42,7 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.guard import check_writable_target
-from cvapps.io.headers import HEAD_BYTES, header_size
+from cvapps.io.headers import HEAD_BYTES, header_size, jpeg_png_size
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -261,12 +262,16 @@ def _probe(path: object, data: bytes) -> tuple[Image.Image | None, tuple[int, in
             raise ImageReadError(path, "not an image (unrecognised format)") from None
         except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
             raise ImageReadError(path, "truncated or corrupt image data") from None
-    w, h = size
+    return pil, _checked_size(path, *size)
+
+
+def _checked_size(path: object, w: int, h: int) -> tuple[int, int]:
+    """(w, h) when the pixel count is acceptable; else the bomb / corrupt-header refusal."""
     if w * h > MAX_IMAGE_PIXELS:
         raise ImageReadError(path, f"image too large ({w} x {h} pixels > {MAX_IMAGE_PIXELS})")
     if w <= 0 or h <= 0:
         raise ImageReadError(path, "truncated or corrupt image data")
-    return pil, (w, h)
+    return w, h
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -304,16 +309,23 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if not data:
         raise ImageReadError(path, "empty file (0 bytes)")
 
-    # Header only: a bomb is refused before its pixels are allocated.
-    pil, _ = _probe(path, data)
-    if pil is not None:
-        # OpenCV 4.x decodes a truncated JPEG into a partly grey image without any error.
-        # Structural checks also keep the PIL fallback honest if some other library has set
-        # the process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True.
-        if pil.format in ("JPEG", "MPO") and _jpeg_truncated(data):
-            raise ImageReadError(path, "truncated or corrupt image data")
-        if pil.format == "PNG" and data.find(_PNG_IEND, max(0, len(data) - _TAIL)) < 0:
-            raise ImageReadError(path, "truncated or corrupt image data")
+    # Header only: a bomb is refused before its pixels are allocated. JPEG and PNG headers are
+    # parsed here (no PIL open: one decoder per file); other formats go through the PIL probe.
+    fast = jpeg_png_size(data)
+    pil: Image.Image | None = None
+    if fast is not None:
+        fmt = fast[0]
+        _checked_size(path, *fast[1])
+    else:
+        pil, _ = _probe(path, data)
+        fmt = pil.format if pil is not None else None
+    # OpenCV 4.x decodes a truncated JPEG into a partly grey image without any error.
+    # Structural checks also keep the PIL fallback honest if some other library has set
+    # the process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True.
+    if fmt in ("JPEG", "MPO") and _jpeg_truncated(data):
+        raise ImageReadError(path, "truncated or corrupt image data")
+    if fmt == "PNG" and data.find(_PNG_IEND, max(0, len(data) - _TAIL)) < 0:
+        raise ImageReadError(path, "truncated or corrupt image data")
 
     buf = np.frombuffer(data, dtype=np.uint8)  # zero-copy view of the bytes already read
     try:
@@ -326,6 +338,11 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if img is not None and img.size:
         return _as_bgr3(img)
 
+    if pil is None and fast is not None:  # a JPEG/PNG OpenCV refused: PIL may still read it
+        try:
+            pil = _pil_open(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - malformed headers raise all sorts of errors in plugins
+            pil = None
     if pil is None:
         raise ImageReadError(path, "truncated or corrupt image data")
     # OpenCV refused it: let PIL tell truncation apart from an unsupported encoding.

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -163,18 +164,26 @@ class SegmentTask(Task):
             yield str(sample.image), (lambda i=i: load(i))
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[SegmentationMask]:
-        """logits (B, K, S, S) -> per image: the scores mapped to ORIGINAL pixels (crop the letterbox
-        padding, bilinear resize), softmax, argmax -> ``SegmentationMask(mask HxW uint8, scores (K,))``
-        where ``scores[c]`` is the mean probability of class ``c`` over the pixels assigned to it."""
+        """logits (B, K, S, S) -> per image ``SegmentationMask(mask HxW uint8, scores (K,))`` in
+        ORIGINAL pixels; ``scores[c]`` is the mean probability of class ``c`` over its pixels.
+
+        Softmax and argmax run at network resolution on the unpadded part; only the uint8 index
+        map is resized (nearest, pixel centres aligned) to the original size, not K float score
+        maps: the cost stays that of the network's output, whatever the photo's size.
+        """
+        probs = outputs.float().softmax(1)
+        confs, labels = probs.max(1)                                          # (B, S, S) each
+        k = probs.shape[1]
         results = []
-        for logits, meta in zip(outputs, metas):
-            probs = meta.map_to_original(logits.float()).softmax(0)          # (K, H, W)
-            conf, label = probs.max(0)
-            k = probs.shape[0]
+        for conf, label, meta in zip(confs, labels, metas):
+            conf, label = meta.crop_padding(conf).flatten(), meta.crop_padding(label)
             counts = torch.bincount(label.flatten(), minlength=k).float()
-            sums = torch.zeros(k, device=probs.device).index_add_(0, label.flatten(), conf.flatten())
+            sums = torch.zeros(k, device=conf.device).index_add_(0, label.flatten(), conf)
             scores = (sums / counts.clamp(min=1)).cpu().numpy().astype(np.float32)
-            results.append(SegmentationMask(label.to(torch.uint8).cpu().numpy(), scores))
+            small = label.to(torch.uint8).cpu().numpy()
+            (h, w) = meta.orig_hw
+            mask = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+            results.append(SegmentationMask(mask, scores))
         return results
 
 

@@ -73,6 +73,8 @@ class ClassificationCSV(StagedSink):
     """``predictions.csv``: path,label,score then label_k,score_k for the top-k (k >= 2). A path that
     is not valid UTF-8 is written with its bytes escaped (``bad\\xffname.png``)."""
 
+    inline = True  # one in-memory row per frame: the runner calls it without a writer thread
+
     def __init__(self, path: str | Path, class_names: list[str], topk: int = 3) -> None:
         super().__init__()
         self.path, self.class_names, self.topk = Path(path), class_names, topk
