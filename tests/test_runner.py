@@ -385,56 +385,46 @@ def _rect(h: int, w: int, imgsz: int = 128, stride: int = 32) -> tuple[int, int]
 
 
 # --------------------------------------------------------------------------------------------
-# Memory layout: measured once per predictor, used for every batch.
+# Memory layout: one rule per task (measured per model family), fixed for the predictor's life.
 # --------------------------------------------------------------------------------------------
 class _LayoutModel(nn.Module):
-    """A conv whose forward is slow (sleeps) unless the input is in ``fast`` layout; records layouts."""
+    """A 1x1 conv that records whether each input came in channels_last."""
 
-    def __init__(self, fast: torch.memory_format | None, first_pass_s: float = 0.0) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 1, 1)
-        self.fast, self.first_pass_s = fast, first_pass_s
         self.seen: list[bool] = []
 
     def forward(self, images: torch.Tensor, targets=None) -> torch.Tensor:
-        cl = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
-        self.seen.append(cl)
-        if self.first_pass_s and len(self.seen) == 1:
-            time.sleep(self.first_pass_s)
-        if self.fast is not None:
-            time.sleep(0.0 if cl == (self.fast == torch.channels_last) else 0.03)
+        self.seen.append(images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous())
         return self.conv(images).mean(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("fast", [torch.channels_last, torch.contiguous_format])
-def test_memory_format_chosen_by_probe_and_kept(fast) -> None:
-    from cvapps.engine.device import choose_memory_format
-
-    model = _LayoutModel(fast)
-    assert choose_memory_format(model, torch.rand(1, 3, 16, 16)) == fast
-    assert model.conv.weight.is_contiguous(memory_format=fast)  # the model is left in that layout
-
-    model = _LayoutModel(fast)
-    predictor = Predictor(_FakeDetectTask(), model, ["a", "b", "c"], {"imgsz": 32}, device="cpu", batch=2,
-                          prefetch=0)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_memory_format_is_the_tasks_rule_for_every_batch(channels_last: bool) -> None:
+    task = _FakeDetectTask()
+    task.cpu_channels_last = channels_last
+    model = _LayoutModel()
+    predictor = Predictor(task, model, ["a", "b", "c"], {"imgsz": 32}, device="cpu", batch=2, prefetch=0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert predictor.memory_format == fmt
+    assert model.conv.weight.is_contiguous(memory_format=fmt)  # the model is converted once
     frames = [Frame(np.full((20, 30, 3), i, np.uint8), f"f{i}", i) for i in range(5)]
     assert len(list(predictor.predict(frames))) == 5
-    assert predictor.memory_format == fast
-    probe_passes = len(model.seen) - 3  # 3 real batches of 2, 2, 1 frames
-    assert set(model.seen[probe_passes:]) == {fast == torch.channels_last}  # every real batch in that layout
+    assert model.seen == [channels_last] * 3  # 3 batches (2, 2, 1 frames), no probe pass
 
 
-def test_memory_format_not_probed_for_slow_or_training_models() -> None:
-    from cvapps.engine import device
-
-    slow = _LayoutModel(torch.channels_last, first_pass_s=device.PROBE_BUDGET_S + 0.05)
-    assert device.choose_memory_format(slow, torch.rand(1, 3, 8, 8)) == torch.contiguous_format
-    assert len(slow.seen) == 1  # one pass over budget: no more probing
-    training = _LayoutModel(torch.channels_last)
-    predictor = Predictor(_FakeDetectTask(), training, ["a", "b", "c"], {"imgsz": 32}, device="cpu",
-                          channels_last=False, prefetch=0)
+def test_memory_format_of_training_models_and_models_without_convolutions() -> None:
+    task = _FakeDetectTask()
+    task.cpu_channels_last = True
+    training = _LayoutModel()
+    predictor = Predictor(task, training, ["a", "b", "c"], {"imgsz": 32}, device="cpu", channels_last=False,
+                          prefetch=0)
     predictor(np.zeros((20, 20, 3), np.uint8))
     assert predictor.memory_format == torch.contiguous_format and training.seen == [False]
+    from cvapps.engine.device import choose_memory_format
+
+    assert choose_memory_format(nn.Linear(3, 1), torch.device("cpu"), True) == torch.contiguous_format
 
 
 def test_inline_sinks_are_written_on_the_callers_thread(small_video: Path) -> None:

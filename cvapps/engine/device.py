@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import torch
 from torch import nn
@@ -53,47 +52,21 @@ def images_to_device(images: torch.Tensor, device: torch.device,
     return images.to(dtype=torch.float32, memory_format=memory_format).div_(255)
 
 
-#: A model whose first forward pass on the probe input takes longer than this is not probed
-#: (the probe would cost start-up time); it runs in :data:`DEFAULT_CPU_FORMAT`.
-PROBE_BUDGET_S = 0.25
-DEFAULT_CPU_FORMAT = torch.contiguous_format
-_MARGIN = 0.95  # channels_last must be at least 5% faster to be chosen (noise on a shared machine)
+def choose_memory_format(model: nn.Module, device: torch.device, cpu_channels_last: bool) -> torch.memory_format:
+    """The memory layout ``model`` runs in on ``device``, with the model converted to it. The one
+    rule, used by the predictor and the benchmarks.
 
-
-def choose_memory_format(model: nn.Module, sample: torch.Tensor, repeats: int = 3) -> torch.memory_format:
-    """The memory layout ``model`` runs ``sample`` (float (B, C, H, W) on the model's device) fastest
-    in, with the model converted to it. The one rule, used by the predictor and the benchmarks.
-
-    CUDA: channels_last (cuDNN's fp16 convolutions prefer NHWC). Other devices: a timed probe,
-    NCHW vs channels_last (model and input both), one warm-up each then ``repeats`` alternating
-    timed passes, minimum kept; channels_last must win by 5%. On 2 CPU cores channels_last is
-    10-40% faster for YOLO and FCN and 1.5x slower for the small classifier, so no single rule
-    fits. A model without convolution weights (ONNX) or slower than :data:`PROBE_BUDGET_S` a pass is
-    not probed and stays in NCHW.
+    CUDA: channels_last (cuDNN's fp16 convolutions prefer NHWC). CPU: the task's measured choice
+    (``Task.cpu_channels_last``): on 2 CPU cores channels_last is 10-40% faster for the YOLO and FCN
+    models and 1.5x slower for the small classifier, so no single rule fits. A fixed rule and not a
+    timed probe: the same image must give the same numbers in every run, however busy the machine.
+    A model without convolution weights (ONNX) is left as it is and fed NCHW.
     """
-    if sample.device.type == "cuda":
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return torch.contiguous_format
+    if device.type == "cuda" or cpu_channels_last:
         return _convert(model, torch.channels_last)
-    if sample.dim() != 4 or not any(p.dim() == 4 for p in model.parameters()):
-        return DEFAULT_CPU_FORMAT  # no convolution weights (ONNX, a stub): layout does not matter
-    formats = (torch.contiguous_format, torch.channels_last)
-    inputs = {f: sample.contiguous(memory_format=f) for f in formats}
-    best = {f: float("inf") for f in formats}
-    # no_grad, not inference_mode: converting weights under inference_mode would make them
-    # inference tensors, which a later training step cannot use.
-    with torch.no_grad():
-        for rep in range(repeats + 1):
-            for f in formats:
-                _convert(model, f)
-                t0 = time.perf_counter()
-                model(inputs[f])
-                elapsed = time.perf_counter() - t0
-                if rep == 0 and elapsed > PROBE_BUDGET_S:
-                    return _convert(model, DEFAULT_CPU_FORMAT)
-                if rep > 0:
-                    best[f] = min(best[f], elapsed)
-    fast = torch.channels_last if best[torch.channels_last] < _MARGIN * best[torch.contiguous_format] \
-        else torch.contiguous_format
-    return _convert(model, fast)
+    return _convert(model, torch.contiguous_format)
 
 
 def _convert(model: nn.Module, memory_format: torch.memory_format) -> torch.memory_format:

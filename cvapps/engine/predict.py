@@ -4,10 +4,9 @@
 under ``inference_mode`` (fp16 autocast + pinned non-blocking copies on CUDA) and maps outputs
 back with the task's postprocess. Per-stage wall time is kept in ``timings``.
 
-Memory layout: decided once per predictor, on its first batch, by
-:func:`~cvapps.engine.device.choose_memory_format` (channels_last on CUDA; on the CPU a timed
-probe of NCHW vs channels_last on one image, since neither wins for every model) and read back
-as ``predictor.memory_format``, which the benchmarks use so they compare like with like.
+Memory layout: decided once per predictor by :func:`~cvapps.engine.device.choose_memory_format`
+(channels_last on CUDA; on the CPU the task's measured choice, ``Task.cpu_channels_last``) and
+read back as ``predictor.memory_format``, which the benchmarks use so they compare like with like.
 """
 
 from __future__ import annotations
@@ -63,26 +62,13 @@ class Predictor:
         self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
         self.model = model.to(self.device).eval()
         # channels_last=False leaves a model under training as it is (its optimizer state keeps the
-        # layout) and feeds it NCHW; True lets the first batch choose the layout (memory_format).
-        self._memory_format: torch.memory_format | None = None if channels_last else torch.contiguous_format
+        # layout) and feeds it NCHW; True converts it to the layout it runs fastest in.
+        self.memory_format = (choose_memory_format(self.model, self.device, task.cpu_channels_last)
+                              if channels_last else torch.contiguous_format)
         # Side stream for host-to-device copies, so they overlap compute (see _prepare).
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.timings: dict[str, float] = defaultdict(float)
         self.count = 0
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """The layout the model runs in (model weights and input): decided on first use, then fixed."""
-        if self._memory_format is None:
-            sample = torch.rand(1, self.in_channels, self.imgsz, self.imgsz, device=self.device)
-            self._decide_layout(sample)
-        assert self._memory_format is not None
-        return self._memory_format
-
-    def _decide_layout(self, x: torch.Tensor) -> None:
-        """Probe the layout on one image of the first real batch (its shape and content)."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            self._memory_format = choose_memory_format(self.model, x[:1].float())
 
     # -- stages ----------------------------------------------------------------------------------
     def _prepare(self, frames: list[Frame]) -> list[_Batch]:
@@ -121,8 +107,6 @@ class Predictor:
         return out
 
     def _infer(self, batch: _Batch, options: dict[str, Any]) -> list[Any]:
-        if self._memory_format is None:  # first batch: probe the layout on its first image
-            self._decide_layout(images_to_device(batch.images[:1], self.device, torch.contiguous_format))
         t1 = time.perf_counter()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             if batch.device_images is not None and batch.ready is not None:

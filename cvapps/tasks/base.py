@@ -43,6 +43,8 @@ class Task:
     # Models that take any input size that is a multiple of this (FCN, YOLO, Faster R-CNN) get
     # "rect" letterboxing at inference; None: always the square imgsz x imgsz input.
     rect_stride: ClassVar[int | None] = 32
+    # CPU memory layout of prediction, measured per model family (engine/device.py::choose_memory_format)
+    cpu_channels_last: ClassVar[bool] = False
     # postprocess options of evaluation (e.g. COCO's protocol keeps nearly every detection)
     eval_options: ClassVar[dict[str, Any]] = {}
 

