@@ -18,7 +18,7 @@
 
 Every case runs ``--repeats`` times, alternating with the others; the best of each counts and the
 worst/best spread shows the noise (the machine may be shared). Layout: the predictor's own
-``memory_format`` (chosen by its probe), which the stage and minimal loops use too.
+``memory_format`` (the task's layout rule), which the stage and minimal loops use too.
 """
 
 from __future__ import annotations

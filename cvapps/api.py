@@ -79,6 +79,17 @@ class Model:
     def names(self) -> list[str]:
         return list(self.loaded.class_names)
 
+    def part(self, name: Literal["detect", "segment"]) -> "Model":
+        """This model as a detector or segmenter: a multitask model's boxes (``"detect"``) or masks
+        (``"segment"``); any other model is returned as it is."""
+        if self.task != "multitask":
+            return self
+        # Imported only for a multitask model: it loads the YOLO and FCN modules, which the start-up
+        # of every other model would pay for.
+        from cvapps.tasks.multitask import select_part
+
+        return Model(select_part(self.loaded, name), self._trust)
+
     @property
     def task(self) -> str:
         return self.loaded.task.name

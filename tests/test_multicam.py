@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -262,10 +263,14 @@ def test_three_streams_one_killed_and_restarted(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(cvapps.api, "load", spy_load)
     stderr_inode = os.fstat(2).st_ino
+    # If the orchestration never starts (the spy missed the predictor), Ctrl-C the run instead of hanging.
+    guard = threading.Timer(4 * WAIT_S, lambda: os.kill(os.getpid(), signal.SIGINT))
+    guard.start()
     try:
         code = cli(["detect", str(streams), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
                     "--batch", "3", "--reconnect", "20"])
     finally:
+        guard.cancel()
         for server in servers:
             server.stop()
     assert steps == ["stderr kept", "killed", "restarted", "back"], steps

@@ -43,16 +43,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
-    from cvapps.tasks.multitask import select_part
 
     if args.conf is None:
         args.conf = TRACK_CONF if (args.track or args.count_line) else 0.25
     if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
         raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
-    loaded = load(args.model, tasks=(*DETECTION_TASKS, "multitask"), device=args.device, batch=args.batch,
-                  trust=args.trust_model).loaded
-    predictor = select_part(loaded, "detect").predictor()  # a multitask model gives its boxes
+    model = load(args.model, tasks=(*DETECTION_TASKS, "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
+    predictor = model.part("detect").predictor  # a multitask model gives its boxes
     out = Path(args.out)
     predictor, analytics_sinks = apply_analytics(args, predictor, out)  # --track, --count-line, --zone
     root = source_root(args.source)

@@ -35,16 +35,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import CocoSink, MaskImages, OverlayImages
-    from cvapps.tasks.multitask import select_part
 
     if not 0 <= args.alpha <= 1:
         raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
     out = Path(args.out)
     root = source_root(args.source)
     images, video, save_json = frame_outputs(args)
-    loaded = load(args.model, tasks=("segment", "multitask"), device=args.device, batch=args.batch,
-                  trust=args.trust_model).loaded
-    predictor = select_part(loaded, "segment").predictor()  # a multitask model gives its masks
+    model = load(args.model, tasks=("segment", "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
+    predictor = model.part("segment").predictor  # a multitask model gives its masks
     sinks: list = []
     overlays = images and not args.no_overlay
     if overlays:
