@@ -11,24 +11,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
-from cvapps.errors import CvappsError, ImageReadError
-from cvapps.io.images import (
-    IMAGE_EXTENSIONS,
-    MAX_IMAGE_PIXELS,
-    VIDEO_EXTENSIONS,
-    _jpeg_truncated,
-    read_image,
-    read_image_rgb,
-    write_image,
-)
 from fault_corpus import (
     EXPECTED_REASONS,
     exif_base,
     exif_expected,
-    tree_digest,
     sixteen_bit_values,
+    tree_digest,
+)
+from PIL import Image
+
+from cvapps.errors import CvappsError, ImageReadError
+from cvapps.io.headers import jpeg_truncated
+from cvapps.io.images import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    VIDEO_EXTENSIONS,
+    read_image,
+    read_image_rgb,
+    write_image,
 )
 
 # read_image filters this warning itself, but pytest resets warning filters for every test.
@@ -185,9 +185,9 @@ def test_jpeg_truncation_check_ignores_thumbnail_eoi() -> None:
     thumb = b"\xff\xd8\xff\xda\x00\x02" + b"\x11" * 10 + b"\xff\xd9"
     head = b"\xff\xd8\xff\xe1" + thumb
     main = b"\xff\xda\x00\x02" + b"\x22" * 50
-    assert _jpeg_truncated(head + main)
-    assert not _jpeg_truncated(head + main + b"\xff\xd9")
-    assert _jpeg_truncated(b"\xff\xd8\xff\xe0\x00\x10JFIF")  # cut before any scan
+    assert jpeg_truncated(head + main)
+    assert not jpeg_truncated(head + main + b"\xff\xd9")
+    assert jpeg_truncated(b"\xff\xd8\xff\xe0\x00\x10JFIF")  # cut before any scan
 
 
 def test_bomb_refused_from_header_quickly(corpus: tuple[Path, dict[str, bool]]) -> None:

@@ -154,3 +154,25 @@ def jpeg_png_size(data: bytes) -> tuple[str, tuple[int, int]] | None:
             return ("JPEG", (w, h)) if h > 0 else None  # h == 0: size in a later DNL marker
         i += 2 + length
     return None
+
+
+_JPEG_SOS = b"\xff\xda"  # start of scan: entropy-coded data follows
+_JPEG_EOI = b"\xff\xd9"  # end of image
+_PNG_IEND = b"IEND"  # last chunk of every complete PNG
+_TAIL = 65536  # how far from the end the IEND chunk may sit (tolerates appended trailers)
+
+
+def jpeg_truncated(data: bytes) -> bool:
+    """True when the last scan of a JPEG is not followed by an EOI marker.
+
+    Comparing with the last SOS (instead of looking for FF D9 anywhere) ignores the EOI of an
+    embedded EXIF thumbnail; trailing bytes after the real EOI (camera trailers) are tolerated.
+    FF D9 / FF DA cannot occur inside entropy-coded data (0xFF there is byte-stuffed).
+    """
+    sos = data.rfind(_JPEG_SOS)
+    return sos < 0 or data.rfind(_JPEG_EOI) < sos
+
+
+def png_truncated(data: bytes) -> bool:
+    """True when a PNG has no IEND chunk near its end (the file was cut short)."""
+    return data.find(_PNG_IEND, max(0, len(data) - _TAIL)) < 0

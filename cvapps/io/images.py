@@ -43,7 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.guard import check_writable_target
-from cvapps.io.headers import HEAD_BYTES, header_size, jpeg_png_size
+from cvapps.io.headers import HEAD_BYTES, header_size, jpeg_png_size, jpeg_truncated, png_truncated
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -83,23 +83,6 @@ _SIZE_HEAD = 1 << 20  # image_size reads this much: headers (EXIF, ICC) fit in i
 # We enforce the same limit ourselves and report it as an ImageReadError, so PIL's warning for
 # images just above its limit is noise (catch_warnings is not thread-safe, hence a filter).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-_JPEG_SOS = b"\xff\xda"  # start of scan: entropy-coded data follows
-_JPEG_EOI = b"\xff\xd9"  # end of image
-_PNG_IEND = b"IEND"  # last chunk of every complete PNG
-_TAIL = 65536  # how far from the end the IEND chunk may sit (tolerates appended trailers)
-
-
-def _jpeg_truncated(data: bytes) -> bool:
-    """True when the last scan of a JPEG is not followed by an EOI marker.
-
-    Comparing with the last SOS (instead of looking for FF D9 anywhere) ignores the EOI of an
-    embedded EXIF thumbnail; trailing bytes after the real EOI (camera trailers) are tolerated.
-    FF D9 / FF DA cannot occur inside entropy-coded data (0xFF there is byte-stuffed).
-    """
-    sos = data.rfind(_JPEG_SOS)
-    return sos < 0 or data.rfind(_JPEG_EOI) < sos
-
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale integer/float pixel data to uint8 (16-bit by >> 8, so highlights are not clipped)."""
@@ -322,9 +305,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     # OpenCV 4.x decodes a truncated JPEG into a partly grey image without any error.
     # Structural checks also keep the PIL fallback honest if some other library has set
     # the process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True.
-    if fmt in ("JPEG", "MPO") and _jpeg_truncated(data):
+    if fmt in ("JPEG", "MPO") and jpeg_truncated(data):
         raise ImageReadError(path, "truncated or corrupt image data")
-    if fmt == "PNG" and data.find(_PNG_IEND, max(0, len(data) - _TAIL)) < 0:
+    if fmt == "PNG" and png_truncated(data):
         raise ImageReadError(path, "truncated or corrupt image data")
 
     buf = np.frombuffer(data, dtype=np.uint8)  # zero-copy view of the bytes already read
