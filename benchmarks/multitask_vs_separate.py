@@ -3,7 +3,8 @@
 1. Throughput (always): the three models are built from configs/yolo_shapes.yaml,
    configs/segment_shapes.yaml and configs/multitask_shapes.yaml (same tiny backbone, same imgsz,
    same batch; trained checkpoints with --yolo/--segment/--multitask, else random weights, which
-   cost the same) and run on the same letterboxed sample frames. "separate" = the YOLO model's
+   cost the same), each in the form the Predictor runs it (BatchNorms folded, the task's memory
+   layout), and run on the same letterboxed sample frames. "separate" = the YOLO model's
    forward + postprocess (NMS, boxes to original pixels), then the FCN's forward + postprocess
    (mask to original pixels); "multitask" = one forward + the same postprocesses of its outputs.
    Prints images/s of both and the ratio multitask / separate (forward only, and with postprocess).
@@ -29,8 +30,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cvapps.engine.device import images_to_device
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import load_model
+from cvapps.engine.predict import Predictor
 from cvapps.engine.train import train
 from cvapps.io.images import read_image
 from cvapps.tasks import get_task, load_config
@@ -40,15 +43,20 @@ CONFIGS = {"yolo": "yolo_shapes.yaml", "segment": "segment_shapes.yaml", "multit
 DETECT_OPTIONS = {"conf": 0.25, "iou": 0.5, "max_det": 300}
 
 
-def build(name: str, checkpoint: str | None, overrides: list[str]) -> tuple[Any, torch.nn.Module]:
-    """(task, eval model) from a checkpoint, or from the shipped config with random weights."""
+def build(name: str, checkpoint: str | None, overrides: list[str]) -> tuple[Any, torch.nn.Module, torch.memory_format]:
+    """(task, model, layout) from a checkpoint, or from the shipped config with random weights; the model
+    in the form the Predictor runs it (BatchNorms folded, the task's memory layout)."""
     if checkpoint:
         loaded = load_model(checkpoint, device="cpu")
-        return loaded.task, loaded.model.eval()
-    cfg = load_config(ROOT / "configs" / CONFIGS[name], overrides)
-    task = get_task(cfg.task)
-    names = ["circle", "square", "triangle"]
-    return task, task.build_model(cfg, ["background", *names] if name == "segment" else names).eval()
+        task, model, names = loaded.task, loaded.model, loaded.class_names
+    else:
+        cfg = load_config(ROOT / "configs" / CONFIGS[name], overrides)
+        task = get_task(cfg.task)
+        names = ["circle", "square", "triangle"]
+        names = ["background", *names] if name == "segment" else names
+        model = task.build_model(cfg, names)
+    predictor = Predictor(task, model, names, {"imgsz": 160}, device="cpu")
+    return task, predictor.model, predictor.memory_format
 
 
 def frames(folder: Path, count: int) -> list[np.ndarray]:
@@ -72,15 +80,17 @@ def timed_pair(first: Callable[[], Any], second: Callable[[], Any], rounds: int,
 def throughput(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     common = [f"data.imgsz={args.imgsz}", "train.device=cpu", f"model.backbone={args.backbone}"]
-    yolo_task, yolo = build("yolo", args.yolo, common)
-    seg_task, seg = build("segment", args.segment, common)
-    mt_task, mt = build("multitask", args.multitask, common)
+    yolo_task, yolo, layout = build("yolo", args.yolo, common)
+    seg_task, seg, seg_layout = build("segment", args.segment, common)
+    mt_task, mt, mt_layout = build("multitask", args.multitask, common)
+    assert layout == seg_layout == mt_layout, "the three tasks share one CPU layout rule"
     images = frames(ROOT / "sample_data/shapes/images/val", args.batch * args.batches)
     prepared = [mt_task.preprocess(im, args.imgsz, rect=True) for im in images]
     batches = []
     for i in range(0, len(prepared), args.batch):
         chunk = prepared[i:i + args.batch]
-        x = torch.from_numpy(np.stack([a for a, _ in chunk])).permute(0, 3, 1, 2).float().div(255)
+        x = images_to_device(torch.from_numpy(np.stack([a for a, _ in chunk])).permute(0, 3, 1, 2),
+                             torch.device("cpu"), layout)
         batches.append((x, [m for _, m in chunk]))
 
     def separate(post: bool) -> None:

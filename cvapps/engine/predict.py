@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cvapps.engine.device import choose_memory_format, images_to_device, resolve_device
+from cvapps.engine.fuse import fuse_batchnorm
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
 from cvapps.threads import QUEUE_BYTES, Producer
@@ -49,7 +50,8 @@ class Predictor:
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
-                 category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True) -> None:
+                 category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True,
+                 fuse: bool | None = None) -> None:
         self.task, self.class_names = task, list(class_names)
         self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
@@ -60,7 +62,10 @@ class Predictor:
         self.half = self.device.type == "cuda" if half is None else half
         # Rect letterbox (less padding) unless the model only takes its export-time input size.
         self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
-        self.model = model.to(self.device).eval()
+        # fuse (default: channels_last): run an inference copy with BatchNorms folded into the convolutions
+        # (engine/fuse.py); a model under training is run as it is.
+        model = model.to(self.device).eval()
+        self.model = fuse_batchnorm(model) if (channels_last if fuse is None else fuse) else model
         # channels_last=False leaves a model under training as it is (its optimizer state keeps the
         # layout) and feeds it NCHW; True converts it to the layout it runs fastest in.
         self.memory_format = (choose_memory_format(self.model, self.device, task.cpu_channels_last)
