@@ -41,13 +41,46 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     return weight
 
 
-def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
-    """Learned x``factor`` upsampling: ConvTranspose2d(kernel 2f, stride f, no bias), bilinear at init.
+class UpsamplingConvTranspose2d(nn.ConvTranspose2d):
+    """The FCN's learned upsampling: a plain transposed convolution (kernel 2f, stride f, no bias),
+    with a faster CPU inference path for the same numbers.
 
-    A plain ``nn.ConvTranspose2d`` (so layer tables show it as such); use it through
-    :func:`upsample_crop`, which applies the FCN offset crop.
+    oneDNN's transposed convolution is slow for the final x8 layer (few channels, kernel 16): 10-15 ms
+    for a batch of 8 at 160 px on one core, against 1.8 ms for the same output computed as a
+    convolution + pixel shuffle (:func:`transposed_conv_as_subpixel`), a quarter of the FCN head's
+    time. Training, CUDA and ONNX export run the transposed convolution itself.
     """
-    conv = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, bias=False)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.device.type != "cpu" or output_size is not None or self.stride[0] < 4:
+            return super().forward(x, output_size)
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # oneDNN runs the large-stride transposed convolution 2-3x faster on channels_last input
+            return super().forward(x.contiguous(memory_format=torch.channels_last))
+        return transposed_conv_as_subpixel(self, x)
+
+
+def transposed_conv_as_subpixel(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a stride-f, kernel-2f transposed convolution (no padding, groups or bias), computed
+    as a 2x2 convolution to ``C_out f^2`` channels followed by ``pixel_shuffle(f)`` (equal up to float
+    rounding). Output row ``f i + a`` is ``x[i] W[a] + x[i - 1] W[f + a]``: two taps per axis, which the
+    2x2 convolution over ``x`` padded by 1 gathers, with the kernel split into its ``f x f`` phases.
+    """
+    f = conv.stride[0]
+    c_in, c_out, k, _ = conv.weight.shape
+    if k != 2 * f or conv.bias is not None or conv.padding != (0, 0) or conv.groups != 1 or conv.stride[1] != f:
+        return nn.ConvTranspose2d.forward(conv, x)
+    phases = conv.weight.reshape(c_in, c_out, 2, f, 2, f).flip(2, 4)  # (c, o, tap_y, a, tap_x, b)
+    weight = phases.permute(1, 3, 5, 0, 2, 4).reshape(c_out * f * f, c_in, 2, 2)
+    x = x.contiguous(memory_format=torch.channels_last)  # pixel_shuffle is 3x faster from NHWC here
+    return F.pixel_shuffle(F.conv2d(F.pad(x, (1, 1, 1, 1)), weight), f)
+
+
+def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """Learned x``factor`` upsampling: a transposed convolution (kernel 2f, stride f, no bias), bilinear
+    at init. Use it through :func:`upsample_crop`, which applies the FCN offset crop.
+    """
+    conv = UpsamplingConvTranspose2d(channels, channels, 2 * factor, stride=factor, bias=False)
     with torch.no_grad():
         conv.weight.copy_(bilinear_kernel(channels, 2 * factor))
     return conv
@@ -60,33 +93,7 @@ def upsample_crop(conv: nn.ConvTranspose2d, x: torch.Tensor, size: tuple[int, in
     """
     f = conv.stride[0]
     h, w = size if size is not None else (x.shape[-2] * f, x.shape[-1] * f)
-    if f >= 4 and x.device.type == "cpu" and not torch.is_grad_enabled() and not _exporting():
-        # oneDNN's transposed convolution is slow for this shape (few channels, kernel 16, stride 8):
-        # 10-15 ms for a batch of 8 at 160 px on one core, against 1.8 ms for the same numbers
-        # computed as a convolution + pixel shuffle (a quarter of the FCN head's time).
-        return center_crop_offset(transposed_conv_as_subpixel(conv, x), f // 2, h, w)
     return center_crop_offset(conv(x), f // 2, h, w)
-
-
-def transposed_conv_as_subpixel(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a stride-f, kernel-2f transposed convolution (no padding, groups or bias), computed
-    as a 2x2 convolution to ``C_out f^2`` channels followed by ``pixel_shuffle(f)`` (equal up to float
-    rounding). Output row ``f i + a`` is ``x[i] W[a] + x[i - 1] W[f + a]``: two taps per axis, which the
-    2x2 convolution over ``x`` padded by 1 gathers, with the kernel split into its ``f x f`` phases.
-    """
-    f = conv.stride[0]
-    c_in, c_out, k, _ = conv.weight.shape
-    if k != 2 * f or conv.bias is not None or conv.padding != (0, 0) or conv.groups != 1 or conv.stride[1] != f:
-        return conv(x)
-    phases = conv.weight.reshape(c_in, c_out, 2, f, 2, f).flip(2, 4)  # (c, o, tap_y, a, tap_x, b)
-    weight = phases.permute(1, 3, 5, 0, 2, 4).reshape(c_out * f * f, c_in, 2, 2)
-    x = x.contiguous(memory_format=torch.channels_last)  # pixel_shuffle is 3x faster from NHWC here
-    return F.pixel_shuffle(F.conv2d(F.pad(x, (1, 1, 1, 1)), weight), f)
-
-
-def _exporting() -> bool:
-    """ONNX export / tracing keep the ConvTranspose2d node as it is."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def center_crop_offset(x: torch.Tensor, offset: int, h: int, w: int) -> torch.Tensor:
