@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
+    # options set away from their defaults (one given at its default value changes nothing, so passes)
     given = [dest for dest, default in args.option_defaults.items() if getattr(args, dest) != default]
     check_segment_args(args)  # bad values fail before the model loads
     check_detect_args(args)
