@@ -64,9 +64,11 @@ def overrides_list(overrides: Mapping[str, Any] | None = None, **kwargs: Any) ->
 class Model:
     """A loaded model: ``predict`` (also ``model(source)``), ``val``, ``export``.
 
-    names: class index -> name (segmenters: index 0 is the background); task: ``"classify"``,
-    ``"segment"``, ``"faster_rcnn"``, ``"yolo"`` or ``"ultralytics"``; category_ids: class index
-    -> COCO category id (used by :meth:`Result.to_coco`).
+    names: class index -> name (segmenters: index 0 is the background; multitask models: the
+    detection classes); task: ``"classify"``, ``"segment"``, ``"faster_rcnn"``, ``"yolo"``,
+    ``"ultralytics"`` or ``"multitask"`` (its Results carry boxes, mask and present classes from
+    one forward; :meth:`part` for one of them); category_ids: class index -> COCO category id
+    (used by :meth:`Result.to_coco`).
     """
 
     def __init__(self, loaded: LoadedModel, trust: bool = False) -> None:
@@ -119,7 +121,8 @@ class Model:
         uint8, or HxW gray) or a list of them. stream=True returns a generator (frames are read,
         predicted and handed over one batch at a time, so memory stays flat on long videos);
         stream=False returns a list (so never ends on a webcam or stream URL: use stream=True). options: ``vid_stride``, ``shard``, ``buffer``, ``reconnect_s``
-        go to the source, the rest to the task (``conf``, ``iou`` for detectors, ``topk``...).
+        go to the source, the rest to the task (``conf``, ``iou`` for detectors and multitask
+        models, ``presence_conf`` for a multitask model's present classes, ``topk``...).
         Detectors also take ``track`` (``"bytetrack"`` / ``"botsort"``: ``r.track_ids``; ``conf``
         then defaults to 0.1, the tracker's low threshold), ``track_buffer`` (frames, or ``"2s"``),
         ``count_lines`` ([(x1, y1, x2, y2)] or ``"x1,y1,x2,y2"`` strings) and ``zones`` (polygons):
@@ -147,6 +150,8 @@ class Model:
         options: ``vid_stride`` for the source, the rest for the task (``conf``, ``iou``, ``topk``...).
         Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
         """
+        if self.task == "multitask":  # its workers would store predictions the manifest cannot hold
+            raise CvappsError("predict_ray does not take multitask models yet: use predict()")
         vid_stride = int(options.pop("vid_stride", 1))
         return predict_files(str(self.path), self.task, self.names, self.category_ids, source, out,
                              save_jsonl=save_jsonl, address=address, actors=actors, options=options,

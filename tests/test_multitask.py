@@ -37,6 +37,19 @@ def _cfg(root: Path, *overrides: str) -> MultiTaskConfig:
                                 "train.device=cpu", *overrides])
 
 
+def multitask_checkpoint(path: Path, cfg: MultiTaskConfig, mask_class: int) -> Path:
+    """A randomly initialised multitask checkpoint (seed 0) whose mask says ``mask_class`` (a mask
+    value: class ``mask_class - 1``) everywhere, so its segmentation outputs are not empty."""
+    torch.manual_seed(0)
+    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
+    with torch.no_grad():
+        model.heads["segment"].score32.bias[mask_class] = 5.0
+    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
+                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
+                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    return path
+
+
 def _batch(cfg: MultiTaskConfig, dataset) -> tuple[torch.Tensor, list]:
     images, targets = next(iter(make_loader(TASK, dataset, cfg, shuffle=False, device=torch.device("cpu"))))
     return images_to_device(images, torch.device("cpu")), targets
@@ -203,16 +216,7 @@ def test_train_val_export_and_each_command_takes_its_part(small_shapes: Path, tm
 
 
 def test_combined_prediction_drawn_and_saved_under_one_image_id(small_shapes: Path, tmp_path: Path) -> None:
-    cfg = _cfg(small_shapes)
-    torch.manual_seed(0)
-    path = tmp_path / "mt.pt"
-    
-    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
-    with torch.no_grad():
-        model.heads["segment"].score32.bias[2] = 5.0  # a random model's mask says "square" everywhere
-    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
-                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
-                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    path = multitask_checkpoint(tmp_path / "mt.pt", _cfg(small_shapes), 2)  # the mask says "square" everywhere
     loaded = load_model(path, device="cpu")
     image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
     pred = loaded.predictor()(image, conf=0.0, max_det=5)
@@ -244,15 +248,7 @@ def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: P
     import cvapps
     from pycocotools.coco import COCO
 
-    path = tmp_path / "mt.pt"
-    cfg = _cfg(small_shapes)
-    torch.manual_seed(0)
-    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
-    with torch.no_grad():
-        model.heads["segment"].score32.bias[1] = 5.0  # the mask says "circle" everywhere
-    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
-                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
-                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
+    path = multitask_checkpoint(tmp_path / "mt.pt", _cfg(small_shapes), 1)  # the mask says "circle" everywhere
     spec = importlib.util.spec_from_file_location("annotate_video", ROOT / "pipelines" / "annotate_video.py")
     sys.path.insert(0, str(ROOT / "pipelines"))
     try:
@@ -272,3 +268,71 @@ def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: P
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[coco.getImgIds()[0]]))
     assert any("segmentation" in a and a["category_id"] == 1 for a in anns)
     assert any("segmentation" not in a for a in anns)
+
+
+def test_predict_command_runs_the_whole_model(small_shapes: Path, tmp_path: Path, capsys) -> None:
+    import cv2
+    from pycocotools.coco import COCO
+
+    ckpt = multitask_checkpoint(tmp_path / "mt.pt", _cfg(small_shapes), 2)  # the mask says "square" everywhere
+    images = small_shapes / "images" / "val"
+    n = len(list(images.iterdir()))
+    common = [str(images), "--model", str(ckpt), "--save-json", "--quiet"]
+    boxes = ["--conf", "0", "--max-det", "3"]
+    out = tmp_path / "all"
+    assert cli(["predict", *common, *boxes, "--out", str(out), "--save-jsonl"]) == 0
+    coco = COCO(str(out / "predictions_coco.json"))
+    assert len(coco.getImgIds()) == n
+    for image_id in coco.getImgIds():  # boxes and class masks of a frame under its one image id
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        assert len([a for a in anns if "segmentation" not in a]) == 3
+        assert [a["category_id"] for a in anns if "segmentation" in a] == [2]
+    drawn = sorted(p for p in out.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert len(drawn) == n
+    for path in drawn:  # mask and boxes drawn over the input
+        assert not np.array_equal(cv2.imread(str(path)), cv2.imread(str(images / path.name)))
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == n and len(lines[0]["prediction"]["detections"]["boxes"]) == 3
+    assert set(lines[0]["prediction"]["segmentation"]["classes"]) == {"square"}
+
+    # the one forward's parts are what `cvapps detect` / `cvapps segment` write for the same checkpoint
+    assert cli(["detect", *common, *boxes, "--out", str(tmp_path / "det")]) == 0
+    assert cli(["segment", *common, "--out", str(tmp_path / "seg")]) == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert [r for r in results if "segmentation" not in r] == json.loads((tmp_path / "det" / "predictions.json").read_text())
+    assert [r for r in results if "segmentation" in r] == json.loads((tmp_path / "seg" / "predictions.json").read_text())
+
+    capsys.readouterr()
+    assert cli(["predict", *common, "--out", str(tmp_path / "bad"), "--track"]) == 1
+    assert cli(["predict", *common, "--out", str(tmp_path / "ray"), "--ray"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "--track: not an option for a multitask model" in err[0] and "--ray" in err[1]
+
+
+def test_api_results_of_a_multitask_model(small_shapes: Path, tmp_path: Path) -> None:
+    import cvapps
+    from cvapps.errors import CvappsError
+
+    model = cvapps.load(multitask_checkpoint(tmp_path / "mt.pt", _cfg(small_shapes), 3), device="cpu")
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    (r,) = model.predict(image, conf=0.0, max_det=4)
+    assert r.boxes.shape == (4, 4) and r.scores.shape == (4,) and r.labels.dtype == np.int64
+    assert r.mask.shape == (60, 80) and np.unique(r.mask).tolist() == [3] and r.mask_names[3] == "triangle"
+    assert r.presence.shape == (3,) and r.present.tolist() == np.flatnonzero(r.presence >= 0.5).tolist()
+    (det,) = model.part("detect").predict(image, conf=0.0, max_det=4)
+    (seg,) = model.part("segment").predict(image)
+    np.testing.assert_array_equal(r.boxes, det.boxes)
+    np.testing.assert_array_equal(r.mask, seg.mask)
+    coco = r.to_coco(7)  # as predictions.json holds it: boxes and masks under one image id
+    assert {c["image_id"] for c in coco} == {7}
+    assert [c for c in coco if "segmentation" not in c] == det.to_coco(7)
+    assert [c for c in coco if "segmentation" in c] == seg.to_coco(7) and seg.to_coco(7)
+    d = r.to_dict()
+    assert len(d["boxes"]) == 4 and [c["name"] for c in d["classes"]] == ["triangle"]
+    assert [p["label"] for p in d["present"]] == r.present.tolist()
+    assert not np.array_equal(r.plot(), image)
+    assert "4 detections" in repr(r) and "triangle" in repr(r)
+    with pytest.raises(CvappsError, match="Classification"):
+        r.label
+    with pytest.raises(CvappsError, match="multitask"):
+        model.predict_ray(str(tmp_path), tmp_path / "ray")

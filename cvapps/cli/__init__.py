@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "cvapps.cli.predict",   # classify
     "cvapps.cli.segment",   # segment
     "cvapps.cli.detect",    # detect (Faster R-CNN, YOLO, native ultralytics)
+    "cvapps.cli.run",       # predict (any task; a multitask model whole)
     "cvapps.cli.data",      # data synth|check|convert
     "cvapps.cli.tools",     # export, merge-json
 ]

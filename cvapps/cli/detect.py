@@ -12,9 +12,29 @@ from pathlib import Path
 from typing import Any
 
 from cvapps.cli.analytics import add_analytics_args, apply_analytics
-from cvapps.cli.predict import add_common
+from cvapps.cli.predict import add_common, add_json_args
 
 DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
+
+
+def add_detect_args(p: argparse.ArgumentParser) -> None:
+    """``--conf``, ``--iou``, ``--max-det`` (the box postprocess) and ``--no-images`` (detectors and
+    multitask models)."""
+    p.add_argument("--conf", type=float, default=None, help="minimum score kept (default 0.25; 0.1 with --track)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU of class-wise non-maximum suppression (default 0.5)")
+    p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
+    p.add_argument("--no-images", action="store_true", help="do not write annotated images")
+
+
+def check_detect_args(args: argparse.Namespace) -> None:
+    """Fill in --conf's default (lower when tracking) and refuse out-of-range box options."""
+    from cvapps.analytics import TRACK_CONF
+    from cvapps.errors import CvappsError
+
+    if args.conf is None:
+        args.conf = TRACK_CONF if (getattr(args, "track", None) or getattr(args, "count_line", None)) else 0.25
+    if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
+        raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,33 +44,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "category_id, bbox [x, y, w, h] in pixels, score) and OUT/predictions_coco.json "
                                    "(a COCO dataset file whose annotations carry score).")
     add_common(p)
-    p.add_argument("--conf", type=float, default=None, help="minimum score kept (default 0.25; 0.1 with --track)")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU of class-wise non-maximum suppression (default 0.5)")
-    p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
-    p.add_argument("--save-json", action="store_true", help="also write predictions.json and predictions_coco.json (the default for video and stream sources)")
-    p.add_argument("--coco-gt", metavar="FILE",
-                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched "
-                        "by name) the JSON files use, so COCOeval runs on the pair directly; implies --save-json")
-    p.add_argument("--no-images", action="store_true", help="do not write annotated images")
+    add_detect_args(p)
+    add_json_args(p, "COCO results: image_id, category_id, bbox [x, y, w, h] in pixels, score")
     add_analytics_args(p)
     p.set_defaults(func=cmd_detect)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
-    from cvapps.analytics import TRACK_CONF
     from cvapps.api import load
-    from cvapps.errors import CvappsError
+
+    check_detect_args(args)  # bad options fail before the model loads
+    model = load(args.model, tasks=(*DETECTION_TASKS, "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
+    return run_detect(args, model.part("detect"))  # a multitask model gives its boxes
+
+
+def run_detect(args: argparse.Namespace, model: Any) -> int:
+    """``cvapps detect`` with ``model`` (a :class:`cvapps.api.Model`) loaded: a detector, or a whole
+    multitask model (``cvapps predict``: its images and video draw masks and boxes, its JSON files
+    hold bbox and segmentation annotations under each frame's one image id)."""
+    from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
 
-    if args.conf is None:
-        args.conf = TRACK_CONF if (args.track or args.count_line) else 0.25
-    if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
-        raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
+    check_detect_args(args)
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
-    model = load(args.model, tasks=(*DETECTION_TASKS, "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
-    predictor = model.part("detect").predictor  # a multitask model gives its boxes
+    predictor = model.predictor
     out = Path(args.out)
     predictor, analytics_sinks = apply_analytics(args, predictor, out)  # --track, --count-line, --zone
     root = source_root(args.source)
@@ -85,6 +103,13 @@ class _Counter:
         self.class_names, self.counts = class_names, {}
 
     def write(self, frame, prediction) -> None:
+        # imported here: cvapps.structures loads torch, which `cvapps --help` must not wait for
+        from cvapps.structures import MultiTaskPrediction
+
+        if isinstance(prediction, MultiTaskPrediction):  # count its boxes (its labels are the present classes)
+            prediction = prediction.detections
+            if prediction is None:
+                return
         for label in prediction.labels.tolist():
             name = self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
             self.counts[name] = self.counts.get(name, 0) + 1

@@ -1,7 +1,8 @@
-"""``cvapps classify`` (and the segment/detect commands their task modules add).
+"""``cvapps classify`` and the pieces every predict command (classify, segment, detect, predict) shares.
 
 ``add_common(parser)`` adds the options every predict command shares (source, model, output,
 batching, device, stride, shard, live buffering, preview and the generic outputs);
+``add_json_args(parser, results)`` adds ``--save-json`` / ``--coco-gt`` (segment, detect, predict);
 ``common_sinks(args, predictor, draw)`` builds the generic outputs those options ask for and
 ``run_common(args, predictor, sinks, options)`` runs the source with them and prints the timing
 report; ``exit_code(report)`` is 0, or 128 + signal when Ctrl-C/SIGTERM stopped the run early.
@@ -65,6 +66,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="serve a live MJPEG preview page at http://HOST:PORT/ (default host 127.0.0.1)")
 
 
+def add_json_args(p: argparse.ArgumentParser, results: str) -> None:
+    """``--save-json`` and ``--coco-gt``; results: what ``predictions.json`` holds (for the help)."""
+    p.add_argument("--save-json", action="store_true",
+                   help=f"also write OUT/predictions.json ({results}) and OUT/predictions_coco.json (a COCO "
+                        "dataset file whose annotations carry score; the default for video and stream sources)")
+    p.add_argument("--coco-gt", metavar="FILE",
+                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched "
+                        "by name) the JSON files use, so COCOeval runs on the pair directly; implies --save-json")
+
+
+def add_classify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topk", type=int, default=3, help="how many best classes to list per image (default 3)")
+
+
 def _source_stem(source: str) -> str:
     name = Path(str(source).split("?")[0].rstrip("/")).stem
     return name or "stream"
@@ -114,6 +129,9 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     from cvapps.io.sources import is_streams_file
 
     if getattr(args, "ray", None):
+        if getattr(getattr(predictor, "task", None), "name", None) == "multitask":
+            # Ray's workers load the whole model and its manifest stores single-task predictions only
+            raise CvappsError("--ray does not take multitask models yet: run without --ray")
         asked = [flag for flag, on in (("--save-video", getattr(args, "save_video", False)),
                                        ("--save-images", getattr(args, "save_images", False)),
                                        ("--show", getattr(args, "show", False)),
@@ -220,16 +238,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Classify every image of SOURCE; writes OUT/predictions.csv "
                                    "(path,label,score and the top-k) and prints a per-class count.")
     add_common(p)
-    p.add_argument("--topk", type=int, default=3, help="how many best classes to list per image (default 3)")
+    add_classify_args(p)
     p.set_defaults(func=cmd_classify)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from cvapps.api import load
+
+    return run_classify(args, load(args.model, tasks="classify", device=args.device, batch=args.batch,
+                                   trust=args.trust_model))
+
+
+def run_classify(args: argparse.Namespace, model: Any) -> int:
+    """``cvapps classify`` with ``model`` (a :class:`cvapps.api.Model`) already loaded."""
     from cvapps.io.sinks import ClassificationCSV
 
-    predictor = load(args.model, tasks="classify", device=args.device, batch=args.batch,
-                     trust=args.trust_model).predictor
+    predictor = model.predictor
     csv_sink = ClassificationCSV(Path(args.out) / "predictions.csv", predictor.class_names, args.topk)
     sinks = [csv_sink, *common_sinks(args, predictor)]
     report = run_common(args, predictor, sinks, {"topk": args.topk})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from cvapps.cli.predict import (add_common, common_sinks, exit_code, frame_outputs, print_written, run_common,
-                                source_root)
+from cvapps.cli.predict import (add_common, add_json_args, common_sinks, exit_code, frame_outputs, print_written,
+                                run_common, source_root)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,31 +19,44 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "<video>_<frame>). With --save-json OUT/predictions.json (COCO segm results, "
                                    "compressed RLE) and OUT/predictions_coco.json (COCO dataset file).")
     add_common(p)
-    p.add_argument("--save-json", action="store_true",
-                   help="also write OUT/predictions.json (COCO segm results) and OUT/predictions_coco.json "
-                        "(the default for video and stream sources)")
-    p.add_argument("--coco-gt", metavar="FILE",
-                   help="COCO dataset file whose image ids (matched by file_name) and category ids (matched by "
-                        "name) the JSON files use; implies --save-json")
+    add_json_args(p, "COCO segm results, compressed RLE")
+    add_segment_args(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def add_segment_args(p: argparse.ArgumentParser) -> None:
+    """``--no-overlay``, ``--no-masks``, ``--alpha``: the per-image outputs of a segmenter."""
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
     p.add_argument("--no-masks", action="store_true", help="do not write mask PNGs")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
-    p.set_defaults(func=cmd_segment)
+
+
+def check_segment_args(args: argparse.Namespace) -> None:
+    from cvapps.errors import CvappsError
+
+    if not 0 <= args.alpha <= 1:
+        raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.api import load
+
+    check_segment_args(args)  # bad options fail before the model loads
+    model = load(args.model, tasks=("segment", "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
+    return run_segment(args, model.part("segment"))  # a multitask model gives its masks
+
+
+def run_segment(args: argparse.Namespace, model: Any) -> int:
+    """``cvapps segment`` with ``model`` (a :class:`cvapps.api.Model` giving masks) already loaded."""
     from cvapps.errors import CvappsError
     from cvapps.formats.coco import ImageIndex, read_coco_json
     from cvapps.io.sinks import CocoSink, MaskImages, OverlayImages
 
-    if not 0 <= args.alpha <= 1:
-        raise CvappsError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    check_segment_args(args)
     out = Path(args.out)
     root = source_root(args.source)
     images, video, save_json = frame_outputs(args)
-    model = load(args.model, tasks=("segment", "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
-    predictor = model.part("segment").predictor  # a multitask model gives its masks
+    predictor = model.predictor
     sinks: list = []
     overlays = images and not args.no_overlay
     if overlays:

@@ -29,7 +29,7 @@ import numpy as np
 
 from cvapps.formats.names import frame_file_name, parse_frame_name, safe_name
 from cvapps.io.sinks.base import StagedSink, open_temp
-from cvapps.structures import Classification, Detections, Frame, SegmentationMask
+from cvapps.structures import Classification, Detections, Frame, MultiTaskPrediction, SegmentationMask
 
 
 def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str, Any]:
@@ -42,7 +42,9 @@ def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str,
     occupancy in this frame) when counting;
     SegmentationMask -> {"classes": {name: pixel count}} (class index = mask value; the mask itself
     goes to COCO RLE / PNG);
-    Classification -> {"label", "name", "score", "topk": [[label, score], ...]}.
+    Classification -> {"label", "name", "score", "topk": [[label, score], ...]};
+    MultiTaskPrediction -> {"detections": {...}, "segmentation": {...}} (each as above, the mask's
+    names with background first) and "present": the names of the classes predicted present.
     """
     name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
     if isinstance(prediction, Detections):
@@ -64,6 +66,15 @@ def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str,
     if isinstance(prediction, Classification):
         return {"label": prediction.label, "name": name(prediction.label), "score": round(prediction.score, 4),
                 "topk": [[int(i), round(float(s), 4)] for i, s in prediction.topk]}
+    if isinstance(prediction, MultiTaskPrediction):
+        parts: dict[str, Any] = {}
+        if prediction.detections is not None:
+            parts["detections"] = prediction_to_json(prediction.detections, class_names)
+        if prediction.segmentation is not None:
+            parts["segmentation"] = prediction_to_json(prediction.segmentation, ["background", *class_names])
+        if prediction.labels is not None:
+            parts["present"] = [name(i) for i in prediction.labels.tolist()]
+        return parts
     raise TypeError(f"cannot serialise a {type(prediction).__name__} prediction")
 
 

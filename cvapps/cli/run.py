@@ -1,0 +1,69 @@
+"""``cvapps predict``: any checkpoint, whatever its task, on any source.
+
+The model's task picks what runs, with the outputs of its own command: a classifier as ``cvapps
+classify``, a segmenter as ``cvapps segment``, a detector (Faster R-CNN, YOLO, native ultralytics)
+as ``cvapps detect``, and a multitask model whole: one forward per batch gives boxes, mask and
+present classes; the annotated images (``OUT/<path>``) and video (``OUT/<stem>.mp4``) draw the mask
+and the boxes, and ``--save-json`` writes ``OUT/predictions.json`` (bbox and segm results) and
+``OUT/predictions_coco.json`` with each frame's boxes and class masks under its one image id.
+An option of another task than the model's is refused in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cvapps.cli.analytics import add_analytics_args
+from cvapps.cli.detect import DETECTION_TASKS, add_detect_args, check_detect_args, run_detect
+from cvapps.cli.predict import add_classify_args, add_common, add_json_args, run_classify
+from cvapps.cli.segment import add_segment_args, check_segment_args, run_segment
+from cvapps.errors import CvappsError
+
+BOXES = (*DETECTION_TASKS, "multitask")  # tasks whose predictions carry boxes
+#: option dest -> the tasks it applies to.
+TASK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "topk": ("classify",),
+    **dict.fromkeys(("alpha", "no_overlay", "no_masks"), ("segment",)),
+    **dict.fromkeys(("conf", "iou", "max_det", "no_images"), BOXES),
+    **dict.fromkeys(("track", "track_buffer", "count_line", "zone"), DETECTION_TASKS),
+    **dict.fromkeys(("save_json", "coco_gt"), ("segment", *BOXES)),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run any checkpoint (classify, segment, detect or multitask) on a source",
+                       description="Run the model on every image/frame of SOURCE with the outputs of its task's "
+                                   "command (classify, segment or detect); a multitask model runs whole: annotated "
+                                   "images/video draw its mask and boxes, and --save-json writes OUT/predictions.json "
+                                   "(bbox and segm results) and OUT/predictions_coco.json with each frame's boxes "
+                                   "and class masks under one image id. Task options (--topk: classify; --alpha, "
+                                   "--no-overlay, --no-masks: segment; --conf, --iou, --max-det, --no-images, "
+                                   "--save-json, --coco-gt: detect and multitask, the last two also segment; "
+                                   "--track, --count-line, --zone: detect) are refused for other tasks.")
+    add_common(p)
+    add_classify_args(p)
+    add_segment_args(p)
+    add_detect_args(p)
+    add_json_args(p, "COCO results: bbox [x, y, w, h] in pixels and/or segm RLE, with score")
+    add_analytics_args(p)
+    p.set_defaults(func=cmd_predict, option_defaults={dest: p.get_default(dest) for dest in TASK_OPTIONS})
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cvapps.api import load
+
+    # options set away from their defaults (one given at its default value changes nothing, so passes)
+    given = [dest for dest, default in args.option_defaults.items() if getattr(args, dest) != default]
+    check_segment_args(args)  # bad values fail before the model loads
+    check_detect_args(args)
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    wrong = ["--" + dest.replace("_", "-") for dest in given if model.task not in TASK_OPTIONS[dest]]
+    if wrong:
+        raise CvappsError(f"{', '.join(wrong)}: not an option for a {model.task} model ({args.model})")
+    if model.task == "classify":
+        return run_classify(args, model)
+    if model.task == "segment":
+        return run_segment(args, model)
+    if model.task in BOXES:
+        return run_detect(args, model)  # a multitask model whole: masks and boxes
+    raise CvappsError(f"cvapps predict does not run {model.task} models ({args.model})")
