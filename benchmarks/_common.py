@@ -8,6 +8,7 @@ case is printed too, so a reader can see how quiet the machine was.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,13 @@ def alternate(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, 
 
 def best(rates: dict[str, list[float]]) -> dict[str, float]:
     return {name: max(values) for name, values in rates.items()}
+
+
+def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float]:
+    """(median, lowest, highest) of ``a / b`` over the rounds: each round's two runs sat side by side,
+    so a slow spell of the machine hits both; steadier than the ratio of two bests."""
+    ratios = [x / y for x, y in zip(rates[a], rates[b])]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def spread(values: Sequence[float]) -> str:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """cvapps detect vs ultralytics predict on the same yolov8n weights: equal settings, and defaults.
 
-    python benchmarks/predict_vs_ultralytics.py [--weights yolov8n.pt] [--threads 2] [--batch 8] [--repeats 5]
+    python benchmarks/predict_vs_ultralytics.py [--weights yolov8n.pt] [--threads 2] [--batch 8] [--repeats 7]
 
 Two image sets: the 160 px shapes (sample_data/shapes/images/train, run at imgsz 160) and the 640 px
-photos ultralytics ships in its package (``ultralytics/assets``, copied 16 times, run at imgsz 640).
+photos ultralytics ships in its package (``ultralytics/assets``, copied 32 times, run at imgsz 640).
 Without ``--weights`` a randomly initialised ``yolov8n.yaml`` model is saved to a .pt (the same
 file format as the released weights; yolov8n.pt cannot be downloaded here): weights do not change
 the cost of the forward pass, and both sides get the same file.
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, alternate, best, rate, spread
+from _common import ROOT, alternate, best, paired_ratio, rate, spread
 
 
 def make_weights(path: Path) -> Path:
@@ -45,7 +45,7 @@ def image_sets(tmp: Path) -> dict[str, tuple[Path, int]]:
     photos = tmp / "photos"
     photos.mkdir()
     assets = Path(ultralytics.__file__).parent / "assets"
-    for i in range(16):
+    for i in range(32):
         for src in sorted(assets.glob("*.jpg")):
             shutil.copy(src, photos / f"{src.stem}_{i:02d}.jpg")
     return {"shapes 160 px": (ROOT / "sample_data" / "shapes" / "images" / "train", 160), "ultralytics photos 640 px": (photos, 640)}
@@ -86,7 +86,9 @@ def equal_settings(weights: Path, folder: Path, imgsz: int, args: argparse.Names
           f"layout {'channels_last' if channels_last else 'NCHW'}")
     for name, values in rates.items():
         print(f"      {name:12} {spread(values)}")
-    print(f"      ratio cvapps / ultralytics (equal settings): {b['cvapps'] / b['ultralytics']:.2f}  (target >= 1.0)")
+    median, low, high = paired_ratio(rates, "cvapps", "ultralytics")
+    print(f"      ratio cvapps / ultralytics (equal settings): {b['cvapps'] / b['ultralytics']:.2f} best/best, "
+          f"{median:.2f} median of the {len(rates['cvapps'])} side-by-side rounds ({low:.2f}-{high:.2f})  (target >= 1.0)")
 
 
 def defaults(weights: Path, folder: Path, tmp: Path, repeats: int) -> None:
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, help="ultralytics .pt (default: a random yolov8n.yaml model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--sets", default="shapes,photos", help="which image sets: shapes, photos")
     p.add_argument("--no-defaults", action="store_true", help="skip (b), the whole-process runs")
     args = p.parse_args(argv)

@@ -17,12 +17,15 @@ region, which on a machine with few cores takes the cores the reader and writer 
 under load collapses the forward pass (measured on 2 shared cores: the shapes YOLO at 5-18
 frames/s spinning vs 60-73 passive). :func:`passive_openmp` (called when ``cvapps`` is imported,
 before torch loads) makes them sleep instead, unless the user set ``OMP_WAIT_POLICY`` already.
+Every stage thread also lowers its own priority (:func:`yield_to_model`), so decoding and writing
+fill the moments the model leaves a core idle rather than preempting its threads.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -43,6 +46,22 @@ def passive_openmp() -> None:
     """``OMP_WAIT_POLICY=PASSIVE`` unless set: OpenMP reads it once, when torch is first imported,
     so it takes effect only when cvapps is imported before torch (always so for the CLI)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+#: Niceness of the stage threads (reader, prefetch, writer); CVAPPS_STAGE_NICE=0 keeps them at the
+#: model's priority. Measured (benchmarks/pipeline_overhead.py, video case, 2 cores): 5 -> 0.87-0.99 of
+#: the slowest stage, 0 -> 0.77-0.93, in alternating runs.
+STAGE_NICENESS = int(os.environ.get("CVAPPS_STAGE_NICE", "5"))
+
+
+def yield_to_model() -> None:
+    """Lower the calling thread's CPU priority (Linux niceness is per thread): stage threads then run
+    in the moments the model's threads leave a core idle instead of taking cores from them."""
+    if STAGE_NICENESS > 0 and sys.platform.startswith("linux"):  # elsewhere a thread id is no process id
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STAGE_NICENESS)
+        except OSError:
+            pass
 
 
 class _End:
@@ -135,6 +154,7 @@ class Producer(Generic[T]):
                 self._thread.start()
 
     def _run(self) -> None:
+        yield_to_model()
         try:
             for item in self._produce(self.stop_event):
                 if self.stop_event.is_set():
@@ -243,6 +263,7 @@ class Consumer(Generic[T]):
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        yield_to_model()
         while True:
             item = self._queue.get()
             if item is _END or self.aborted.is_set():
