@@ -59,7 +59,8 @@ def yield_to_model() -> None:
     in the moments the model's threads leave a core idle instead of taking cores from them."""
     if STAGE_NICENESS > 0 and sys.platform.startswith("linux"):  # elsewhere a thread id is no process id
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STAGE_NICENESS)
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + STAGE_NICENESS))
         except OSError:
             pass
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 import pytest
 
 from cvapps.errors import CvappsError
+import cvapps.threads as threads_module
 from cvapps.threads import Consumer, Producer
 
 
@@ -166,3 +169,19 @@ def test_openmp_workers_sleep_unless_the_user_chose() -> None:
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_stage_threads_run_below_the_model_threads_priority() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    main = niceness()
+    seen: list[int] = []
+    assert list(Producer(lambda stop: iter([niceness()]))) == [min(19, main + threads_module.STAGE_NICENESS)]
+    writer = Consumer(lambda item: seen.append(niceness()))
+    writer.start()
+    writer.put(1)
+    writer.finish()
+    assert seen == [min(19, main + threads_module.STAGE_NICENESS)]
+    assert niceness() == main, "the caller's own thread keeps its priority"
