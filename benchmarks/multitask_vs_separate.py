@@ -7,7 +7,8 @@
    layout), and run on the same letterboxed sample frames. "separate" = the YOLO model's
    forward + postprocess (NMS, boxes to original pixels), then the FCN's forward + postprocess
    (mask to original pixels); "multitask" = one forward + the same postprocesses of its outputs.
-   Prints images/s of both and the ratio multitask / separate (forward only, and with postprocess).
+   Prints images/s of both and the ratio multitask / separate (forward only, and with postprocess):
+   the median of the rounds' ratios (each round runs both side by side) and the ratio of the best runs.
 2. Accuracy (``--train``): trains the single-task YOLO and FCN configs one after the other, then
    the multi-task config, each from scratch with its shipped recipe, timing each; evaluates every
    best.pt on the held-out val split with ``cvapps val``'s code and prints mAP50 / mAP50-95 /
@@ -15,7 +16,7 @@
    not take longer than the two single-task runs together). The multi-task numbers are those of
    its shared pass (one forward per image gives both the boxes and the mask that are scored).
 
-    python benchmarks/multitask_vs_separate.py [--threads 2] [--batch 8] [--rounds 5] [--clock wall|cpu] [--backbone tiny]
+    python benchmarks/multitask_vs_separate.py [--threads 2] [--batch 8] [--rounds 9] [--clock wall|cpu] [--backbone tiny]
     python benchmarks/multitask_vs_separate.py --train [--out runs/bench_multitask]
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -59,22 +61,22 @@ def build(name: str, checkpoint: str | None, overrides: list[str]) -> tuple[Any,
     return task, predictor.model, predictor.memory_format
 
 
-def frames(folder: Path, count: int) -> list[np.ndarray]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[:count]
-    return [read_image(p) for p in paths]
+def frames(folders: list[Path], count: int) -> list[np.ndarray]:
+    paths = [p for folder in folders for p in sorted(folder.iterdir()) if p.suffix.lower() in (".png", ".jpg")]
+    return [read_image(p) for p in paths[:count]]
 
 
 def timed_pair(first: Callable[[], Any], second: Callable[[], Any], rounds: int,
-               clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
-    """Fastest of ``rounds`` runs of each, interleaved so a busy machine slows both alike."""
+               clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """Seconds of each of ``rounds`` runs of both, interleaved so a busy spell slows both alike."""
     first(), second()  # warm-up (allocator, oneDNN kernels, YOLO anchors)
-    best = [float("inf"), float("inf")]
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for i, fn in enumerate((first, second)):
             t0 = clock()
             fn()
-            best[i] = min(best[i], clock() - t0)
-    return best[0], best[1]
+            times[i].append(clock() - t0)
+    return times
 
 
 def throughput(args: argparse.Namespace) -> dict[str, float]:
@@ -84,7 +86,7 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
     seg_task, seg, seg_layout = build("segment", args.segment, common)
     mt_task, mt, mt_layout = build("multitask", args.multitask, common)
     assert layout == seg_layout == mt_layout, "the three tasks share one CPU layout rule"
-    images = frames(ROOT / "sample_data/shapes/images/val", args.batch * args.batches)
+    images = frames([ROOT / "sample_data/shapes/images" / split for split in ("val", "train")], args.batch * args.batches)
     prepared = [mt_task.preprocess(im, args.imgsz, rect=True) for im in images]
     batches = []
     for i in range(0, len(prepared), args.batch):
@@ -112,13 +114,17 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
     result = {}
     for post in (False, True):
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        t_sep, t_mt = timed_pair(lambda p=post: separate(p), lambda p=post: shared(p), args.rounds, clock)
+        seps, mts = timed_pair(lambda p=post: separate(p), lambda p=post: shared(p), args.rounds, clock)
+        t_sep, t_mt = min(seps), min(mts)
+        paired = [a / b for a, b in zip(seps, mts)]  # each round's two runs sat side by side
         key = "with_postprocess" if post else "forward"
         result[f"{key}/separate_img_s"] = n / t_sep
         result[f"{key}/multitask_img_s"] = n / t_mt
-        result[f"{key}/ratio"] = t_sep / t_mt
-        print(f"{key:>16}: separate (YOLO then FCN) {n / t_sep:7.1f} img/s, multitask {n / t_mt:7.1f} img/s, "
-              f"throughput ratio multitask/separate {t_sep / t_mt:.2f}x")
+        result[f"{key}/ratio"] = statistics.median(paired)
+        result[f"{key}/ratio_best_over_best"] = t_sep / t_mt
+        print(f"{key:>16}: separate (YOLO then FCN) {n / t_sep:7.1f} img/s, multitask {n / t_mt:7.1f} img/s (best runs); "
+              f"throughput ratio multitask/separate {statistics.median(paired):.2f}x median of {len(paired)} rounds "
+              f"({min(paired):.2f}-{max(paired):.2f}), {t_sep / t_mt:.2f}x best/best")
     heads = [k for k in getattr(mt, "heads", {})]
     print(f"({n} frames, batch {args.batch}, imgsz {args.imgsz}, backbone {args.backbone}, {args.threads} CPU "
           f"threads, {args.clock} time; "
@@ -164,8 +170,9 @@ def main() -> None:
     p.add_argument("--backbone", default="tiny", help="backbone of all three models when built from the configs "
                                                      "(default tiny, the shipped configs' one)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batches", type=int, default=5, help="batches of sample frames timed (default 5)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds; the fastest counts (default 5)")
+    p.add_argument("--batches", type=int, default=10, help="batches of sample frames timed (default 10)")
+    p.add_argument("--rounds", type=int, default=9, help="timed rounds, alternating (default 9); the ratio is the "
+                                                       "median of the rounds' ratios")
     p.add_argument("--yolo", help="a trained yolo checkpoint (default: random weights)")
     p.add_argument("--segment", help="a trained segment checkpoint")
     p.add_argument("--multitask", help="a trained multitask checkpoint")
