@@ -11,6 +11,7 @@ from torch import nn
 from tiny_checkpoints import ROOT
 
 from cvapps.engine.fuse import fusable, fuse_batchnorm
+from cvapps.engine.load import load_model
 from cvapps.engine.predict import Predictor
 from cvapps.heads.fcn import FCN8sHead, bilinear_upsampler, transposed_conv_as_subpixel
 from cvapps.tasks import get_task, load_config
@@ -106,3 +107,10 @@ def test_fcn_head_inference_path_matches_training_path() -> None:
     assert out.shape == ref.shape == (2, 4, 90, 77)
     assert torch.allclose(out, ref.detach(), atol=1e-5)
     assert isinstance(bilinear_upsampler(4, 8), nn.ConvTranspose2d), "the learned layer stays a transposed conv"
+
+
+def test_a_loaded_model_is_folded_in_place_by_its_predictor() -> None:
+    loaded = load_model(ROOT / "sample_data" / "models" / "detect.pt", device="cpu")
+    assert fusable(loaded.model)
+    predictor = loaded.predictor()
+    assert predictor.model is loaded.model and not fusable(loaded.model), "no copy: the loaded model only predicts"

@@ -26,6 +26,7 @@ from cvapps.backbones.weights import load_state
 from cvapps.checkpoint import ForeignCheckpoint, load_checkpoint
 from cvapps.config import TaskConfig
 from cvapps.engine.device import resolve_device
+from cvapps.engine.fuse import fuse_batchnorm
 from cvapps.engine.onnx_model import OnnxModel
 from cvapps.engine.predict import Predictor
 from cvapps.errors import CheckpointError, ConfigError
@@ -64,7 +65,11 @@ class LoadedModel:
         return cfg
 
     def predictor(self, device: str | None = None, batch: int | None = None) -> Predictor:
-        """A :class:`Predictor` running this model (ONNX models run in float32)."""
+        """A :class:`Predictor` running this model (ONNX models run in float32).
+
+        A loaded model is for inference: its BatchNorms are folded in place here (engine/fuse.py);
+        training, export and summaries load the checkpoint again."""
+        self.model = fuse_batchnorm(self.model, inplace=True)
         return Predictor(self.task, self.model, self.class_names, self.preprocessing, device or self.device,
                          batch or self.batch, half=False if isinstance(self.model, OnnxModel) else None,
                          category_ids=self.category_ids)
