@@ -24,9 +24,13 @@ class Normalize(nn.Module):
         std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,) * in_channels
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # x * (1 / std) + (-mean / std) in one fused pass: on a channels_last batch, (x - mean) / std
+        # takes two broadcast passes over 3-channel pixels, 7x slower on the CPU (7 vs 1 ms, 8 x 160 px).
+        self.register_buffer("scale", 1 / self.std, persistent=False)
+        self.register_buffer("shift", -self.mean / self.std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return torch.addcmul(self.shift, x, self.scale)
 
 
 def backbone_from_config(mc: ModelConfig, check_size: int = 64, **kwargs) -> Backbone:
