@@ -106,7 +106,7 @@ def test_joint_training_reduces_losses_and_learns_both_tasks(small_shapes: Path)
     iou0, pix0 = _quality(model, x, y)
     optimizer = build_optimizer(model, cfg.train)
     history = []
-    for _ in range(20):
+    for _ in range(30):  # at 20 steps the pixel share sat at the bar (0.19-0.24 with the thread count's rounding)
         losses = model(x, y)
         history.append({k: float(v.detach()) for k, v in losses.items()})
         optimizer.zero_grad()
