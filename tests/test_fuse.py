@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from tiny_checkpoints import ROOT
 
@@ -18,23 +19,52 @@ from cvapps.tasks import get_task, load_config
 
 NAMES = ["circle", "square", "triangle"]
 CONFIGS = {"classify": "classify_shapes.yaml", "segment": "segment_shapes.yaml", "yolo": "yolo_shapes.yaml",
-           "multitask": "multitask_shapes.yaml"}
+           "multitask": "multitask_shapes.yaml", "faster_rcnn": "faster_rcnn_shapes.yaml"}
+FOLDED = ("classify", "segment", "yolo", "multitask")
 
 
-def _trained_like(name: str) -> nn.Module:
+def _trained_like(name: str, overrides: tuple[str, ...] = ()) -> nn.Module:
     """A model of the shipped config with BatchNorm statistics and affine terms away from their
     initial values (so folding has something to fold)."""
-    cfg = load_config(ROOT / "configs" / CONFIGS[name], ["train.device=cpu", "data.imgsz=64"])
+    cfg = load_config(ROOT / "configs" / CONFIGS[name], ["train.device=cpu", "data.imgsz=64", *overrides])
     torch.manual_seed(0)
     model = get_task(cfg.task).build_model(cfg, ["background", *NAMES] if name == "segment" else NAMES)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_large"])
+def test_torchvision_backbones_are_folded_too(backbone: str) -> None:
+    model = _trained_like("segment", (f"model.backbone={backbone}",))
+    fused = fuse_batchnorm(model)
+    assert _batchnorms(fused) == 0, "ResNet stem and blocks, mobilenet's Conv-BN-activation blocks: all folded"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), fused(x), rtol=1e-4, atol=1e-4)
+
+
+def test_faster_rcnn_frozen_batchnorms_are_folded() -> None:
+    model = _trained_like("faster_rcnn", ("model.backbone=resnet18", "model.norm=frozen"))
+    body = model.backbone.body
+    assert _batchnorms(body) > 0
+    fused = fuse_batchnorm(model)
+    assert _batchnorms(fused.backbone.body) == 0
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref, out = body(x), fused.backbone.body(x)
+    assert ref.keys() == out.keys()
+    for key in ref:
+        assert torch.allclose(ref[key], out[key], rtol=1e-4, atol=1e-4), key
 
 
 def _flat(out: object) -> list[torch.Tensor]:
@@ -47,7 +77,7 @@ def _flat(out: object) -> list[torch.Tensor]:
     return []
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", FOLDED)
 def test_folded_model_gives_the_same_outputs_and_leaves_the_original(name: str) -> None:
     model = _trained_like(name)
     assert fusable(model)

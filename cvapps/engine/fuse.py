@@ -4,39 +4,86 @@ In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals 
 rescaled weights and a bias (equal up to float rounding). Folding removes a full pass over every
 feature map: 5-10% of the forward time of the cvapps YOLO, FCN and multi-task models on the CPU.
 ultralytics' predictor does the same to its models (``DetectionModel.fuse``); torch provides the
-arithmetic (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`), this module finds the pairs.
+arithmetic (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`), this module finds the pairs:
+
+* consecutive children of an ``nn.Sequential`` or of torchvision's ``IntermediateLayerGetter`` (the
+  ResNet stem of the torchvision backbones), which run their children in order;
+* ``convK`` / ``bnK`` of torchvision's ResNet ``BasicBlock`` / ``Bottleneck`` (their forward applies
+  ``bnK`` right after ``convK``);
+* ultralytics' ``Conv`` / ``DWConv`` blocks (``conv``, ``bn`` and a ``forward_fuse`` without ``bn``).
+
+The BatchNorm may be ``nn.BatchNorm2d`` or torchvision's ``FrozenBatchNorm2d`` (Faster R-CNN).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+RESNET_BLOCKS = ("BasicBlock", "Bottleneck")
 
-def _sequential_pairs(module: nn.Module) -> list[tuple[nn.Sequential, int]]:
-    """(sequential, i) where item i is a Conv2d and item i + 1 the BatchNorm2d right after it."""
-    pairs = []
-    for seq in module.modules():
-        if isinstance(seq, nn.Sequential):
-            items = list(seq)
-            pairs += [(seq, i) for i in range(len(items) - 1)
-                      if type(items[i]) is nn.Conv2d and type(items[i + 1]) is nn.BatchNorm2d]
+
+@dataclass
+class _Pair:
+    """``parent.<conv_name>`` is a Conv2d whose output goes straight into ``parent.<bn_name>``."""
+
+    parent: nn.Module
+    conv_name: str
+    bn_name: str
+    forward_fuse: bool = False  # ultralytics block: switch to its forward without bn, drop bn
+
+    def fold(self) -> None:
+        conv, bn = getattr(self.parent, self.conv_name), getattr(self.parent, self.bn_name)
+        setattr(self.parent, self.conv_name, fuse_conv_bn_eval(conv, bn))
+        if self.forward_fuse:
+            delattr(self.parent, self.bn_name)
+            self.parent.forward = self.parent.forward_fuse  # type: ignore[method-assign]
+        else:
+            setattr(self.parent, self.bn_name, nn.Identity())
+
+
+def _is_batchnorm(module: object) -> bool:
+    return type(module) is nn.BatchNorm2d or (type(module).__name__ == "FrozenBatchNorm2d"
+                                              and type(module).__module__.startswith("torchvision."))
+
+
+def _from_torchvision(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """``module`` is (a subclass of) one of torchvision's classes ``names``; by name, because importing
+    torchvision here would cost a YOLO start-up that never loads it."""
+    return any(c.__name__ in names and c.__module__.startswith("torchvision.") for c in type(module).__mro__)
+
+
+def _runs_children_in_order(module: nn.Module) -> bool:
+    """A plain Sequential (its own forward), or an IntermediateLayerGetter (which also runs its children
+    in order, returning some of their outputs)."""
+    return ((isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward)
+            or _from_torchvision(module, ("IntermediateLayerGetter",)))
+
+
+def _pairs(model: nn.Module) -> list[_Pair]:
+    pairs: list[_Pair] = []
+    for module in model.modules():
+        if _runs_children_in_order(module):
+            children = list(module.named_children())
+            returned = getattr(module, "return_layers", {})  # a convolution's own output that is returned stays
+            pairs += [_Pair(module, a, b) for (a, conv), (b, bn) in zip(children, children[1:])
+                      if type(conv) is nn.Conv2d and _is_batchnorm(bn) and a not in returned]
+        elif _from_torchvision(module, RESNET_BLOCKS):
+            pairs += [_Pair(module, f"conv{k}", f"bn{k}") for k in (1, 2, 3)
+                      if type(getattr(module, f"conv{k}", None)) is nn.Conv2d
+                      and _is_batchnorm(getattr(module, f"bn{k}", None))]
+        elif (type(getattr(module, "conv", None)) is nn.Conv2d and _is_batchnorm(getattr(module, "bn", None))
+              and callable(getattr(module, "forward_fuse", None))):
+            pairs.append(_Pair(module, "conv", "bn", forward_fuse=True))
     return pairs
-
-
-def _conv_bn_blocks(module: nn.Module) -> list[nn.Module]:
-    """Blocks with ``conv``, ``bn`` and a ``forward_fuse`` that skips ``bn`` (ultralytics' Conv,
-    DWConv: the YOLO heads and necks)."""
-    return [m for m in module.modules()
-            if isinstance(getattr(m, "conv", None), nn.Conv2d) and type(getattr(m, "bn", None)) is nn.BatchNorm2d
-            and callable(getattr(m, "forward_fuse", None))]
 
 
 def fusable(model: nn.Module) -> bool:
     """True when :func:`fuse_batchnorm` would fold at least one BatchNorm."""
-    return bool(_sequential_pairs(model) or _conv_bn_blocks(model))
+    return bool(_pairs(model))
 
 
 def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -47,11 +94,7 @@ def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not fusable(model):
         return model
     fused = model.eval() if inplace else copy.deepcopy(model).eval()
-    for seq, i in _sequential_pairs(fused):
-        seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
-        seq[i + 1] = nn.Identity()
-    for block in _conv_bn_blocks(fused):
-        block.conv = fuse_conv_bn_eval(block.conv, block.bn)
-        del block.bn
-        block.forward = block.forward_fuse  # type: ignore[method-assign]
+    for pair in _pairs(fused):
+        pair.fold()
     return fused
+
