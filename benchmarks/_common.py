@@ -42,6 +42,20 @@ def paired_ratio(rates: dict[str, list[float]], a: str, b: str) -> tuple[float, 
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def ratio_summary(rates: dict[str, list[float]], a: str, b: str) -> str:
+    """``a / b`` as "X.XXX best/best, Y.YYY median of N side-by-side rounds (lo-hi)": the two views
+    every benchmark prints for a ratio (best runs, and the steadier paired median)."""
+    bests = best(rates)
+    median, low, high = paired_ratio(rates, a, b)
+    return (f"{bests[a] / bests[b]:.3f} best/best, {median:.3f} median of the {len(rates[a])} side-by-side rounds "
+            f"({low:.2f}-{high:.2f})")
+
+
+def print_spreads(rates: dict[str, list[float]], indent: str = "  ", width: int = 28) -> None:
+    for name, values in rates.items():
+        print(f"{indent}{name:{width}} {spread(values)}")
+
+
 def spread(values: Sequence[float]) -> str:
     """``best (worst/best ratio)``: how much the repeats of one case disagreed."""
     return f"{max(values):9.1f}/s  (worst/best {min(values) / max(values):.2f})"

@@ -16,7 +16,8 @@
   model, batch, memory layout, threads and postprocessing, serial). Prints
   ``pipeline / minimal loop`` (target >= 0.95).
 
-Every case runs ``--repeats`` times, alternating with the others; the best of each counts and the
+Every case runs ``--repeats`` times, alternating with the others; each ratio is printed as the ratio of the
+best runs and as the median of the rounds' side-by-side ratios, and the
 worst/best spread shows the noise (the machine may be shared). Layout: the predictor's own
 ``memory_format`` (the task's layout rule), which the stage and minimal loops use too.
 """
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, alternate, best, folder_paths, minimal_loop, rate, spread
+from _common import ROOT, alternate, best, folder_paths, minimal_loop, print_spreads, rate, ratio_summary
 
 VIDEO = ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"
 MODELS = ROOT / "sample_data" / "models"
@@ -109,10 +110,9 @@ def video_case(args: argparse.Namespace) -> None:
     print(f"\n== video: detect {VIDEO.name} --save-video --save-json ({len(frames)} frames "
           f"{frames[0].image.shape[1]}x{frames[0].image.shape[0]}, input {predictor.imgsz} rect, batch {args.batch}, "
           f"layout {_fmt(predictor)}, torch threads {_threads()}) ==")
-    for name, values in rates.items():
-        print(f"  {name:28} {spread(values)}")
+    print_spreads(rates)
     print(f"  serial sum of the stages     {serial:9.1f}/s")
-    print(f"ratio pipeline / slowest stage ({slowest}): {b['pipeline'] / b[slowest]:.3f}  (target >= 0.85)")
+    print(f"ratio pipeline / slowest stage ({slowest}): {ratio_summary(rates, 'pipeline', slowest)}  (target >= 0.85)")
 
 
 def folder_case(task: str, args: argparse.Namespace) -> None:
@@ -133,12 +133,10 @@ def folder_case(task: str, args: argparse.Namespace) -> None:
     pipeline()  # warm-up (layout probe, file cache)
     minimal()
     rates = alternate({"pipeline": pipeline, "minimal loop": minimal}, args.repeats)
-    b = best(rates)
     print(f"\n== {task}: folder {folder.relative_to(ROOT)} ({len(paths)} images, input {predictor.imgsz}, "
           f"batch {args.batch}, layout {_fmt(predictor)}, torch threads {_threads()}) ==")
-    for name, values in rates.items():
-        print(f"  {name:28} {spread(values)}")
-    print(f"ratio pipeline / minimal loop: {b['pipeline'] / b['minimal loop']:.3f}  (target >= 0.95)")
+    print_spreads(rates)
+    print(f"ratio pipeline / minimal loop: {ratio_summary(rates, 'pipeline', 'minimal loop')}  (target >= 0.95)")
 
 
 def _fmt(predictor) -> str:

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, alternate, best, paired_ratio, rate, spread
+from _common import ROOT, alternate, best, print_spreads, rate, ratio_summary
 
 
 def make_weights(path: Path) -> Path:
@@ -81,14 +81,11 @@ def equal_settings(weights: Path, folder: Path, imgsz: int, args: argparse.Names
 
     theirs()  # warm-up (builds its predictor)
     rates = alternate({"cvapps": ours, "ultralytics": theirs}, args.repeats)
-    b = best(rates)
     print(f"  (a) equal settings: {n_files} images, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"layout {'channels_last' if channels_last else 'NCHW'}")
-    for name, values in rates.items():
-        print(f"      {name:12} {spread(values)}")
-    median, low, high = paired_ratio(rates, "cvapps", "ultralytics")
-    print(f"      ratio cvapps / ultralytics (equal settings): {b['cvapps'] / b['ultralytics']:.2f} best/best, "
-          f"{median:.2f} median of the {len(rates['cvapps'])} side-by-side rounds ({low:.2f}-{high:.2f})  (target >= 1.0)")
+    print_spreads(rates, indent="      ", width=12)
+    print(f"      ratio cvapps / ultralytics (equal settings): {ratio_summary(rates, 'cvapps', 'ultralytics')}"
+          f"  (target >= 1.0)")
 
 
 def defaults(weights: Path, folder: Path, tmp: Path, repeats: int) -> None:
