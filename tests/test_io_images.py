@@ -413,3 +413,29 @@ def test_jpeg_png_decoded_once_without_pil(tmp_path: Path, monkeypatch: pytest.M
         assert read_image(tmp_path / name).shape == (30, 50, 3)
     assert jpeg_png_size(b"\xff\xd8\xff\xda" + bytes(10)) is None  # scan before any frame header
     assert jpeg_png_size(b"GIF89a") is None
+
+
+def test_file_longer_than_its_stat_is_read_whole_and_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grew after its stat (or reports size 0, like /proc files) is still read to its
+    end, and the size cap holds for the bytes actually read, not only for the size the stat gave."""
+    import cvapps.io.images as images
+
+    path = tmp_path / "grown.bmp"
+    image = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), image)  # ~1.03 MiB
+    real_stat, real_fstat = os.stat, os.fstat
+
+    def as_if_10_bytes(st: os.stat_result) -> os.stat_result:
+        fields = list(st)
+        fields[stat.ST_SIZE] = 10
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(images.os, "stat", lambda p, *a, **k: as_if_10_bytes(real_stat(p, *a, **k)))
+    monkeypatch.setattr(images.os, "fstat", lambda fd: as_if_10_bytes(real_fstat(fd)))
+    assert np.array_equal(read_image(path), image)
+    try:
+        images.set_max_file_mb(1)  # under the real size: the stats pass, the bytes read do not
+        with pytest.raises(ImageReadError, match="file too large"):
+            read_image(path)
+    finally:
+        images.set_max_file_mb(None)
