@@ -1,9 +1,10 @@
 """Benchmark (not a test): one multi-task model vs the single-task YOLO and FCN models run one after the other.
 
 1. Throughput (always): the three models are built from configs/yolo_shapes.yaml,
-   configs/segment_shapes.yaml and configs/multitask_shapes.yaml (same tiny backbone, same imgsz,
-   same batch; trained checkpoints with --yolo/--segment/--multitask, else random weights, which
-   cost the same), each in the form the Predictor runs it (BatchNorms folded, the task's memory
+   configs/segment_shapes.yaml and configs/multitask_shapes.yaml with each of ``--backbones`` in turn
+   (the shipped configs' tiny one, and the torchvision backbones users transfer from; the three
+   models always share the backbone, imgsz and batch; trained checkpoints with
+   --yolo/--segment/--multitask, else random weights, which cost the same), each in the form the Predictor runs it (BatchNorms folded, the task's memory
    layout), and run on the same letterboxed sample frames. "separate" = the YOLO model's
    forward + postprocess (NMS, boxes to original pixels), then the FCN's forward + postprocess
    (mask to original pixels); "multitask" = one forward + the same postprocesses of its outputs.
@@ -16,7 +17,8 @@
    not take longer than the two single-task runs together). The multi-task numbers are those of
    its shared pass (one forward per image gives both the boxes and the mask that are scored).
 
-    python benchmarks/multitask_vs_separate.py [--threads 2] [--batch 8] [--rounds 9] [--clock wall|cpu] [--backbone tiny]
+    python benchmarks/multitask_vs_separate.py [--threads 2] [--batch 8] [--rounds 9] [--clock wall|cpu]
+                                               [--backbones tiny,resnet18,mobilenet_v3_large]
     python benchmarks/multitask_vs_separate.py --train [--out runs/bench_multitask]
 """
 
@@ -79,9 +81,9 @@ def timed_pair(first: Callable[[], Any], second: Callable[[], Any], rounds: int,
     return times
 
 
-def throughput(args: argparse.Namespace) -> dict[str, float]:
+def throughput(args: argparse.Namespace, backbone: str) -> dict[str, float]:
     torch.set_num_threads(args.threads)
-    common = [f"data.imgsz={args.imgsz}", "train.device=cpu", f"model.backbone={args.backbone}"]
+    common = [f"data.imgsz={args.imgsz}", "train.device=cpu", f"model.backbone={backbone}"]
     yolo_task, yolo, layout = build("yolo", args.yolo, common)
     seg_task, seg, seg_layout = build("segment", args.segment, common)
     mt_task, mt, mt_layout = build("multitask", args.multitask, common)
@@ -126,7 +128,7 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
               f"throughput ratio multitask/separate {statistics.median(paired):.2f}x median of {len(paired)} rounds "
               f"({min(paired):.2f}-{max(paired):.2f}), {t_sep / t_mt:.2f}x best/best")
     heads = [k for k in getattr(mt, "heads", {})]
-    print(f"({n} frames, batch {args.batch}, imgsz {args.imgsz}, backbone {args.backbone}, {args.threads} CPU "
+    print(f"({n} frames, batch {args.batch}, imgsz {args.imgsz}, backbone {backbone}, {args.threads} CPU "
           f"threads, {args.clock} time; "
           f"multitask heads: "
           f"{', '.join(heads)})")
@@ -167,8 +169,9 @@ def main() -> None:
                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine "
                         "(use with --threads 1, where it equals the compute time)")
     p.add_argument("--imgsz", type=int, default=160)
-    p.add_argument("--backbone", default="tiny", help="backbone of all three models when built from the configs "
-                                                     "(default tiny, the shipped configs' one)")
+    p.add_argument("--backbones", default="tiny,resnet18,mobilenet_v3_large",
+                   help="comma list: the backbone of all three models when built from the configs, one "
+                        "measurement each (default: the shipped configs' tiny, resnet18, mobilenet_v3_large)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--batches", type=int, default=10, help="batches of sample frames timed (default 10)")
     p.add_argument("--rounds", type=int, default=9, help="timed rounds, alternating (default 9); the ratio is the "
@@ -188,7 +191,18 @@ def main() -> None:
         args.yolo = args.yolo or str(Path(args.out) / "yolo" / "best.pt")
         args.segment = args.segment or str(Path(args.out) / "segment" / "best.pt")
         args.multitask = args.multitask or str(Path(args.out) / "multitask" / "best.pt")
-    result["throughput"] = throughput(args)
+    given = [c for c in (args.yolo, args.segment, args.multitask) if c]
+    if 0 < len(given) < 3:
+        p.error("give all three of --yolo, --segment and --multitask, or none")
+    # trained checkpoints carry their own backbone: one measurement
+    backbones = ["from checkpoints"] if given else args.backbones.split(",")
+    result["throughput"] = {}
+    for backbone in backbones:
+        print(f"\n== backbone {backbone} ==")
+        result["throughput"][backbone] = throughput(args, backbone)
+    print("\nthroughput ratio multitask / separate (median of the rounds):")
+    for backbone, r in result["throughput"].items():
+        print(f"  {backbone:20} forward {r['forward/ratio']:.2f}x, with postprocess {r['with_postprocess/ratio']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
