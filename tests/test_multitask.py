@@ -287,7 +287,7 @@ def test_predict_command_runs_the_whole_model(small_shapes: Path, tmp_path: Path
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
         assert len([a for a in anns if "segmentation" not in a]) == 3
         assert [a["category_id"] for a in anns if "segmentation" in a] == [2]
-    drawn = sorted(p for p in out.rglob("*") if p.suffix in (".png", ".jpg"))
+    drawn = sorted(p for p in out.glob("*") if p.suffix in (".png", ".jpg"))
     assert len(drawn) == n
     for path in drawn:  # mask and boxes drawn over the input
         assert not np.array_equal(cv2.imread(str(path)), cv2.imread(str(images / path.name)))
@@ -301,6 +301,13 @@ def test_predict_command_runs_the_whole_model(small_shapes: Path, tmp_path: Path
     results = json.loads((out / "predictions.json").read_text())
     assert [r for r in results if "segmentation" not in r] == json.loads((tmp_path / "det" / "predictions.json").read_text())
     assert [r for r in results if "segmentation" in r] == json.loads((tmp_path / "seg" / "predictions.json").read_text())
+    # its class-index mask PNGs too, file for file
+    masks = {p.relative_to(out / "masks"): p.read_bytes() for p in (out / "masks").rglob("*.png")}
+    assert len(masks) == n
+    assert masks == {p.relative_to(tmp_path / "seg" / "masks"): p.read_bytes()
+                     for p in (tmp_path / "seg" / "masks").rglob("*.png")}
+    assert cli(["predict", *common, "--out", str(tmp_path / "no_masks"), "--no-masks"]) == 0
+    assert not (tmp_path / "no_masks" / "masks").exists() and (tmp_path / "no_masks" / "predictions.json").is_file()
 
     capsys.readouterr()
     assert cli(["predict", *common, "--out", str(tmp_path / "bad"), "--track"]) == 1

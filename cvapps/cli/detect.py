@@ -58,13 +58,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return run_detect(args, model.part("detect"))  # a multitask model gives its boxes
 
 
-def run_detect(args: argparse.Namespace, model: Any) -> int:
+def run_detect(args: argparse.Namespace, model: Any, masks: bool = False) -> int:
     """``cvapps detect`` with ``model`` (a :class:`cvapps.api.Model`) loaded: a detector, or a whole
     multitask model (``cvapps predict``: its images and video draw masks and boxes, its JSON files
-    hold bbox and segmentation annotations under each frame's one image id)."""
+    hold bbox and segmentation annotations under each frame's one image id); ``masks``: also write
+    its class-index mask PNGs to OUT/masks/ (unless --no-masks)."""
     from cvapps.cli.predict import common_sinks, exit_code, frame_outputs, print_written, run_common, source_root
     from cvapps.formats.coco import ImageIndex, read_coco_json
-    from cvapps.io.sinks import AnnotatedImages, CocoSink, make_drawer
+    from cvapps.io.sinks import AnnotatedImages, CocoSink, MaskImages, make_drawer
 
     check_detect_args(args)
     gt = read_coco_json(args.coco_gt) if args.coco_gt else None
@@ -78,6 +79,10 @@ def run_detect(args: argparse.Namespace, model: Any) -> int:
     if images:
         image_sink = AnnotatedImages(out, make_drawer(predictor.class_names), root=root)
         sinks.append(image_sink)
+    mask_sink = None
+    if images and masks and not args.no_masks:
+        mask_sink = MaskImages(out / "masks", root=root)  # as `cvapps segment` writes them
+        sinks.append(mask_sink)
     json_sink = None
     if save_json:
         index = ImageIndex(root, gt, image_dir="" if images else None)
@@ -90,6 +95,8 @@ def run_detect(args: argparse.Namespace, model: Any) -> int:
     print(f"{report.summary()}; detected: {counter.summary() or 'nothing'}")
     if image_sink is not None:
         print(f"wrote {image_sink.count} annotated images to {out}")
+    if mask_sink is not None and mask_sink.count:
+        print(f"wrote {mask_sink.count} class-index masks to {out / 'masks'}/")
     if json_sink is not None:
         print(f"wrote {json_sink.results_path} and {json_sink.path}")
     print_written([s for s in sinks if s is not json_sink])

@@ -4,7 +4,8 @@ The model's task picks what runs, with the outputs of its own command: a classif
 classify``, a segmenter as ``cvapps segment``, a detector (Faster R-CNN, YOLO, native ultralytics)
 as ``cvapps detect``, and a multitask model whole: one forward per batch gives boxes, mask and
 present classes; the annotated images (``OUT/<path>``) and video (``OUT/<stem>.mp4``) draw the mask
-and the boxes, and ``--save-json`` writes ``OUT/predictions.json`` (bbox and segm results) and
+and the boxes, ``OUT/masks/<path>.png`` holds each image's class-index mask (as ``cvapps segment``
+writes it; not with ``--no-masks``), and ``--save-json`` writes ``OUT/predictions.json`` (bbox and segm results) and
 ``OUT/predictions_coco.json`` with each frame's boxes and class masks under its one image id.
 An option of another task than the model's is refused in one line.
 """
@@ -23,7 +24,8 @@ BOXES = (*DETECTION_TASKS, "multitask")  # tasks whose predictions carry boxes
 #: option dest -> the tasks it applies to.
 TASK_OPTIONS: dict[str, tuple[str, ...]] = {
     "topk": ("classify",),
-    **dict.fromkeys(("alpha", "no_overlay", "no_masks"), ("segment",)),
+    **dict.fromkeys(("alpha", "no_overlay"), ("segment",)),
+    "no_masks": ("segment", "multitask"),
     **dict.fromkeys(("conf", "iou", "max_det", "no_images"), BOXES),
     **dict.fromkeys(("track", "track_buffer", "count_line", "zone"), DETECTION_TASKS),
     **dict.fromkeys(("save_json", "coco_gt"), ("segment", *BOXES)),
@@ -34,10 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run any checkpoint (classify, segment, detect or multitask) on a source",
                        description="Run the model on every image/frame of SOURCE with the outputs of its task's "
                                    "command (classify, segment or detect); a multitask model runs whole: annotated "
-                                   "images/video draw its mask and boxes, and --save-json writes OUT/predictions.json "
+                                   "images/video draw its mask and boxes, OUT/masks/ holds its class-index mask PNGs, and --save-json writes OUT/predictions.json "
                                    "(bbox and segm results) and OUT/predictions_coco.json with each frame's boxes "
                                    "and class masks under one image id. Task options (--topk: classify; --alpha, "
-                                   "--no-overlay, --no-masks: segment; --conf, --iou, --max-det, --no-images, "
+                                   "--no-overlay: segment; --no-masks: segment and multitask; --conf, --iou, --max-det, --no-images, "
                                    "--save-json, --coco-gt: detect and multitask, the last two also segment; "
                                    "--track, --count-line, --zone: detect) are refused for other tasks.")
     add_common(p)
@@ -65,5 +67,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if model.task == "segment":
         return run_segment(args, model)
     if model.task in BOXES:
-        return run_detect(args, model)  # a multitask model whole: masks and boxes
+        return run_detect(args, model, masks=model.task == "multitask")  # a multitask model whole: masks and boxes
     raise CvappsError(f"cvapps predict does not run {model.task} models ({args.model})")

@@ -21,7 +21,7 @@ from cvapps.io.draw import Draw
 from cvapps.io.images import write_image
 from cvapps.io.overlay import overlay_mask
 from cvapps.io.sinks.base import StagedSink
-from cvapps.structures import Classification, Frame, SegmentationMask
+from cvapps.structures import Classification, Frame, MultiTaskPrediction, SegmentationMask
 
 
 class AnnotatedImages:
@@ -61,7 +61,11 @@ class MaskImages:
         self.out_dir, self.root = Path(out_dir), root
         self.count = 0
 
-    def write(self, frame: Frame, prediction: SegmentationMask) -> None:
+    def write(self, frame: Frame, prediction: SegmentationMask | MultiTaskPrediction) -> None:
+        if isinstance(prediction, MultiTaskPrediction):  # a multitask model's mask (values: background, names)
+            prediction = prediction.segmentation
+            if prediction is None:
+                return
         write_mask(self.out_dir / output_relpath(frame.source, self.root, ".png"), prediction.mask)
         self.count += 1
 
