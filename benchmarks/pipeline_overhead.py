@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the predict pipeline costs: the pipeline against its slowest stage and against a minimal loop.
 
-    python benchmarks/pipeline_overhead.py [--cases video,classify,segment] [--repeats 5] [--batch 8]
+    python benchmarks/pipeline_overhead.py [--cases video,classify,segment] [--repeats 15] [--batch 8]
                                            [--threads N] [--device cpu]
 
 * video: ``cvapps detect sample.mp4 --save-video --save-json`` (the shapes YOLO of
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args(argv)
     import torch
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """cvapps detect vs ultralytics predict on the same yolov8n weights: equal settings, and defaults.
 
-    python benchmarks/predict_vs_ultralytics.py [--weights yolov8n.pt] [--threads 2] [--batch 8] [--repeats 7]
+    python benchmarks/predict_vs_ultralytics.py [--weights yolov8n.pt] [--threads 2] [--batch 8] [--repeats 15]
 
 Two image sets: the 160 px shapes (sample_data/shapes/images/train, run at imgsz 160) and the 640 px
 photos ultralytics ships in its package (``ultralytics/assets``, copied 32 times, run at imgsz 640).
@@ -105,7 +105,7 @@ def defaults(weights: Path, folder: Path, tmp: Path, repeats: int) -> None:
     ul_cmd = [yolo, "predict", f"model={weights}", f"source={folder}", "device=cpu",
               f"project={tmp / 'out_ul'}", "exist_ok=True", "verbose=False"]
     rates = alternate({"cvapps detect": lambda: process(cvapps_cmd), "yolo predict": lambda: process(ul_cmd)},
-                      max(1, repeats // 2))
+                      max(1, min(3, repeats // 2)))  # whole processes: few rounds suffice
     b = best(rates)
     print("  (b) defaults, whole process (start-up, each tool's threads/batch/layout, annotated images written)")
     for name, values in rates.items():
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, help="ultralytics .pt (default: a random yolov8n.yaml model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--sets", default="shapes,photos", help="which image sets: shapes, photos")
     p.add_argument("--no-defaults", action="store_true", help="skip (b), the whole-process runs")
     args = p.parse_args(argv)
