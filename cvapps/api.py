@@ -145,18 +145,17 @@ class Model:
         """Predict ``source`` on Ray Data into files in ``out``, as ``cvapps classify|segment|detect SOURCE
         --ray [ADDRESS] --ray-actors N --out OUT`` (``pip install "cvapps[ray]"``; see
         :func:`cvapps.engine.ray_predict.run_ray`): ``predictions.csv`` for classifiers, else
-        ``predictions.json`` + ``predictions_coco.json``, and ``predictions.jsonl`` with save_jsonl.
+        ``predictions.json`` + ``predictions_coco.json`` (a multitask model: boxes and masks under each
+        frame's one image id), and ``predictions.jsonl`` with save_jsonl.
         Resumable: calling it again after a crash predicts only what ``OUT/ray_manifest.jsonl`` lacks.
         options: ``vid_stride`` for the source, the rest for the task (``conf``, ``iou``, ``topk``...).
         Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
         """
-        if self.task == "multitask":  # its workers would store predictions the manifest cannot hold
-            raise CvappsError("predict_ray does not take multitask models yet: use predict()")
         vid_stride = int(options.pop("vid_stride", 1))
         return predict_files(str(self.path), self.task, self.names, self.category_ids, source, out,
                              save_jsonl=save_jsonl, address=address, actors=actors, options=options,
                              vid_stride=vid_stride, batch=self.loaded.batch, device=self.loaded.device,
-                             trust=self._trust, progress=False)
+                             trust=self._trust, progress=False, part=getattr(self.loaded.task, "part", None))
 
     def _results(self, frames: Iterable[Frame], options: dict[str, Any],
                  analytics: Analytics | None = None) -> Iterator[Result]:

@@ -12,9 +12,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from tiny_checkpoints import ROOT
+from tiny_checkpoints import ROOT, multitask_checkpoint
 
-from cvapps.checkpoint import save_checkpoint
 from cvapps.cli import main as cli
 from cvapps.config import MultiTaskConfig
 from cvapps.engine.device import images_to_device
@@ -35,19 +34,6 @@ TASK = get_task("multitask")
 def _cfg(root: Path, *overrides: str) -> MultiTaskConfig:
     return load_config(CONFIG, [f"data.root={root}", "data.imgsz=64", "data.workers=0", "train.batch=4",
                                 "train.device=cpu", *overrides])
-
-
-def multitask_checkpoint(path: Path, cfg: MultiTaskConfig, mask_class: int) -> Path:
-    """A randomly initialised multitask checkpoint (seed 0) whose mask says ``mask_class`` (a mask
-    value: class ``mask_class - 1``) everywhere, so its segmentation outputs are not empty."""
-    torch.manual_seed(0)
-    model = TASK.build_model(cfg, ["circle", "square", "triangle"])
-    with torch.no_grad():
-        model.heads["segment"].score32.bias[mask_class] = 5.0
-    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"),
-                           "class_names": ["circle", "square", "triangle"], "category_ids": [1, 2, 3],
-                           "preprocessing": TASK.preprocessing(cfg), "model": model.state_dict()})
-    return path
 
 
 def _batch(cfg: MultiTaskConfig, dataset) -> tuple[torch.Tensor, list]:
@@ -311,9 +297,8 @@ def test_predict_command_runs_the_whole_model(small_shapes: Path, tmp_path: Path
 
     capsys.readouterr()
     assert cli(["predict", *common, "--out", str(tmp_path / "bad"), "--track"]) == 1
-    assert cli(["predict", *common, "--out", str(tmp_path / "ray"), "--ray"]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and "--track: not an option for a multitask model" in err[0] and "--ray" in err[1]
+    assert len(err) == 1 and "--track: not an option for a multitask model" in err[0]  # (--ray: tests/test_ray.py)
 
 
 def test_api_results_of_a_multitask_model(small_shapes: Path, tmp_path: Path) -> None:
@@ -341,5 +326,3 @@ def test_api_results_of_a_multitask_model(small_shapes: Path, tmp_path: Path) ->
     assert "4 detections" in repr(r) and "triangle" in repr(r)
     with pytest.raises(CvappsError, match="Classification"):
         r.label
-    with pytest.raises(CvappsError, match="multitask"):
-        model.predict_ray(str(tmp_path), tmp_path / "ray")

@@ -206,6 +206,16 @@ def test_encoded_predictions_round_trip():
     assert (back.mask == mask.mask).all() and back.mask.dtype == np.uint8 and (back.scores == mask.scores).all()
     cls = Classification(1, 0.75, [(1, 0.75), (0, 0.25)])
     assert decode_prediction(json.loads(json.dumps(encode_prediction(cls)))) == cls
+    import torch
+
+    from cvapps.structures import MultiTaskPrediction
+
+    both = MultiTaskPrediction(det, mask, torch.tensor([0, 2]), np.array([0.9, 0.1, 0.8], np.float32))
+    back = decode_prediction(json.loads(json.dumps(encode_prediction(both))))
+    assert back.detections.boxes.equal(det.boxes) and (back.segmentation.mask == mask.mask).all()
+    assert back.labels.tolist() == [0, 2] and back.label_scores.tolist() == both.label_scores.tolist()
+    boxes_only = decode_prediction(json.loads(json.dumps(encode_prediction(MultiTaskPrediction(det)))))
+    assert boxes_only.segmentation is None and boxes_only.labels is None and boxes_only.detections.labels.equal(det.labels)
 
 
 def test_plan_refuses_streams_and_splits_videos(inputs):
@@ -240,3 +250,37 @@ def test_video_range_equals_the_video_source():
     got = list(video_frames(str(VIDEO), 100, 160, vid_stride=3))
     assert [g[:3] for g in got] == [w[:3] for w in want] and len(got) == 20
     assert all(np.array_equal(g[3], w[3]) for g, w in zip(got, want))
+
+
+def test_multitask_model_whole_and_as_its_parts(ray_session, inputs, tmp_path):
+    """`cvapps predict --ray` on a multitask model writes its boxes and masks under each frame's one
+    image id, as the single-process run does; `cvapps segment --ray` takes its masks only."""
+    from tiny_checkpoints import multitask_checkpoint
+
+    from cvapps.cli import main
+    from cvapps.tasks import load_config
+
+    cfg = load_config(REPO / "configs" / "multitask_shapes.yaml", ["data.root=unused", "data.imgsz=64",
+                                                                    "train.device=cpu"])
+    ckpt = multitask_checkpoint(tmp_path / "mt.pt", cfg, 2)  # its mask says "square" everywhere
+    images = inputs.parent / "images"
+    # random weights score every box near 0.001; the top one per image stands clear of the rest, so
+    # Ray's other batching (float noise) cannot reorder what is kept
+    for command, options in (("predict", ["--conf", "0", "--max-det", "1"]), ("segment", [])):
+        base = [command, str(images), "--model", str(ckpt), "--save-json", "--device", "cpu", "--quiet", *options]
+        assert main([*base, "--out", str(tmp_path / command)]) == 0
+        assert main([*base, "--out", str(tmp_path / f"{command}_ray"), "--ray"]) == 0
+        want = json.loads((tmp_path / command / "predictions_coco.json").read_text())
+        got = json.loads((tmp_path / f"{command}_ray" / "predictions_coco.json").read_text())
+        assert [im["file_name"] for im in got["images"]] == [im["file_name"] for im in want["images"]]
+        assert len(got["images"]) == 12  # the broken file is skipped by both
+        by_image = {}
+        for doc in (got, want):
+            for a in doc["annotations"]:
+                by_image.setdefault(a["image_id"], ([], []))[doc is want].append(a)
+        for image_id, (g, w) in by_image.items():
+            boxes = [[(a["category_id"], a["bbox"], a["score"]) for a in x if "segmentation" not in a] for x in (g, w)]
+            masks = [[(a["category_id"], a["segmentation"]) for a in x if "segmentation" in a] for x in (g, w)]
+            assert _close(sorted(boxes[0]), sorted(boxes[1])), image_id
+            assert masks[0] == masks[1] and [c for c, _ in masks[0]] == [2], image_id
+            assert len(boxes[0]) == (1 if command == "predict" else 0)  # segment: the masks only

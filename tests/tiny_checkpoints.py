@@ -28,3 +28,18 @@ def make_checkpoint(path: Path, config: str, overrides: list[str], class_names: 
         "model": model.state_dict(),
     })
     return path
+
+
+def multitask_checkpoint(path: Path, cfg, mask_class: int) -> Path:
+    """A randomly initialised multitask checkpoint (seed 0) of ``cfg`` (a MultiTaskConfig) whose mask
+    says ``mask_class`` (a mask value: class ``mask_class - 1``) everywhere, so its segmentation
+    outputs are not empty."""
+    task = get_task("multitask")
+    torch.manual_seed(0)
+    model = task.build_model(cfg, SHAPES)
+    with torch.no_grad():
+        model.heads["segment"].score32.bias[mask_class] = 5.0
+    save_checkpoint(path, {"task": "multitask", "config": cfg.model_dump(mode="json"), "class_names": SHAPES,
+                           "category_ids": [1, 2, 3], "preprocessing": task.preprocessing(cfg),
+                           "model": model.state_dict()})
+    return path

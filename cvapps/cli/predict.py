@@ -129,9 +129,6 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     from cvapps.io.sources import is_streams_file
 
     if getattr(args, "ray", None):
-        if getattr(getattr(predictor, "task", None), "name", None) == "multitask":
-            # Ray's workers load the whole model and its manifest stores single-task predictions only
-            raise CvappsError("--ray does not take multitask models yet: run without --ray")
         asked = [flag for flag, on in (("--save-video", getattr(args, "save_video", False)),
                                        ("--save-images", getattr(args, "save_images", False)),
                                        ("--show", getattr(args, "show", False)),
@@ -187,7 +184,7 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     with protected(args.out, *local_inputs(args.source), others=others), \
             file_size_cap(getattr(args, "max_file_mb", None)):
         if getattr(args, "ray", None):
-            return _run_ray(args, sinks, options)
+            return _run_ray(args, predictor, sinks, options)
         report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
                             vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
                             buffer=True if getattr(args, "buffer", False) else None,
@@ -197,14 +194,15 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     return report
 
 
-def _run_ray(args: argparse.Namespace, sinks: list[Any], options: dict[str, Any] | None) -> Any:
-    """``--ray``: the same sinks fed by :func:`cvapps.engine.ray_predict.run_ray`."""
+def _run_ray(args: argparse.Namespace, predictor: Any, sinks: list[Any], options: dict[str, Any] | None) -> Any:
+    """``--ray``: the same sinks fed by :func:`cvapps.engine.ray_predict.run_ray`; the workers load the
+    model file themselves (a multitask model's part, if the predictor runs one)."""
     from cvapps.engine.ray_predict import run_ray
 
     report = run_ray(args.model, args.source, sinks, args.out, address=args.ray, actors=args.ray_actors,
                      options=options, vid_stride=args.vid_stride, batch=args.batch, device=args.device,
                      trust=args.trust_model, max_file_mb=getattr(args, "max_file_mb", None),
-                     progress=not args.quiet)
+                     progress=not args.quiet, part=getattr(predictor.task, "part", None))
     if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
         raise KeyboardInterrupt
     if not args.quiet:

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cvapps.errors import CvappsError, DataError
 from cvapps.formats.coco import mask_to_rle, rle_to_mask
-from cvapps.structures import Classification, Detections, SegmentationMask
+from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask
 
 try:  # POSIX only; elsewhere two drivers on one OUT are not prevented
     import fcntl
@@ -60,6 +61,12 @@ def encode_prediction(prediction: Any) -> dict[str, Any]:
     if isinstance(prediction, Classification):
         return {"type": "classification", "label": int(prediction.label), "score": float(prediction.score),
                 "topk": [[int(i), float(s)] for i, s in prediction.topk]}
+    if isinstance(prediction, MultiTaskPrediction):  # each head's part as that head's own kind
+        return {"type": "multitask",
+                "detections": None if prediction.detections is None else encode_prediction(prediction.detections),
+                "segmentation": None if prediction.segmentation is None else encode_prediction(prediction.segmentation),
+                "labels": None if prediction.labels is None else prediction.labels.tolist(),
+                "label_scores": None if prediction.label_scores is None else np.asarray(prediction.label_scores).tolist()}
     raise TypeError(f"cannot store a {type(prediction).__name__} prediction")
 
 
@@ -82,6 +89,14 @@ def decode_prediction(data: dict[str, Any]) -> Any:
         return SegmentationMask(mask, scores)
     if kind == "classification":
         return Classification(data["label"], data["score"], [(int(i), float(s)) for i, s in data["topk"]])
+    if kind == "multitask":
+        def part(name: str) -> Any:
+            return None if data[name] is None else decode_prediction(data[name])
+
+        return MultiTaskPrediction(
+            part("detections"), part("segmentation"),
+            None if data["labels"] is None else torch.as_tensor(data["labels"], dtype=torch.int64),
+            None if data["label_scores"] is None else np.asarray(data["label_scores"], np.float32))
     raise DataError(f"unknown prediction type in the manifest: {kind!r}")
 
 

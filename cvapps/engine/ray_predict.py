@@ -178,7 +178,8 @@ def _model_bytes(model: str) -> tuple[bytes | None, str]:
 
 
 def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: int, batch: int, device: str,
-             trust: bool, options: dict[str, Any], vid_stride: int, max_file_mb: float | None) -> Any:
+             trust: bool, options: dict[str, Any], vid_stride: int, max_file_mb: float | None,
+             part: str | None) -> Any:
     images = [it for it in todo if it.kind == "image"]
     videos = [it for it in todo if it.kind == "video"]
     parts = []
@@ -204,7 +205,7 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
     return ds.map_batches(
         PredictActor, batch_size=max(batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model,
-                               "device": device, "batch": batch, "trust": trust, "options": options},
+                               "device": device, "batch": batch, "trust": trust, "options": options, "part": part},
         num_cpus=1, num_gpus=1 if want_gpu else 0)
 
 
@@ -288,7 +289,7 @@ def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report:
 def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, address: str | None = None,
             actors: int = 1, options: dict[str, Any] | None = None, vid_stride: int = 1, batch: int = 8,
             device: str = "auto", trust: bool = False, max_file_mb: float | None = None, chunk: int = 32,
-            num_cpus: int | None = None, progress: bool = True) -> RayReport:
+            num_cpus: int | None = None, progress: bool = True, part: str | None = None) -> RayReport:
     """Predict every frame of ``source`` on Ray and write the results to ``sinks``; resumable.
 
     model: the model file (or name) as :func:`~cvapps.engine.load.load_model` takes it; sinks: data
@@ -297,8 +298,10 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
     address: None/"local" starts a local Ray instance (``num_cpus``: its CPUs, default all), "auto"
     or ``ray://host:10001`` joins a cluster; if Ray is already initialised it is used as it is.
     actors: predictor actors (one GPU each when the cluster has GPUs and device is auto/cuda);
-    chunk: video frames per read task. The sinks are written only when every item is done: a run
-    stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
+    chunk: video frames per read task. part: "detect" / "segment" runs a multitask model as its
+    detector or segmenter (as ``cvapps detect|segment`` do; None: the whole model). The sinks are
+    written only when every item is done: a run stopped early (``report.interrupted``) leaves its
+    progress in the manifest and no outputs.
     """
     for sink in sinks:
         if isinstance(sink, PIXEL_SINKS):
@@ -314,6 +317,8 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
     options = dict(options or {})
     run = {"source": str(source) if not isinstance(source, (list, tuple)) else [os.fspath(p) for p in source],
            "model": model_id, "options": options, "vid_stride": vid_stride, "chunk": chunk}
+    if part:  # a multitask model's boxes or masks only: not the same run as the whole model's
+        run["part"] = part
     committed = False
     try:
         with Manifest(Path(out) / MANIFEST, run) as manifest, _SigtermToInterrupt():
@@ -328,7 +333,7 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
                 if todo:
                     _predict(ray, todo, collect, data, model, address=address, actors=actors, batch=batch,
                              device=device, trust=trust, options=options, vid_stride=vid_stride,
-                             max_file_mb=max_file_mb, num_cpus=num_cpus)
+                             max_file_mb=max_file_mb, num_cpus=num_cpus, part=part)
             except KeyboardInterrupt as exc:
                 report.interrupted = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
             finally:

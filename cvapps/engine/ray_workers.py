@@ -12,6 +12,7 @@ import numpy as np
 from cvapps.engine.load import load_model
 from cvapps.engine.manifest import encode_prediction
 from cvapps.structures import Frame
+from cvapps.tasks.multitask import select_part
 
 
 class PredictActor:
@@ -20,7 +21,7 @@ class PredictActor:
     the same :class:`~cvapps.engine.predict.Predictor` as a single-process run predicts each batch."""
 
     def __init__(self, weights: list[Any] | None, model: str, device: str = "auto", batch: int = 8,
-                 trust: bool = False, options: dict[str, Any] | None = None) -> None:
+                 trust: bool = False, options: dict[str, Any] | None = None, part: str | None = None) -> None:
         import ray  # lazy: optional heavy package (this module only runs inside Ray workers)
 
         self._tmp = None
@@ -29,7 +30,9 @@ class PredictActor:
             local = Path(self._tmp.name) / Path(model).name  # same suffix: the loader dispatches on it
             local.write_bytes(ray.get(weights[0]))
             model = str(local)
-        self.predictor = load_model(model, device=device, batch=batch, trust=trust).predictor()
+        loaded = load_model(model, device=device, batch=batch, trust=trust)
+        # part: a multitask model seen as its detector or segmenter (`cvapps detect|segment --ray`)
+        self.predictor = (select_part(loaded, part) if part else loaded).predictor()
         self.predictor.prefetch = 0  # Ray Data already overlaps reading with this actor's work
         self.options = dict(options or {})
 
