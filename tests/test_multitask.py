@@ -326,3 +326,23 @@ def test_api_results_of_a_multitask_model(small_shapes: Path, tmp_path: Path) ->
     assert "4 detections" in repr(r) and "triangle" in repr(r)
     with pytest.raises(CvappsError, match="Classification"):
         r.label
+
+
+@pytest.mark.slow
+def test_short_budget_matches_the_single_task_models(tmp_path: Path) -> None:
+    """The issue's accuracy point on a short budget (benchmarks/multitask_vs_separate.py --train runs
+    the full one): the shipped YOLO, FCN and multitask configs, 30 epochs each at 96 px on the sample
+    data, scored on its held-out split; the multitask model's one shared pass must score within 0.05
+    of each single-task model (0.02 on the full budget), after both single-task models have learned."""
+    from cvapps.engine.evaluate import evaluate_checkpoint
+    from cvapps.engine.train import train
+
+    scores = {}
+    for name in ("yolo", "segment", "multitask"):
+        cfg = load_config(ROOT / "configs" / f"{name}_shapes.yaml", [
+            f"data.root={ROOT / 'sample_data' / 'shapes'}", "data.imgsz=96", "train.epochs=30", "train.val_every=30",
+            "train.device=cpu", "train.log=[]", f"out={tmp_path / name}"])
+        scores[name] = evaluate_checkpoint(train(cfg, progress=False, log=lambda m: None).best, ["train.device=cpu"])
+    yolo, fcn, both = scores["yolo"]["map50"], scores["segment"]["miou"], scores["multitask"]
+    assert yolo > 0.5 and fcn > 0.4, scores  # both learned: the comparison means something
+    assert both["map50"] > yolo - 0.05 and both["miou"] > fcn - 0.05, scores
