@@ -19,7 +19,8 @@ from cvapps.config import MultiTaskConfig
 from cvapps.engine.device import images_to_device
 from cvapps.engine.load import load_model
 from cvapps.engine.predict import Predictor
-from cvapps.engine.train import build_optimizer, make_loader
+from cvapps.engine.evaluate import evaluate_checkpoint
+from cvapps.engine.train import build_optimizer, make_loader, train
 from cvapps.errors import ConfigError
 from cvapps.io.draw import draw_prediction
 from cvapps.io.sinks import CocoSink
@@ -334,9 +335,6 @@ def test_short_budget_matches_the_single_task_models(tmp_path: Path) -> None:
     the full one): the shipped YOLO, FCN and multitask configs, 30 epochs each at 96 px on the sample
     data, scored on its held-out split; the multitask model's one shared pass must score within 0.05
     of each single-task model (0.02 on the full budget), after both single-task models have learned."""
-    from cvapps.engine.evaluate import evaluate_checkpoint
-    from cvapps.engine.train import train
-
     scores = {}
     for name in ("yolo", "segment", "multitask"):
         cfg = load_config(ROOT / "configs" / f"{name}_shapes.yaml", [
