@@ -66,7 +66,7 @@ def main() -> int:
     import torch
 
     from cvapps.api import load
-    from cvapps.engine.ray_predict import run_ray
+    from cvapps.engine.ray_predict import RayCluster, RayModel, run_ray
     from cvapps.engine.runner import run_source
 
     torch.set_num_threads(args.threads)
@@ -91,8 +91,8 @@ def main() -> int:
         try:
             for actors in [int(a) for a in args.actors.split(",")]:
                 out = Path(tmp) / f"ray{actors}"
-                r = run_ray(args.model, str(folder), [coco_sink(predictor, out)], out, actors=actors,
-                            options=options, batch=args.batch, device="cpu", progress=False)
+                r = run_ray(RayModel(args.model, options, args.batch, "cpu"), str(folder), [coco_sink(predictor, out)],
+                            out, RayCluster(actors=actors), progress=False)
                 end_to_end = r.processed / r.wall_s
                 steady = (r.predicted - 1) / max(1e-9, r.predict_s - r.first_result_s)
                 print(f"ray, {actors} actor(s): end-to-end {end_to_end:.1f} images/s ({end_to_end / single:.2f}x), "

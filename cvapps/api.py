@@ -32,7 +32,7 @@ from cvapps.analytics import TRACK_CONF, Analytics, AnalyticsPredictor, make_ana
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import LoadedModel, load_model
 from cvapps.engine.predict import Predictor
-from cvapps.engine.ray_predict import RayReport, predict_files
+from cvapps.engine.ray_predict import RayCluster, RayModel, RayReport, predict_files
 from cvapps.engine.train import TrainResult
 from cvapps.engine.train import train as _train
 from cvapps.errors import CvappsError
@@ -152,10 +152,10 @@ class Model:
         Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
         """
         vid_stride = int(options.pop("vid_stride", 1))
-        return predict_files(str(self.path), self.task, self.names, self.category_ids, source, out,
-                             save_jsonl=save_jsonl, address=address, actors=actors, options=options,
-                             vid_stride=vid_stride, batch=self.loaded.batch, device=self.loaded.device,
-                             trust=self._trust, progress=False, part=getattr(self.loaded.task, "part", None))
+        model = RayModel(str(self.path), options, self.loaded.batch, self.loaded.device, self._trust,
+                         getattr(self.loaded.task, "part", None))
+        return predict_files(model, self.task, self.names, self.category_ids, source, out, save_jsonl=save_jsonl,
+                             cluster=RayCluster(address, actors), vid_stride=vid_stride, progress=False)
 
     def _results(self, frames: Iterable[Frame], options: dict[str, Any],
                  analytics: Analytics | None = None) -> Iterator[Result]:

@@ -23,7 +23,8 @@ pytest.importorskip("ray.data")
 
 from cvapps.api import load
 from cvapps.engine.manifest import Manifest, decode_prediction, encode_prediction
-from cvapps.engine.ray_predict import MANIFEST, plan_items, run_ray
+from cvapps.engine.ray_plan import plan_items
+from cvapps.engine.ray_predict import MANIFEST, RayCluster, RayModel, run_ray
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
 from cvapps.io.sinks import CocoSink, JsonLinesSink, close_all
@@ -168,8 +169,8 @@ def test_killed_driver_resumes_only_missing_items(ray_session, inputs, reference
         fh.write(b'{"key": "torn')
     # the rerun: the same run as the CLI's (source text, model, detect's default options), through the API
     predictor = load(MODEL, device="cpu").predictor
-    report = run_ray(str(MODEL), str(inputs), _sinks(predictor, out, jsonl=False), out, actors=1, options=OPTIONS,
-                     device="cpu", batch=4, progress=False)
+    report = run_ray(RayModel(str(MODEL), OPTIONS, batch=4, device="cpu"), str(inputs),
+                     _sinks(predictor, out, jsonl=False), out, RayCluster(actors=1), progress=False)
     after = _keys(manifest)
     assert after[:len(before)] == before  # the earlier records are kept as they were
     new = after[len(before):]

@@ -197,12 +197,13 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
 def _run_ray(args: argparse.Namespace, predictor: Any, sinks: list[Any], options: dict[str, Any] | None) -> Any:
     """``--ray``: the same sinks fed by :func:`cvapps.engine.ray_predict.run_ray`; the workers load the
     model file themselves (a multitask model's part, if the predictor runs one)."""
-    from cvapps.engine.ray_predict import run_ray
+    from cvapps.engine.ray_predict import RayCluster, RayModel, run_ray
 
-    report = run_ray(args.model, args.source, sinks, args.out, address=args.ray, actors=args.ray_actors,
-                     options=options, vid_stride=args.vid_stride, batch=args.batch, device=args.device,
-                     trust=args.trust_model, max_file_mb=getattr(args, "max_file_mb", None),
-                     progress=not args.quiet, part=getattr(predictor.task, "part", None))
+    model = RayModel(args.model, dict(options or {}), args.batch, args.device, args.trust_model,
+                     getattr(predictor.task, "part", None))
+    report = run_ray(model, args.source, sinks, args.out, RayCluster(args.ray, args.ray_actors),
+                     vid_stride=args.vid_stride, max_file_mb=getattr(args, "max_file_mb", None),
+                     progress=not args.quiet)
     if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
         raise KeyboardInterrupt
     if not args.quiet:

@@ -22,32 +22,28 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from cvapps.engine.device import progress_interval
 from cvapps.engine.manifest import Manifest, decode_prediction
+from cvapps.engine.ray_plan import Item, plan_items
 from cvapps.engine.ray_read import decode_items, item_rows
 from cvapps.engine.ray_workers import PredictActor
 from cvapps.engine.runner import RunReport
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
-from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
                               VideoWriterSink, close_all)
-from cvapps.io.sources import is_url
-from cvapps.io.sources.files import expand_paths, glob_images, iter_image_files, txt_lines
 from cvapps.structures import Frame
 
 MANIFEST = "ray_manifest.jsonl"
@@ -58,6 +54,33 @@ BLOCK_IMAGES = 32  # images per read task
 CALL_FRAMES = 32  # frames per actor call (the predictor still runs them `batch` at a time)
 READ_CPUS = 0.5  # Ray CPUs a read task asks for (see _dataset)
 PIXEL_SINKS = (AnnotatedImages, OverlayImages, MaskImages, VideoWriterSink)
+
+
+@dataclass(frozen=True)
+class RayModel:
+    """What every predictor actor runs: ``path`` (a model file, or a name the loader resolves) on
+    ``device``, ``batch`` frames per forward (``trust``: allow a full unpickle); ``part`` "detect" /
+    "segment" runs a multitask model as its detector or segmenter, as ``cvapps detect|segment`` do
+    (None: the whole model); ``options`` go to the task's postprocess (``conf``, ``iou``, ``topk``...)."""
+
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+    batch: int = 8
+    device: str = "auto"
+    trust: bool = False
+    part: str | None = None
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where it runs: ``address`` None/"local" starts a local Ray instance with ``num_cpus`` CPUs
+    (default all), "auto" or ``ray://host:10001`` joins a cluster (a Ray already initialised is used
+    as it is); ``actors`` predictor actors, one GPU each when the cluster has GPUs and the device is
+    auto/cuda."""
+
+    address: str | None = None
+    actors: int = 1
+    num_cpus: int | None = None
 
 
 @dataclass
@@ -72,18 +95,6 @@ class RayReport(RunReport):
     predict_s: float = 0.0  # from the start of the call to the last finished item
 
 
-@dataclass(frozen=True)
-class Item:
-    """One unit of work: an image file, or frames ``start <= index < end`` of a video (end -1: to EOF)."""
-
-    key: str
-    order: int
-    kind: str
-    path: str
-    start: int = 0
-    end: int = -1
-
-
 def import_ray() -> Any:
     """``ray`` (with ``ray.data``), quiet; a one-line CvappsError naming the extra when it is missing."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read when ray starts: no usage report
@@ -93,63 +104,6 @@ def import_ray() -> Any:
     except ImportError:
         raise CvappsError(f"--ray needs Ray Data: {INSTALL}") from None
     return ray
-
-
-# -- planning ----------------------------------------------------------------------------------
-
-def _video_ranges(path: str, chunk: int) -> list[tuple[int, int]]:
-    """``[(start, end)]`` ranges of ``chunk`` frames; the last one runs to the end of the file (-1), so a
-    frame count the container under-reports loses nothing (one over-reported gives an empty range)."""
-    cap = cv2.VideoCapture(path)
-    try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
-    finally:
-        cap.release()
-    starts = list(range(0, max(n, 1), chunk))
-    return [(s, starts[i + 1] if i + 1 < len(starts) else -1) for i, s in enumerate(starts)]
-
-
-def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str, str]]]:
-    """The work of ``source`` in its order, and ``(path, reason)`` of entries the walk left out.
-
-    source: a folder (recursive, sorted), a glob, an image, a video, a ``.txt`` list or a list of
-    paths (folders, images and videos mixed); paths are spelled as the single-process sources spell
-    them, so frame names and file names in the outputs agree. Live streams and webcams are refused.
-    """
-    skipped: list[tuple[str, str]] = []
-    skip = lambda path, reason: skipped.append((path, reason))
-    if isinstance(source, (list, tuple)):
-        paths = expand_paths(iter([os.fspath(p) for p in source]), skip)
-    else:
-        text = os.fspath(source).strip()
-        local = os.path.expanduser(text)
-        if is_url(text) or (text.isdigit() and not os.path.exists(local)):
-            raise CvappsError(f"--ray reads files (folders, globs, lists, videos), not live streams: {text}")
-        if os.path.isdir(local):
-            paths = iter_image_files(local, skip)
-        elif os.path.isfile(local) and local.lower().endswith(".txt"):
-            paths = expand_paths(txt_lines(Path(local)), skip)
-        elif os.path.exists(local):
-            paths = iter([local])
-        elif re.search(r"[*?[]", text):
-            paths = glob_images(local)
-        else:
-            raise CvappsError(f"source not found: {text}")
-    items: list[Item] = []
-    seen: set[str] = set()
-    for path in paths:
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix in VIDEO_EXTENSIONS and os.path.isfile(path):
-            for start, end in _video_ranges(path, chunk):
-                items.append(Item(f"{path}#frames={start}:{end}", len(items), "video", path, start, end))
-        elif path not in seen:  # a file listed twice is predicted once
-            items.append(Item(path, len(items), "image", path))
-        elif suffix not in IMAGE_EXTENSIONS:
-            skip(path, "not an image or video file")
-        seen.add(path)
-    if not items and not skipped:
-        raise CvappsError(f"no images or videos in {source}")
-    return items, skipped
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -177,9 +131,8 @@ def _model_bytes(model: str) -> tuple[bytes | None, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: int, batch: int, device: str,
-             trust: bool, options: dict[str, Any], vid_stride: int, max_file_mb: float | None,
-             part: str | None) -> Any:
+def _dataset(ray: Any, todo: list[Item], weights: Any, model: RayModel, actors: int, *, vid_stride: int,
+             max_file_mb: float | None) -> Any:
     images = [it for it in todo if it.kind == "image"]
     videos = [it for it in todo if it.kind == "video"]
     parts = []
@@ -190,6 +143,7 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
         parts.append(ray.data.from_items(item_rows(videos), override_num_blocks=len(videos)))
     ds = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
     resources = ray.cluster_resources()
+    device = str(model.device)
     want_gpu = device.startswith("cuda") or (device == "auto" and resources.get("GPU", 0) >= 1)
     # Read tasks take half a CPU, so two run beside each actor's core; a resource request unlike the
     # actors' also keeps Ray Data from fusing them into the actors. With no CPU left beside the
@@ -203,9 +157,10 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: str, *, actors: in
     ds = ds.map_batches(decode_items, batch_size=1, num_cpus=read_cpus,
                         fn_kwargs={"vid_stride": vid_stride, "max_file_mb": max_file_mb})
     return ds.map_batches(
-        PredictActor, batch_size=max(batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model,
-                               "device": device, "batch": batch, "trust": trust, "options": options, "part": part},
+        PredictActor, batch_size=max(model.batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model.path,
+                               "device": model.device, "batch": model.batch, "trust": model.trust,
+                               "options": model.options, "part": model.part},
         num_cpus=1, num_gpus=1 if want_gpu else 0)
 
 
@@ -286,39 +241,35 @@ def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report:
             report.processed += 1
 
 
-def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, address: str | None = None,
-            actors: int = 1, options: dict[str, Any] | None = None, vid_stride: int = 1, batch: int = 8,
-            device: str = "auto", trust: bool = False, max_file_mb: float | None = None, chunk: int = 32,
-            num_cpus: int | None = None, progress: bool = True, part: str | None = None) -> RayReport:
+def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str | Path,
+            cluster: RayCluster | None = None, *, vid_stride: int = 1, max_file_mb: float | None = None,
+            chunk: int = 32, progress: bool = True) -> RayReport:
     """Predict every frame of ``source`` on Ray and write the results to ``sinks``; resumable.
 
-    model: the model file (or name) as :func:`~cvapps.engine.load.load_model` takes it; sinks: data
-    sinks only (COCO, JSON lines, CSV); out: the output folder, where ``ray_manifest.jsonl`` records
-    finished items (rerun the same call after a crash or Ctrl-C to do only what is missing).
-    address: None/"local" starts a local Ray instance (``num_cpus``: its CPUs, default all), "auto"
-    or ``ray://host:10001`` joins a cluster; if Ray is already initialised it is used as it is.
-    actors: predictor actors (one GPU each when the cluster has GPUs and device is auto/cuda);
-    chunk: video frames per read task. part: "detect" / "segment" runs a multitask model as its
-    detector or segmenter (as ``cvapps detect|segment`` do; None: the whole model). The sinks are
-    written only when every item is done: a run stopped early (``report.interrupted``) leaves its
-    progress in the manifest and no outputs.
+    model: a :class:`RayModel`, or a model file (or name) as :func:`~cvapps.engine.load.load_model`
+    takes it, with the defaults; sinks: data sinks only (COCO, JSON lines, CSV); out: the output
+    folder, where ``ray_manifest.jsonl`` records finished items (rerun the same call after a crash or
+    Ctrl-C to do only what is missing); cluster: :class:`RayCluster` (default: a local instance, one
+    actor); chunk: video frames per read task. The sinks are written only when every item is done: a
+    run stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
     """
     for sink in sinks:
         if isinstance(sink, PIXEL_SINKS):
             raise CvappsError(f"--ray writes JSON/CSV outputs only, not {type(sink).__name__} "
                               "(drop --save-images/--save-video, or run without --ray)")
-    if actors < 1 or batch < 1 or chunk < 1 or vid_stride < 1:
+    model = model if isinstance(model, RayModel) else RayModel(str(model))
+    cluster = cluster or RayCluster()
+    if cluster.actors < 1 or model.batch < 1 or chunk < 1 or vid_stride < 1:
         raise CvappsError("--ray-actors, --batch, the video chunk and --vid-stride must be >= 1")
     ray = import_ray()
     report = RayReport()
     t0 = time.perf_counter()
     items, report.skipped = plan_items(source, chunk)
-    data, model_id = _model_bytes(model)
-    options = dict(options or {})
+    data, model_id = _model_bytes(model.path)
     run = {"source": str(source) if not isinstance(source, (list, tuple)) else [os.fspath(p) for p in source],
-           "model": model_id, "options": options, "vid_stride": vid_stride, "chunk": chunk}
-    if part:  # a multitask model's boxes or masks only: not the same run as the whole model's
-        run["part"] = part
+           "model": model_id, "options": dict(model.options), "vid_stride": vid_stride, "chunk": chunk}
+    if model.part:  # a multitask model's boxes or masks only: not the same run as the whole model's
+        run["part"] = model.part
     committed = False
     try:
         with Manifest(Path(out) / MANIFEST, run) as manifest, _SigtermToInterrupt():
@@ -331,9 +282,7 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
             collect = _Collect(manifest, bar)
             try:
                 if todo:
-                    _predict(ray, todo, collect, data, model, address=address, actors=actors, batch=batch,
-                             device=device, trust=trust, options=options, vid_stride=vid_stride,
-                             max_file_mb=max_file_mb, num_cpus=num_cpus, part=part)
+                    _predict(ray, todo, collect, data, model, cluster, vid_stride=vid_stride, max_file_mb=max_file_mb)
             except KeyboardInterrupt as exc:
                 report.interrupted = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
             finally:
@@ -357,16 +306,16 @@ def run_ray(model: str, source: Any, sinks: Sequence[Any], out: str | Path, *, a
     return report
 
 
-def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, model: str, *,
-             address: str | None, actors: int, num_cpus: int | None, **kwargs: Any) -> None:
-    started = _connect(ray, address, actors, num_cpus)
+def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, model: RayModel,
+             cluster: RayCluster, **kwargs: Any) -> None:
+    started = _connect(ray, cluster.address, cluster.actors, cluster.num_cpus)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts items
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         weights = None if data is None else ray.put(data)  # stored once, fetched once per actor
-        ds = _dataset(ray, todo, weights, model, actors=actors, **kwargs)
+        ds = _dataset(ray, todo, weights, model, cluster.actors, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             collect.add(batch)
     finally:
@@ -374,7 +323,7 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
             ray.shutdown()
 
 
-def predict_files(model: str, task: str, class_names: list[str], category_ids: list[int], source: Any,
+def predict_files(model: RayModel, task: str, class_names: list[str], category_ids: list[int], source: Any,
                   out: str | Path, *, save_jsonl: bool = False, **kwargs: Any) -> RayReport:
     """:func:`run_ray` into the files ``cvapps classify|segment|detect SOURCE --ray`` writes to ``out``:
     ``predictions.csv`` for classifiers (top-k from ``options["topk"]``, default 3), else
@@ -382,7 +331,7 @@ def predict_files(model: str, task: str, class_names: list[str], category_ids: l
     out = Path(out)
     root = os.fspath(source) if isinstance(source, (str, os.PathLike)) and os.path.isdir(source) else None
     if task == "classify":
-        topk = int((kwargs.get("options") or {}).get("topk", 3))
+        topk = int(model.options.get("topk", 3))
         sinks: list[Any] = [ClassificationCSV(out / "predictions.csv", class_names, topk)]
     else:
         sinks = [CocoSink(out / "predictions_coco.json", class_names, category_ids,

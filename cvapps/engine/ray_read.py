@@ -101,6 +101,6 @@ def decode_items(batch: dict[str, np.ndarray], vid_stride: int = 1,
 
 
 def item_rows(items: list[Any]) -> list[dict[str, Any]]:
-    """Plan items (:class:`cvapps.engine.ray_predict.Item`) -> rows for ``ray.data.from_items``."""
+    """Plan items (:class:`cvapps.engine.ray_plan.Item`) -> rows for ``ray.data.from_items``."""
     return [{"key": it.key, "order": it.order, "kind": it.kind, "path": os.fspath(it.path),
              "start": it.start, "end": it.end} for it in items]
