@@ -336,7 +336,7 @@ def test_short_budget_matches_the_single_task_models(tmp_path: Path) -> None:
     data, scored on its held-out split; the multitask model's one shared pass must score within 0.1
     of each single-task model, after both single-task models have learned. On this budget the gap moves
     from run to run with the thread count's float rounding (mIoU -0.05 to +0.06, mAP50 +0.06 to +0.10
-    over five runs), so the 0.02 of the issue is checked on the full budget by the benchmark."""
+    over three runs), so the 0.02 of the issue is checked on the full budget by the benchmark."""
     scores = {}
     for name in ("yolo", "segment", "multitask"):
         cfg = load_config(ROOT / "configs" / f"{name}_shapes.yaml", [
