@@ -24,7 +24,7 @@ from cvapps.formats.coco import detections_to_results, mask_to_results, mask_to_
 from cvapps.formats.masks import IGNORE_INDEX
 from cvapps.io.draw import draw_prediction
 from cvapps.io.images import write_image
-from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask, part_of
 
 Prediction = Classification | SegmentationMask | Detections | MultiTaskPrediction
 
@@ -54,7 +54,7 @@ class Result:
         """The prediction as ``kind``: itself, or a multitask prediction's part of that kind."""
         pred = self.prediction
         if isinstance(pred, MultiTaskPrediction) and kind in (Detections, SegmentationMask):
-            part = pred.detections if kind is Detections else pred.segmentation
+            part = part_of(pred, kind)
             if part is None:
                 head = "detect" if kind is Detections else "segment"
                 raise CvappsError(f"Result.{what}: this multitask model has no {head} head")

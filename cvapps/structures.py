@@ -155,3 +155,11 @@ class MultiTaskPrediction:
     segmentation: SegmentationMask | None = None
     labels: torch.Tensor | None = None
     label_scores: np.ndarray | None = None
+
+
+def part_of(prediction: object, kind: type) -> object | None:
+    """``prediction`` as a ``kind`` (:class:`Detections` or :class:`SegmentationMask`): itself when it
+    is one, a multitask prediction's part of that kind (None when the model has no such head), else None."""
+    if isinstance(prediction, MultiTaskPrediction):
+        return prediction.detections if kind is Detections else prediction.segmentation if kind is SegmentationMask else None
+    return prediction if isinstance(prediction, kind) else None

@@ -111,13 +111,12 @@ class _Counter:
 
     def write(self, frame, prediction) -> None:
         # imported here: cvapps.structures loads torch, which `cvapps --help` must not wait for
-        from cvapps.structures import MultiTaskPrediction
+        from cvapps.structures import Detections, part_of
 
-        if isinstance(prediction, MultiTaskPrediction):  # count its boxes (its labels are the present classes)
-            prediction = prediction.detections
-            if prediction is None:
-                return
-        for label in prediction.labels.tolist():
+        boxes = part_of(prediction, Detections)  # a multitask model's boxes (its labels are the present classes)
+        if boxes is None:
+            return
+        for label in boxes.labels.tolist():
             name = self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
             self.counts[name] = self.counts.get(name, 0) + 1
 

@@ -21,7 +21,7 @@ from cvapps.io.draw import Draw
 from cvapps.io.images import write_image
 from cvapps.io.overlay import overlay_mask
 from cvapps.io.sinks.base import StagedSink
-from cvapps.structures import Classification, Frame, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Classification, Frame, MultiTaskPrediction, SegmentationMask, part_of
 
 
 class AnnotatedImages:
@@ -62,12 +62,10 @@ class MaskImages:
         self.count = 0
 
     def write(self, frame: Frame, prediction: SegmentationMask | MultiTaskPrediction) -> None:
-        if isinstance(prediction, MultiTaskPrediction):  # a multitask model's mask (values: background, names)
-            prediction = prediction.segmentation
-            if prediction is None:
-                return
-        write_mask(self.out_dir / output_relpath(frame.source, self.root, ".png"), prediction.mask)
-        self.count += 1
+        mask = part_of(prediction, SegmentationMask)  # a multitask model's mask too (values: background, names)
+        if mask is not None:
+            write_mask(self.out_dir / output_relpath(frame.source, self.root, ".png"), mask.mask)
+            self.count += 1
 
     def close(self) -> None:
         pass
