@@ -408,10 +408,12 @@ def test_memory_format_is_the_tasks_rule_for_every_batch(channels_last: bool) ->
     predictor = Predictor(task, model, ["a", "b", "c"], {"imgsz": 32}, device="cpu", batch=2, prefetch=0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert predictor.memory_format == fmt
-    assert model.conv.weight.is_contiguous(memory_format=fmt)  # the model is converted once
+    run = predictor.model  # the inference form: a copy (its convolution packed on the CPU)
+    assert run.conv.weight.is_contiguous(memory_format=fmt)  # the model is converted once
     frames = [Frame(np.full((20, 30, 3), i, np.uint8), f"f{i}", i) for i in range(5)]
     assert len(list(predictor.predict(frames))) == 5
-    assert model.seen == [channels_last] * 3  # 3 batches (2, 2, 1 frames), no probe pass
+    assert run.seen == [channels_last] * 3  # 3 batches (2, 2, 1 frames), no probe pass
+    assert model.seen == [], "the model handed in is not the one run"
 
 
 def test_memory_format_of_training_models_and_models_without_convolutions() -> None:

@@ -56,7 +56,7 @@ def _from_torchvision(module: nn.Module, names: tuple[str, ...]) -> bool:
     return any(c.__name__ in names and c.__module__.startswith("torchvision.") for c in type(module).__mro__)
 
 
-def _runs_children_in_order(module: nn.Module) -> bool:
+def runs_children_in_order(module: nn.Module) -> bool:
     """A plain Sequential (its own forward), or an IntermediateLayerGetter (which also runs its children
     in order, returning some of their outputs)."""
     return ((isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward)
@@ -66,7 +66,7 @@ def _runs_children_in_order(module: nn.Module) -> bool:
 def _pairs(model: nn.Module) -> list[_Pair]:
     pairs: list[_Pair] = []
     for module in model.modules():
-        if _runs_children_in_order(module):
+        if runs_children_in_order(module):
             children = list(module.named_children())
             returned = getattr(module, "return_layers", {})  # a convolution's own output that is returned stays
             pairs += [_Pair(module, a, b) for (a, conv), (b, bn) in zip(children, children[1:])

@@ -26,7 +26,7 @@ from cvapps.backbones.weights import load_state
 from cvapps.checkpoint import ForeignCheckpoint, load_checkpoint
 from cvapps.config import TaskConfig
 from cvapps.engine.device import resolve_device
-from cvapps.engine.fuse import fuse_batchnorm
+from cvapps.engine.inference_form import inference_form
 from cvapps.engine.onnx_model import OnnxModel
 from cvapps.engine.predict import Predictor
 from cvapps.errors import CheckpointError, ConfigError
@@ -67,10 +67,13 @@ class LoadedModel:
     def predictor(self, device: str | None = None, batch: int | None = None) -> Predictor:
         """A :class:`Predictor` running this model (ONNX models run in float32).
 
-        A loaded model is for inference: its BatchNorms are folded in place here (engine/fuse.py);
-        training, export and summaries load the checkpoint again."""
-        self.model = fuse_batchnorm(self.model, inplace=True)
-        return Predictor(self.task, self.model, self.class_names, self.preprocessing, device or self.device,
+        A loaded model is for inference: it is put in its inference form in place here (BatchNorms
+        folded, convolutions packed on the CPU: engine/inference_form.py); training, export and
+        summaries load the checkpoint again."""
+        device = device or self.device
+        self.model = inference_form(self.model, resolve_device(device) if isinstance(device, str) else device,
+                                    inplace=True)
+        return Predictor(self.task, self.model, self.class_names, self.preprocessing, device,
                          batch or self.batch, half=False if isinstance(self.model, OnnxModel) else None,
                          category_ids=self.category_ids)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvapps.engine.device import choose_memory_format, images_to_device, resolve_device
-from cvapps.engine.fuse import fuse_batchnorm
+from cvapps.engine.inference_form import inference_form
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
 from cvapps.threads import QUEUE_BYTES, Producer
@@ -62,10 +62,11 @@ class Predictor:
         self.half = self.device.type == "cuda" if half is None else half
         # Rect letterbox (less padding) unless the model only takes its export-time input size.
         self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
-        # fuse (default: channels_last): run an inference copy with BatchNorms folded into the convolutions
-        # (engine/fuse.py); a model under training is run as it is.
+        # fuse (default: channels_last): run the model's inference form, a copy with BatchNorms folded and,
+        # on the CPU, convolutions packed for oneDNN (engine/inference_form.py); a model under training
+        # is run as it is.
         model = model.to(self.device).eval()
-        self.model = fuse_batchnorm(model) if (channels_last if fuse is None else fuse) else model
+        self.model = inference_form(model, self.device) if (channels_last if fuse is None else fuse) else model
         # channels_last=False leaves a model under training as it is (its optimizer state keeps the
         # layout) and feeds it NCHW; True converts it to the layout it runs fastest in.
         self.memory_format = (choose_memory_format(self.model, self.device, task.cpu_channels_last)
