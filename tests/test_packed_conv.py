@@ -164,3 +164,16 @@ def test_a_loaded_checkpoint_is_packed_in_place_and_predicts_as_before() -> None
         a, b = reference(image), predictor(image)
         assert len(a.boxes) == len(b.boxes) > 0
         assert torch.allclose(a.boxes, b.boxes, atol=1e-2) and torch.allclose(a.scores, b.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize(("activation", "attr"), [(nn.ReLU(), "relu"), (nn.SiLU(), "swish"), (nn.Hardswish(), "hardswish"),
+                                                  (nn.Sigmoid(), "sigmoid"), (nn.Tanh(), "tanh"),
+                                                  (nn.LeakyReLU(0.1), "leaky_relu"), (nn.ReLU6(), "hardtanh")])
+def test_each_supported_activation_is_fused_with_its_own_numbers(activation: nn.Module, attr: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), activation).eval()
+    form = inference_form(model, CPU)
+    assert form[0].attr == attr and isinstance(form[1], nn.Identity)
+    x = 4 * torch.randn(2, 3, 9, 11)  # both sides of every activation's knees (ReLU6's 6, LeakyReLU's 0)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), form(x), atol=1e-5)
