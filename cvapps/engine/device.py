@@ -10,8 +10,8 @@ from torch import nn
 from cvapps.errors import CvappsError
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; explicit names are checked."""
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; explicit names (or devices) are checked."""
     spec = str(spec).strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():

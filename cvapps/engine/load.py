@@ -71,8 +71,7 @@ class LoadedModel:
         folded, convolutions packed on the CPU: engine/inference_form.py); training, export and
         summaries load the checkpoint again."""
         device = device or self.device
-        self.model = inference_form(self.model, resolve_device(device) if isinstance(device, str) else device,
-                                    inplace=True)
+        self.model = inference_form(self.model, resolve_device(device), inplace=True)
         return Predictor(self.task, self.model, self.class_names, self.preprocessing, device,
                          batch or self.batch, half=False if isinstance(self.model, OnnxModel) else None,
                          category_ids=self.category_ids)

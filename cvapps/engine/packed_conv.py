@@ -6,8 +6,9 @@ over the whole feature map. :class:`PackedConv2d` reorders the weight once (oneD
 ``_reorder_convolution_weight``, on the first call, for the input size seen then) and runs convolution
 + bias + activation as one oneDNN primitive (``_convolution_pointwise``, the kernel torch.compile's
 CPU backend emits for the same pattern). No library offers this in eager mode, hence this module.
-Measured on 2 cores (yolov8n, 160 px, batch 8): the forward 5-12% faster; outputs equal to float
-rounding (tests/test_fuse.py).
+Measured on 2 cores: yolov8n's forward alone 5-12% faster (160 px, batch 8), cvapps detect 1.17-1.38x
+ultralytics predict at equal settings (benchmarks/predict_vs_ultralytics.py); outputs equal to float
+rounding (tests/test_packed_conv.py).
 
 Which activation may join the convolution before it (the model's numbers must not change):
 
@@ -61,7 +62,7 @@ class PackedConv2d(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.activation = activation if activation is not None else nn.Identity()
         self.attr, self.scalars = _post_op(activation) if activation is not None else ("none", [])
-        self._packed: torch.Tensor | None = None
+        self._packed: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (weight, bias) for oneDNN
         self._packed_from: tuple[int, int] | None = None  # weight's (data_ptr, version) when packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +71,12 @@ class PackedConv2d(nn.Module):
                                             self.dilation, self.groups))
         key = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed_from != key:  # first call, or new weights loaded
-            self._packed = _ops._reorder_convolution_weight(self.weight.detach(), self.padding, self.stride,
-                                                            self.dilation, self.groups, list(x.shape))
+            weight = _ops._reorder_convolution_weight(self.weight.detach(), self.padding, self.stride,
+                                                      self.dilation, self.groups, list(x.shape))
+            self._packed = (weight, self.bias.detach() if self.bias is not None else None)
             self._packed_from = key
-        bias = self.bias.detach() if self.bias is not None else None
-        return _ops._convolution_pointwise(x, self._packed, bias, self.padding, self.stride, self.dilation,
+        weight, bias = self._packed
+        return _ops._convolution_pointwise(x, weight, bias, self.padding, self.stride, self.dilation,
                                            self.groups, self.attr, self.scalars, "")
 
     def __getstate__(self) -> dict[str, Any]:  # copies and pickles repack on their first call

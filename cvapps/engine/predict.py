@@ -57,7 +57,7 @@ class Predictor:
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
         self.imgsz = int(preprocessing["imgsz"])
         self.in_channels = int(preprocessing.get("in_channels", 3))
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.device = resolve_device(device)
         self.batch = max(1, batch)
         self.half = self.device.type == "cuda" if half is None else half
         # Rect letterbox (less padding) unless the model only takes its export-time input size.

@@ -38,8 +38,8 @@ from cvapps.structures import Frame
 DEFAULT_FPS = 25.0  # for sources that do not report a frame rate (image folders, some streams)
 H264_OPTIONS = {"preset": "veryfast", "crf": "23"}
 #: libx264 threads: 1 on a machine with few cores, where its frame threads take CPU from the model's
-#: (measured, 2 cores, 320x240: 1.20 CPU-ms per frame with 1 thread against 1.56 with x264's own
-#: choice, the same quality and size; the video pipeline 0.82 -> see README); 0 (x264 decides) above.
+#: (measured, 2 cores, 320x240: 1.20 CPU-ms per frame with 1 thread against 1.56 with x264's own choice,
+#: the same size; benchmarks/pipeline_overhead.py video 0.82 -> 0.89); 0 (x264 decides) above.
 X264_THREADS = 1 if (os.cpu_count() or 1) <= 4 else 0
 _LIVE_TIME_BASE = Fraction(1, 1000)  # live frames are placed at their timestamps, to the millisecond
 _warned: list[str] = []
