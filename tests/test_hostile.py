@@ -4,61 +4,19 @@ and no code run from a model or config file (the corpus is tests/hostile_corpus.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import re
 from pathlib import Path
 
 import pytest
 import torch
-
-from cvapps.cli import main
+from cli_probe import one_line_error, run_cli
 from hostile_corpus import input_state, make_evil_pickle, make_hostile_images
 from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
+
+from cvapps.cli import main
 
 #: Peak resident memory any one command may reach on the hostile corpus (a predict run on one good
 #: image peaks at ~0.9 GiB, mostly torch + ultralytics; decoding the HDR bomb alone takes 3.3 GiB).
 RSS_LIMIT_MB = 1536
-#: A guard only: every case is bounded by the code itself well below this.
-GUARD_S = 300
-
-
-# Runs the CLI and reports the process's own peak RSS (VmHWM) at exit. getrusage's ru_maxrss of a
-# child would count the forked pytest process too, which is larger than any command under test.
-_LAUNCHER = """
-import atexit, sys
-from cvapps.cli import main
-
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            sys.stderr.write("[peak-rss-kb " + line.split()[1] + "]\\n")
-
-atexit.register(_peak)
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def run_cli(args: list[str], cwd: Path | None = None) -> tuple[int, str, str, float]:
-    """``cvapps ARGS`` in a new process -> (exit code, stdout, stderr, its peak RSS in MB)."""
-    try:
-        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *args], capture_output=True, cwd=cwd,
-                              timeout=GUARD_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"cvapps {' '.join(args)} hung: {(exc.stderr or b'').decode(errors='replace')[-2000:]}")
-    stderr = proc.stderr.decode(errors="replace")
-    peak = re.search(r"\[peak-rss-kb (\d+)\]\n?", stderr)
-    assert peak, stderr[-2000:]
-    stderr = stderr.replace(peak.group(0), "")
-    return proc.returncode, proc.stdout.decode(errors="replace"), stderr, int(peak.group(1)) / 1024
-
-
-def one_line_error(rc: int, err: str) -> None:
-    assert rc != 0, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("warning")]
-    assert len(lines) == 1 and len(lines[0]) < 400, err[-3000:]
 
 
 @pytest.fixture(scope="module")

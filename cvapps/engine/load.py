@@ -6,9 +6,11 @@
   rebuilt from its stored config with the build-only keys cleared (``ModelConfig.BUILD_ONLY_KEYS``:
   pretrained/backbone/detector/init weights are never re-read; the checkpoint holds the weights);
 * a ``cvapps export`` ONNX file (run by onnxruntime behind the same interface);
-* a native ultralytics model: a ``.yaml`` (random weights) or a ``.pt`` read without running code
-  (:mod:`cvapps.tasks.ultralytics_files`; ``trust=True`` or ``CVAPPS_TRUST_MODEL=1`` allows a full
-  unpickle of a file that needs one).
+* a native ultralytics model: a ``.yaml`` (random weights) or a ``.pt`` read without calling
+  anything the file names, the model rebuilt from its checked yaml (:mod:`cvapps.tasks.ultralytics_files`;
+  ``trust=True`` or ``CVAPPS_TRUST_MODEL=1`` allows a full unpickle of a file that needs one).
+
+Every ``.pt`` is size-checked before it is read (:mod:`cvapps.io.archive`) and its weights must be finite.
 
 The CLI, pipelines, benchmarks, export, summary and evaluation all load models through it.
 """
@@ -102,15 +104,20 @@ def load_model(path_or_name: str | os.PathLike, *, tasks: str | tuple[str, ...] 
         except ForeignCheckpoint:
             loaded = _load_native(spec, trust, imgsz)
     if wanted and loaded.task.name not in wanted:
-        raise CheckpointError(f"{spec} is a {loaded.task.name!r} model; this command needs "
-                              f"{' or '.join(map(repr, wanted))}")
+        what = "a native ultralytics detection" if loaded.task.name == "ultralytics" else f"a {loaded.task.name!r}"
+        raise CheckpointError(f"{spec} is {what} model; this command needs {' or '.join(map(repr, wanted))}")
     loaded.device, loaded.batch, loaded.overrides = device, batch, list(overrides or [])
     return loaded
 
 
 def _load_cvapps(path: Path, overrides: list[str] | None) -> LoadedModel:
     ckpt = load_checkpoint(path)
-    task = get_task(ckpt["task"])
+    try:  # the stored config alone first: failing here is the file's fault, not the user's overrides'
+        task = get_task(ckpt["task"])
+        config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: damaged cvapps checkpoint: its stored {str(exc).removeprefix('config error: ')}"
+                              ) from None
     names = list(ckpt["class_names"])
     cfg = config_from_dict(ckpt["config"], overrides)
     cfg.model = cfg.model.without_build_only()

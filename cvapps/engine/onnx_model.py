@@ -9,6 +9,7 @@ the predictor's device is CUDA and onnxruntime-gpu is installed, else the CPU.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class OnnxModel(nn.Module):
         try:
             self.session = ort.InferenceSession(str(self.path), providers=wanted)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
-            raise CheckpointError(f"{self.path}: not a readable ONNX model ({type(exc).__name__})") from None
+            raise CheckpointError(f"{self.path}: not a readable ONNX model: {onnx_failure(exc)}") from None
         self.meta: dict[str, Any] = _decode(self.session.get_modelmeta().custom_metadata_map, self.path)
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
@@ -81,8 +82,19 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error classes
-        raise CheckpointError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: not a readable ONNX model: {onnx_failure(exc)}") from None
     return _decode(session.get_modelmeta().custom_metadata_map, path)
+
+
+def onnx_failure(exc: BaseException) -> str:
+    """What onnxruntime says went wrong, on one short line: its message without the error-code
+    prefix, the file name it repeats and the C++ source location, then the error class
+    (``Protobuf parsing failed (InvalidProtobuf)``, ``Unsupported model IR version: 999, ... (Fail)``)."""
+    text = " ".join(str(exc).split())
+    text = text.split(" failed:", 1)[1] if " failed:" in text else re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\S+\.(cc|cpp|h):\d+ .*?\) (?=[A-Z])", "", text.strip())  # source file and C++ signature
+    text = text if len(text) <= 160 else f"{text[:160]}..."
+    return f"{text} ({type(exc).__name__})" if text else type(exc).__name__
 
 
 def _decode(raw: dict[str, str], path: Path) -> dict[str, Any]:

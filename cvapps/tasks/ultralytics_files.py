@@ -2,13 +2,15 @@
 
 An ultralytics ``.pt`` is a pickled dict (``model``/``ema``: a ``DetectionModel`` object,
 ``train_args``, ``date``, ...). A full unpickle (what ``YOLO(path)`` does) runs any code the file
-carries, so cvapps reads it with ``torch.load(weights_only=True)`` and allows only the classes
-such checkpoints are made of: ``nn.Module`` subclasses from ``torch.nn.modules`` and ultralytics'
-model modules (found by saving ``YOLO("yolov8n.yaml")``, ``yolo11n``, ``yolov8n-seg`` and
-``yolo26n`` with ultralytics' own save and listing what ``weights_only`` asks for). A file that
-needs anything else is refused unless the user trusts it (``--trust-model`` or
-``CVAPPS_TRUST_MODEL=1``). Whether a file is an ultralytics model is decided by loading it this
-way, never by looking for the word "ultralytics" in its bytes.
+carries, and even torch's weights-only unpickler *calls* the classes it allows: calling an
+ultralytics model class with a file's arguments builds layers from a yaml it ``eval``s. So cvapps
+never calls anything a file names: the archive's sizes are checked (:mod:`cvapps.io.archive`), the
+pickle is read inertly (:mod:`cvapps.tasks.ultralytics_unpickle`: tensors and plain data, class
+names recorded), and the model is rebuilt from its checked yaml and loaded with its weights
+(:mod:`cvapps.tasks.ultralytics_rebuild`). A file that holds anything else is refused unless the
+user trusts it (``--trust-model`` or ``CVAPPS_TRUST_MODEL=1``: a full unpickle, the user's choice).
+Whether a file is an ultralytics model is decided by reading it this way, never by looking for the
+word "ultralytics" in its bytes.
 
 A bare published name (``yolov8n.pt``) not on disk is fetched by ultralytics' downloader (the
 :data:`download` hook) and then read the same safe way; offline or with ``CVAPPS_OFFLINE=1`` it is
@@ -17,10 +19,8 @@ a one-line error saying where to put the file.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvapps.checkpoint import first_nonfinite
 from cvapps.errors import CheckpointError
+from cvapps.io.archive import NotATorchArchive, check_torch_archive
+from cvapps.tasks.ultralytics_rebuild import rebuild_checkpoint
+from cvapps.tasks.ultralytics_unpickle import UnsafeFile, read_inert
 
 TRUST_ENV = "CVAPPS_TRUST_MODEL"
 OFFLINE_ENV = "CVAPPS_OFFLINE"  # "1": never fetch a published weights name (no network attempt at all)
@@ -36,9 +40,6 @@ if os.environ.get(OFFLINE_ENV, "") == "1":
     # ultralytics checks connectivity (DNS) when first imported, which happens after this module is
     # imported; its own offline switch skips that check.
     os.environ.setdefault("YOLO_OFFLINE", "1")
-# Modules whose nn.Module classes may be rebuilt from a weights-only pickle: layers and models only
-# (no loaders such as ultralytics.nn.autobackend, whose constructors read files).
-SAFE_MODULES = re.compile(r"^(torch\.nn\.modules\.\w+|ultralytics\.nn\.modules\.\w+|ultralytics\.nn\.tasks)$")
 # Names ultralytics publishes (and would download): yolov8n.pt, yolo11s-seg.pt, yolo26n.pt, rtdetr-l.pt ...
 PUBLISHED = re.compile(r"^(yolo|rtdetr)[\w.-]*\.pt$", re.IGNORECASE)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -51,71 +52,59 @@ def trusted(flag: bool = False) -> bool:
 
 def refusal(path: str | Path, why: str) -> CheckpointError:
     """The one message for a model file that would need a full (code-running) unpickle."""
-    return CheckpointError(
-        f"{path}: {why}; loading it would need a full unpickle, which can run code stored in the "
-        f"file. If you trust this file, pass --trust-model (or set {TRUST_ENV}=1)")
-
-
-def _allowed_class(name: str) -> type | None:
-    module, _, attr = name.rpartition(".")
-    if not SAFE_MODULES.match(module):
-        return None
-    try:
-        obj = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        return None
-    # Defined in that very module (not a name it imported from elsewhere) and a layer or model.
-    ok = isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module
-    return obj if ok else None
+    return CheckpointError(f"{path}: {why}; only a full unpickle (which runs code in the file) could load it: "
+                           f"if you trust it, pass --trust-model (or set {TRUST_ENV}=1)")
 
 
 def load_pickled_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of an ultralytics ``.pt``, read with ``weights_only=True`` under the
-    allowlist (or fully unpickled when ``trust``). Raises CheckpointError (the refusal message
-    for anything outside the allowlist)."""
+    """The checkpoint dict of an ultralytics ``.pt``, its ``model`` a float32 ultralytics model
+    (the EMA one when the file has one): rebuilt without calling anything the file names, or fully
+    unpickled when ``trust``. Raises CheckpointError (the refusal message, which names the trust
+    switch, for a file outside what plain ultralytics files hold)."""
     path = Path(path)
-    if trusted(trust):
-        try:
-            # SECURITY: the user said they trust this file; a full unpickle runs its code.
-            return _as_dict(path, torch.load(path, map_location="cpu", weights_only=False))
-        except CheckpointError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - anything a foreign pickle raises
-            raise CheckpointError(f"{path}: cannot be read as a model file ({type(exc).__name__})") from None
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads opcodes, runs nothing
-    except Exception as exc:  # noqa: BLE001 - not a torch zip file, or a pickle the scan cannot read
-        if zipfile.is_zipfile(path):  # a torch file whose pickle cannot be checked without running it
-            raise refusal(path, f"not a cvapps checkpoint, and its pickle cannot be checked for code "
-                                f"({type(exc).__name__})") from None
+        archive = check_torch_archive(path)  # sizes first, trusted or not: bounded memory either way
+    except NotATorchArchive:
         raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file "
-                              f"({type(exc).__name__})") from None
-    classes = []
-    for name in names:
-        cls = _allowed_class(name)
-        if cls is None:
-            raise refusal(path, f"not a cvapps checkpoint, and as an ultralytics model it is refused: it references "
-                                f"{name}, which is not a torch or ultralytics model class")
-        classes.append(cls)
+                              "(not a torch zip archive)") from None
+    with archive:
+        if not trusted(trust):
+            try:
+                root = read_inert(archive)
+                ckpt, _ = rebuild_checkpoint(str(path), root)
+            except UnsafeFile as exc:
+                raise refusal(path, f"not a cvapps checkpoint nor a plain ultralytics model: {exc}") from None
+            except CheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - ultralytics failing on a yaml that passed the checks
+                raise refusal(path, f"not a cvapps checkpoint, and its ultralytics model does not rebuild "
+                                    f"from its yaml ({type(exc).__name__})") from None
+            return ckpt
     try:
-        with torch.serialization.safe_globals(classes):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler's refusals
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise refusal(path, f"not a cvapps checkpoint, and as an ultralytics model it is refused: weights_only "
-                            f"loading failed ({first})") from None
-    return _as_dict(path, obj)
+        # SECURITY: the user said they trust this file; a full unpickle runs its code.
+        ckpt = _as_dict(path, torch.load(path, map_location="cpu", weights_only=False))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything a foreign pickle raises
+        raise CheckpointError(f"{path}: cannot be read as a model file ({type(exc).__name__})") from None
+    bad = first_nonfinite(_net(ckpt).state_dict())
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged model file: weight {bad} holds NaN or infinite values")
+    ckpt["model"], ckpt["ema"] = _net(ckpt).float(), None
+    return ckpt
 
 
 def _as_dict(path: Path, obj: Any) -> dict[str, Any]:
     net = _net(obj) if isinstance(obj, dict) else None
     if not isinstance(net, nn.Module) or not hasattr(net, "names"):
-        raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file (no model object)")
+        what = type(net if isinstance(obj, dict) else obj).__name__
+        raise CheckpointError(f"{path}: not a cvapps checkpoint or an ultralytics model file (it holds a {what}, "
+                              "not an ultralytics model)")
     return obj
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """The float32 ultralytics model of a checkpoint dict (EMA weights when present, as ultralytics)."""
+    """The float32 ultralytics model of a checkpoint dict from :func:`load_pickled_model`."""
     return _net(ckpt).float()
 
 
