@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cvapps.errors import CheckpointError
+from cvapps.io.archive import NotATorchArchive, check_torch_archive
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -16,6 +17,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
+    try:
+        check_torch_archive(path).close()  # declared sizes first: a zip bomb fails here, not in torch.load
+    except NotATorchArchive:
+        pass  # a legacy (pre-zip) torch file is not compressed: its size on disk bounds what it holds
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign pickles

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import IO, Self
+from typing import IO
 
 from cvapps.errors import CheckpointError
 
@@ -55,7 +55,7 @@ class TorchArchive:
     def close(self) -> None:
         self.zf.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> TorchArchive:
         return self
 
     def __exit__(self, *exc: object) -> None:

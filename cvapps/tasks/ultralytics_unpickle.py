@@ -25,7 +25,7 @@ import io
 import math
 import pickle
 import re
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class Stub:
     __slots__ = ("cv_args", "cv_kwargs", "cv_state")
     cv_name = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Stub":
         self = object.__new__(cls)
         self.cv_args, self.cv_kwargs, self.cv_state = args, kwargs, None
         return self
