@@ -119,11 +119,38 @@ def quiet_output(enabled: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
-        # Past a file-size limit (`ulimit -f`) the write fails with EFBIG, reported as one line,
-        # instead of the signal killing the process with a core dump.
+def _sigterm(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGXFSZ ignored: past a file-size limit (`ulimit -f`) a write fails with EFBIG, reported as one
+    line, instead of the signal killing the process with a core dump. SIGTERM (when nothing else
+    handles it) stops the command like Ctrl-C, so its ``finally`` blocks remove temporary files
+    (a killed `data synth` would leave a half-written video); commands that stop more gently
+    (prediction runs, Ray) install their own handler while they run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        yield
+    finally:
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    with _signals():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -138,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         except CvappsError as exc:
             print(f"error: {exc}" if not str(exc).startswith("config error") else str(exc), file=sys.stderr)
             return exc.exit_code
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             print("interrupted", file=sys.stderr)
-            return 130
+            return 128 + (signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT)
     return int(result or 0)
 
 

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cvapps.demo import run_demo  # imported when run: `cvapps --help` stays fast
+    from cvapps.io.guard import output_root
 
-    run_demo(args.out, args.device, progress=not args.quiet)
+    with output_root(args.out):  # every output is written inside --out, through no link
+        run_demo(args.out, args.device, progress=not args.quiet)
     return 0

@@ -14,7 +14,6 @@ images where they are when writing next to the source (``out`` = ROOT) or copy t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from cvapps.checkpoint import atomic_write_text
@@ -22,6 +21,8 @@ from cvapps.data.check import DetectionSplit, available_splits, load_detection_s
 from cvapps.errors import DataError
 from cvapps.formats.coco import dumps
 from cvapps.formats.yolo import read_data_yaml, write_data_yaml, write_yolo_labels
+from cvapps.io.guard import protected
+from cvapps.io.safe_write import copy_file
 
 
 def _check_writable(paths: list[Path], overwrite: bool) -> None:
@@ -35,10 +36,8 @@ def _copy_images(split: DetectionSplit, out: Path) -> None:
     if out.resolve() == split.root.resolve():
         return
     for rec in split.records:
-        dst = out / "images" / split.split / rec.file_name
-        if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(rec.path if rec.path.is_file() else src_dir / rec.file_name, dst)
+        dst = out / "images" / split.split / rec.file_name  # copied again: a fresh file, whatever is there
+        copy_file(rec.path if rec.path.is_file() else src_dir / rec.file_name, dst)
 
 
 def coco_to_yolo(root: str | Path, out: str | Path | None = None, splits: list[str] | None = None,
@@ -46,6 +45,13 @@ def coco_to_yolo(root: str | Path, out: str | Path | None = None, splits: list[s
     """Write the YOLO txt layout of every COCO split of ``root`` under ``out`` (default: ``root``)."""
     root = Path(root)
     out = Path(out) if out is not None else root
+    # out is an output root (every file written inside it through no link); the annotations read
+    # are inputs, never replaced
+    with protected(out, files=[], option="--out ", others=list((root / "annotations").glob("*.json"))):
+        return _coco_to_yolo(root, out, splits, overwrite)
+
+
+def _coco_to_yolo(root: Path, out: Path, splits: list[str] | None, overwrite: bool) -> list[DetectionSplit]:
     splits = splits or available_splits(root)
     loaded = [load_detection_split(root, s, layout="coco") for s in splits]
     if not loaded:
@@ -72,6 +78,11 @@ def yolo_to_coco(root: str | Path, out: str | Path | None = None, splits: list[s
     """Write ``annotations/<split>.json`` for every YOLO split of ``root`` under ``out`` (default ``root``)."""
     root = Path(root)
     out = Path(out) if out is not None else root
+    with protected(out, option="--out ", folders=[], others=[root / "data.yaml"]):
+        return _yolo_to_coco(root, out, splits, overwrite)
+
+
+def _yolo_to_coco(root: Path, out: Path, splits: list[str] | None, overwrite: bool) -> list[DetectionSplit]:
     splits = splits or [p.name for p in sorted((root / "labels").iterdir()) if p.is_dir()] \
         if (root / "labels").is_dir() else []
     loaded = [load_detection_split(root, s, layout="yolo") for s in splits]

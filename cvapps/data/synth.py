@@ -28,8 +28,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cvapps.errors import CvappsError
+from cvapps.errors import CvappsError, shorten
 from cvapps.formats.mot import MotRow, write_mot
+from cvapps.io.guard import output_root
+from cvapps.io.safe_write import ensure_dir, open_dir, stage, write_bytes
 
 CLASS_NAMES = ("circle", "square", "triangle")
 _SPLITS = ("train", "val")
@@ -38,15 +40,27 @@ _SHIFT = 4  # cv2 fixed-point bits: polygons are drawn with 1/16-pixel precision
 _JPEG_QUALITY = 85  # ~4 KB per 160x160 image keeps the shipped copy small
 
 
+_MAX_COUNT = 1_000_000  # images, crops or frames of one kind
+_MAX_SIDE = 2048  # pixels: a 2048 px scene already takes a few hundred MB of float32 work arrays
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """The one write primitive (:mod:`cvapps.io.safe_write`): a temp file inside OUT through no link,
+    renamed into place, so readers never see half a file."""
+    write_bytes(path, data)
+
+
+def _check_args(seed: int, sides: dict[str, int], counts: dict[str, int]) -> None:
+    """One line, before any work, for arguments that would fail late (a negative seed) or allocate
+    without bound (``--imgsz 100000`` is a 149 GiB image)."""
+    if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise CvappsError(f"seed must be an integer in [0, 2**63), got {shorten(seed)}")
+    for name, value in sides.items():
+        if not 32 <= value <= _MAX_SIDE:
+            raise CvappsError(f"{name} must be in [32, {_MAX_SIDE}] pixels, got {value}")
+    for name, value in counts.items():
+        if not 0 <= value <= _MAX_COUNT:
+            raise CvappsError(f"{name} must be in [0, {_MAX_COUNT}], got {value}")
 
 
 def _encode(img: np.ndarray, ext: str, params: tuple[int, ...] = ()) -> bytes:
@@ -209,9 +223,10 @@ def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, i
                      "v": rng.uniform(1.0, 3.0) * np.array([np.cos(ang), np.sin(ang)]),
                      "rot": rng.uniform(0, 2 * np.pi), "spin": rng.uniform(-0.03, 0.03),
                      "col": _colour(rng, tex_a.reshape(-1, 3).mean(0))})
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")  # cv2 picks the container from the suffix
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    tmp = stage(path, suffix=".mp4")  # cv2 picks the container from the suffix
+    writer = cv2.VideoWriter(tmp.writer_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
+        tmp.discard()
         raise CvappsError(f"{path}: cv2.VideoWriter cannot write mp4v video")
     gt: list[dict] = []
     try:
@@ -244,10 +259,10 @@ def _video(path: Path, rng: np.random.Generator, frames: int, size: tuple[int, i
                        "visibility": visibility})
             bar.update()
         writer.release()
-        os.replace(tmp, path)
+        tmp.commit()
     finally:
         writer.release()
-        tmp.unlink(missing_ok=True)
+        tmp.discard()  # (after a commit: nothing left to remove) SIGTERM/Ctrl-C: no 6 MB temp file left
     return gt
 
 
@@ -263,10 +278,12 @@ def _check_out(out: Path) -> None:
 
 
 def _prune(folder: Path, keep: set[str]) -> None:
-    """Drop files of an earlier, larger run so the folder holds exactly this run's files."""
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix in {".jpg", ".png", ".txt"} and p.name not in keep:
-            p.unlink()
+    """Drop files of an earlier, larger run so the folder holds exactly this run's files (names in
+    the folder reached the safe way: a planted link is refused, never listed through)."""
+    with open_dir(folder) as fd:
+        for name in os.listdir(fd):
+            if os.path.splitext(name)[1] in {".jpg", ".png", ".txt"} and name not in keep:
+                os.unlink(name, dir_fd=fd)  # the name itself, whatever it is (never a folder here)
 
 
 def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, imgsz: int = 160,
@@ -278,8 +295,20 @@ def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, img
     if n_train < 1 or n_val < 0 or imgsz < 32 or crop_size < 16 or video_frames < 1 or min(video_size) < 32:
         raise CvappsError("generate_shapes: need n_train >= 1, n_val >= 0, imgsz >= 32, crop_size >= 16, "
                           "video_frames >= 1 and video sides >= 32")
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_args(seed, {"imgsz": imgsz, "crop size": max(32, crop_size), "video width": video_size[0],
+                       "video height": video_size[1]},
+                {"train images": n_train, "val images": n_val, "crops per class": max(n_crops_per_class),
+                 "video frames": video_frames})
+    with output_root(out, ""):
+        _check_out(out)
+        _shapes(out, n_train, n_val, imgsz, n_crops_per_class, crop_size, video_frames, video_size, fps, seed,
+                progress)
+    return out
+
+
+def _shapes(out: Path, n_train: int, n_val: int, imgsz: int, n_crops_per_class: tuple[int, int], crop_size: int,
+            video_frames: int, video_size: tuple[int, int], fps: int, seed: int, progress: bool) -> None:
+    ensure_dir(out)
     counts = {"train": n_train, "val": n_val}
     total = n_train + n_val + len(CLASS_NAMES) * sum(n_crops_per_class) + video_frames
     cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)]
@@ -306,8 +335,7 @@ def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, img
                 _atomic_write(out / "labels" / split / f"{stem}.txt", "".join(lines).encode())
                 bar.update()
             for sub, ext in (("images", ".jpg"), ("masks", ".png"), ("labels", ".txt")):
-                (out / sub / split).mkdir(parents=True, exist_ok=True)
-                _prune(out / sub / split, {s + ext for s in stems})
+                _prune(out / sub / split, {s + ext for s in stems})  # (made if missing: an empty split)
             coco = {"info": {"description": f"cvapps synthetic shapes ({split})", "version": "1.0", "seed": seed},
                     "licenses": [], "images": images, "categories": cats, "annotations": anns}
             _atomic_write(out / "annotations" / f"{split}.json", json.dumps(coco).encode())
@@ -318,18 +346,15 @@ def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, img
                     keep.add(f"{name}_{i:04d}.png")
                     _atomic_write(folder / f"{name}_{i:04d}.png", _encode(_crop(rng, c, crop_size), ".png"))
                     bar.update()
-                folder.mkdir(parents=True, exist_ok=True)
                 _prune(folder, keep)
         # No "path:" key: ultralytics then resolves train/val against this file's folder, whereas
         # "path: ." would resolve against the current working directory.
         names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
         _atomic_write(out / "data.yaml", f"train: images/train\nval: images/val\nnames:\n{names}".encode())
         _write_video(out / "video", video_frames, tuple(video_size), fps, seed, bar)
-    return out
 
 
 def _write_video(folder: Path, frames: int, size: tuple[int, int], fps: int, seed: int, bar: tqdm) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     gt = _video(folder / "shapes.mp4", np.random.default_rng([seed, 200]), frames, size, fps, bar)
     _atomic_write(folder / "shapes.json", json.dumps(gt).encode())
     write_mot(folder / "gt.txt", [MotRow(g["frame"] + 1, tid, tuple(box), 1.0, cat, vis)  # type: ignore[arg-type]
@@ -346,8 +371,9 @@ def generate_video(out: str | Path, *, frames: int = 240, size: tuple[int, int] 
     out = Path(out)
     if frames < 1 or min(size) < 32:
         raise CvappsError("generate_video: need frames >= 1 and video sides >= 32")
+    _check_args(seed, {"video width": size[0], "video height": size[1]}, {"video frames": frames})
     if out.exists() and not out.is_dir():
         raise CvappsError(f"{out}: exists and is not a directory")
-    with tqdm(total=frames, desc="video", unit="frame", disable=not progress) as bar:
+    with output_root(out, ""), tqdm(total=frames, desc="video", unit="frame", disable=not progress) as bar:
         _write_video(out, frames, size, fps, seed, bar)
     return out

@@ -137,8 +137,7 @@ def dump_rank_weights(model: nn.Module, ctx: DistContext) -> None:
     if not folder:
         return
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(folder) / f"rank{ctx.rank}.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(folder) / f"rank{ctx.rank}.pt", lambda tmp: torch.save(state, tmp))  # makes the folder
 
 
 def cleanup(ctx: DistContext) -> None:

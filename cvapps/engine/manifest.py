@@ -9,10 +9,14 @@
 
 Lines are written only by the driver, flushed as each item finishes (so a killed driver loses at
 most the items it had not written yet) and fsynced every few seconds and at close. A torn last line
-(the process died mid-write) is dropped and cut off on reopening, so the next line starts clean; any
-other unreadable line is a one-line DataError. A rerun with a different header (another source,
-model or option) is refused instead of mixing two runs' predictions. An exclusive ``flock`` keeps two
-drivers off the same manifest.
+(the process died mid-write) is dropped and cut off on reopening, so the next line starts clean. Any
+other record is checked before use (:mod:`cvapps.engine.manifest_check`: schema, sizes against the
+item's frames, at most :data:`~cvapps.engine.manifest_check.MAX_LINE_BYTES` a line); one that fails
+is reported in one warning line and its item predicted again. A rerun with a different header
+(another source, model or option) is refused instead of mixing two runs' predictions. An exclusive
+``flock`` keeps two drivers off the same manifest. The file is opened through
+:func:`cvapps.io.safe_write.open_append`: a symbolic or hard link planted at its name is refused,
+never written through.
 
 Predictions are stored losslessly (:func:`encode_prediction`: floats as JSON numbers round-trip
 float32 exactly, masks as pycocotools RLE), so outputs rebuilt from the manifest equal a run's own.
@@ -22,15 +26,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from cvapps.engine.manifest_check import MAX_LINE_BYTES, RecordCheck
 from cvapps.errors import CvappsError, DataError
 from cvapps.formats.coco import mask_to_rle, rle_to_mask
+from cvapps.io.safe_write import open_append
 from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask
 
 try:  # POSIX only; elsewhere two drivers on one OUT are not prevented
@@ -100,16 +108,32 @@ def decode_prediction(data: dict[str, Any]) -> Any:
     raise DataError(f"unknown prediction type in the manifest: {kind!r}")
 
 
+def _key_of(head: bytes) -> str | None:
+    """The key of a record that cannot be parsed whole (too deep, too long), from its start as
+    :meth:`Manifest.append` writes it, so a later good record of that item supersedes it."""
+    match = re.match(rb'\{"key": ("(?:[^"\\]|\\.){0,4000}")', head)
+    try:
+        key = json.loads(match.group(1)) if match else None
+    except ValueError:
+        return None
+    return key if isinstance(key, str) else None
+
+
 class Manifest:
     """``OUT/<name>``: finished items of one run (see the module doc). Use as a context manager.
 
-    run: the header describing the run (JSON-ready); ``done``: key -> record of finished items.
+    run: the header describing the run (JSON-ready); ``done``: key -> record of finished items;
+    check: ``check(record)`` -> None, or why a stored record cannot be used (default: the schema only,
+    :class:`~cvapps.engine.manifest_check.RecordCheck` without items).
     """
 
-    def __init__(self, path: str | Path, run: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, run: dict[str, Any],
+                 check: Callable[[Any], str | None] | None = None) -> None:
         self.path = Path(path)
         self.run = json.loads(json.dumps(run))  # compared with the stored header as JSON reads it back
+        self.check = check or RecordCheck()
         self.done: dict[str, dict[str, Any]] = {}
+        self.bad: dict[str, tuple[int, str]] = {}  # key (or "line N") -> (line, why) of records not used
         self.resumed = 0  # items found in the file when it was opened
         self._fh: Any = None
         self._last_sync = 0.0
@@ -122,8 +146,7 @@ class Manifest:
         self.close()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+b")
+        fh = open_append(self.path)  # a regular file of its own, reached through no link (else one line)
         if fcntl is not None:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,7 +155,7 @@ class Manifest:
                 raise CvappsError(f"{self.path} is in use by another run (one driver per output folder)") from None
         try:
             fh.seek(0)
-            good_end = self._read(fh.read())
+            good_end = self._read(fh)
             fh.truncate(good_end)  # drop a torn last line, so the next append starts on a fresh line
             fh.seek(good_end)
             if good_end == 0:
@@ -144,26 +167,65 @@ class Manifest:
         self._fh = fh
         self.resumed = len(self.done)
 
-    def _read(self, data: bytes) -> int:
-        """Parse the file's bytes into ``done``; returns the offset after the last whole line.
+    def _read(self, fh: Any) -> int:
+        """Read the file's records into ``done``; returns the offset after the last whole line.
 
         Only the text after the final newline can be torn (each record is one write ending in a
-        newline): it is ignored, and its item is simply predicted again."""
+        newline): it is ignored, and its item is simply predicted again. A record that does not hold
+        (invalid JSON, nested too deeply, over the line cap, not the schema, not its frame's size) is
+        left out of ``done`` too, and reported in one warning line."""
         offset = 0
-        for number, line in enumerate(data.split(b"\n")[:-1], 1):
-            try:
-                record = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
-                raise DataError(f"{self.path}: line {number} is not valid JSON; the manifest is damaged "
-                                "(delete it to start the run over)") from None
+        for number, line, size, head in self._lines(fh):
+            offset += size
+            record, why = None, "longer than the line cap" if line is None else None
+            if line is not None:
+                try:
+                    record = json.loads(line)
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    why = "not valid JSON"
             if number == 1:
+                if why is not None:
+                    raise DataError(f"{self.path}: line 1 is not a cvapps manifest header; the manifest is damaged "
+                                    "(delete it to start the run over)")
                 self._check_header(record)
-            elif not isinstance(record, dict) or not isinstance(record.get("key"), str):
-                raise DataError(f"{self.path}: line {number} is not a manifest record")
+                continue
+            why = why or self.check(record)
+            key = record["key"] if isinstance(record, dict) and isinstance(record.get("key"), str) else _key_of(head)
+            if why is None:
+                self.done[key] = record
+                self.bad.pop(key, None)  # a later good record of the item replaces a bad one
             else:
-                self.done[record["key"]] = record
-            offset += len(line) + 1
+                self.done.pop(key, None)
+                self.bad[key if key is not None else f"line {number}"] = (number, why)
+        if self.bad:
+            number, why = next(iter(self.bad.values()))
+            print(f"warning: {self.path}: {len(self.bad)} damaged records (line {number}: {why}); their items "
+                  "are predicted again", file=sys.stderr)
         return offset
+
+    @staticmethod
+    def _lines(fh: Any) -> Iterator[tuple[int, bytes | None, int, bytes]]:
+        """``(line number, line or None when over the cap, bytes taken, its first bytes)`` for every
+        whole line, reading at most the cap at a time (a torn last line is not yielded)."""
+        number = 0
+        while True:
+            chunk = fh.readline(MAX_LINE_BYTES + 1)
+            size = len(chunk)
+            if not chunk:
+                return
+            line: bytes | None = chunk[:-1]
+            head = chunk[:4096]
+            if not chunk.endswith(b"\n"):
+                if size <= MAX_LINE_BYTES:
+                    return  # the torn last line
+                line = None
+                while chunk and not chunk.endswith(b"\n"):  # skip the rest of an overlong line
+                    chunk = fh.readline(1 << 20)
+                    size += len(chunk)
+                if not chunk:
+                    return
+            number += 1
+            yield number, line, size, head
 
     def _check_header(self, header: Any) -> None:
         if not isinstance(header, dict) or header.get("cvapps_manifest") != VERSION:

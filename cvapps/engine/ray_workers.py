@@ -11,6 +11,7 @@ import numpy as np
 
 from cvapps.engine.load import load_model
 from cvapps.engine.manifest import encode_prediction
+from cvapps.io.safe_write import write_bytes
 from cvapps.structures import Frame
 from cvapps.tasks.multitask import select_part
 
@@ -28,7 +29,7 @@ class PredictActor:
         if weights is not None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cvapps-model-")
             local = Path(self._tmp.name) / Path(model).name  # same suffix: the loader dispatches on it
-            local.write_bytes(ray.get(weights[0]))
+            write_bytes(local, ray.get(weights[0]))  # the one write primitive, in a fresh private folder
             model = str(local)
         loaded = load_model(model, device=device, batch=batch, trust=trust)
         # part: a multitask model seen as its detector or segmenter (`cvapps detect|segment --ray`)

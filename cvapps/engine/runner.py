@@ -203,7 +203,8 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
         # run did not fail (a run stopped by Ctrl-C, even twice, is complete up to where it stopped)
         stopped = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         errors = close_all(sinks, commit=completed or stopped)
-        if errors and not completed and report.processed:
+        # a CvappsError in flight is the run's one line (its staged outputs are dropped with it)
+        if errors and not completed and report.processed and not isinstance(sys.exc_info()[1], CvappsError):
             print(errors[-1], file=sys.stderr)
         report.wall_s = time.perf_counter() - t_start
         report.timings = {k: predictor.timings.get(k, 0.0) - before.get(k, 0.0) for k in STAGES if k != "write"}

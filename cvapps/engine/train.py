@@ -27,7 +27,8 @@ from cvapps.engine.device import images_to_device, progress_interval, resolve_de
 from cvapps.engine.evaluate import evaluate
 from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
 from cvapps.errors import CvappsError, DataError
-from cvapps.io.guard import ensure_writable_folder
+from cvapps.io.guard import protected
+from cvapps.io.safe_write import ensure_dir, ensure_writable_folder
 from cvapps.metrics.plots import plot_history
 from cvapps.tasks import get_task
 from cvapps.tasks.base import DatasetSplits, Task
@@ -96,7 +97,24 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     after every epoch on rank 0 with that epoch's metrics.csv row (see :mod:`cvapps.engine.loggers`).
     """
     task = get_task(cfg.task)
-    ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
+    # OUT is an output root (every file written inside it through no link) that may not lie in the
+    # dataset (the next run would train on the plots) nor hold the starting weights (replaced by best.pt)
+    with protected(cfg.out, folders=[cfg.data.root], files=_start_files(cfg), option="out="):
+        ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
+        return _train(task, cfg, progress=progress, log=log, trust=trust, callbacks=callbacks)
+
+
+def _start_files(cfg: TaskConfig) -> list[str]:
+    """Model files a run starts from (never replaced by its outputs): ``model.weights``, and an
+    ultralytics ``model.model`` file; not on resume, which reads OUT's own last.pt."""
+    if cfg.train.resume:
+        return []
+    files = [cfg.model.weights, getattr(cfg.model, "model", None)]
+    return [f for f in files if isinstance(f, str) and Path(f).is_file()]
+
+
+def _train(task: Task, cfg: TaskConfig, *, progress: bool, log: Callable[[str], None], trust: bool,
+           callbacks: Iterable[CallbackLike]) -> TrainResult:
     loggers = EpochLoggers(cfg.train.log, callbacks)  # a missing tensorboard fails here, before training
     if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
         best, history = task.train_external(cfg, resolve_device(cfg.train.device), progress=progress,
@@ -129,7 +147,7 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     if cfg.train.resume:
         start_epoch, best, history = _resume(out / "last.pt", cfg, model, optimizer, scheduler, scaler, log)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
         log(f"{task.name}: {len(splits.train)} train / {len(splits.val)} val images, "
             f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
             + (f", {ctx.world_size} processes" if ctx.enabled else ""))

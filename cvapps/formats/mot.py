@@ -12,12 +12,12 @@ Ground truth (``gt.txt``): ``conf`` 1 (0 = ignore this box), ``class`` the objec
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cvapps.errors import DataError
+from cvapps.io.safe_write import write_bytes
 
 
 @dataclass
@@ -41,14 +41,7 @@ class MotRow:
 def write_mot(path: str | Path, rows: Iterable[MotRow]) -> Path:
     """Write ``rows`` sorted by (frame, id) to ``path`` atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(r.line() for r in sorted(rows, key=lambda r: (r.frame, r.id)))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, "".join(r.line() for r in sorted(rows, key=lambda r: (r.frame, r.id))))
     return path
 
 

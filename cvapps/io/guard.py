@@ -11,14 +11,16 @@ A command that reads local files registers them (and the folders it reads recurs
   write anything inside a registered folder.
 
 The registry is process-wide (the writer threads of a run see it) and scoped: leaving
-:func:`protected` forgets what it registered. This module imports nothing above ``cvapps.errors``.
+:func:`protected` forgets what it registered. A command with an output folder also registers it
+as an *output root* (:func:`output_root`, entered by :func:`protected` too): every file below it is
+written by :mod:`cvapps.io.safe_write` through folders opened one by one from the root down,
+never through a symbolic link. This module imports nothing above ``cvapps.errors``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 from collections import Counter
 from typing import Iterable, Iterator
@@ -31,6 +33,7 @@ _lock = threading.Lock()
 _files: Counter[str] = Counter()          # resolved path -> registrations
 _inodes: Counter[tuple[int, int]] = Counter()  # (st_dev, st_ino) of registered files
 _folders: Counter[str] = Counter()        # resolved folder -> registrations
+_roots: Counter[tuple[str, str]] = Counter()  # (absolute, resolved) output root -> registrations
 
 
 def _real(path: PathLike) -> str:
@@ -47,6 +50,64 @@ def _inode(path: str) -> tuple[int, int] | None:
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _absolute(path: PathLike) -> str:
+    """Absolute and normalised, without following any link (``..`` is resolved lexically)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+@contextlib.contextmanager
+def output_root(out: PathLike, option: str = "--out ") -> Iterator[None]:
+    """Register ``out`` as an output root for the block (see :mod:`cvapps.io.safe_write`), after
+    :func:`check_out_path` (a dangling link or an existing file is refused up front)."""
+    check_out_path(out, option)
+    key = (_absolute(out), _real(out))
+    with _lock:
+        _roots[key] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _roots[key] -= 1
+            if _roots[key] <= 0:
+                del _roots[key]
+
+
+def find_root(path: PathLike) -> tuple[str, list[str]] | None:
+    """``(resolved root, names below it)`` for the innermost registered output root holding
+    ``path`` (matched as spelled, or against the root's resolved path); None outside every root.
+    A path that names a root and then climbs out of it with ``..`` is refused (OutputError)."""
+    with _lock:
+        roots = list(_roots)
+    if not roots:
+        return None
+    target = _absolute(path)
+    best: tuple[str, list[str]] | None = None
+    for spelled, real in roots:
+        for base in (spelled, real):
+            if _inside(target, base):
+                rel = [p for p in target[len(base):].split(os.sep) if p]
+                if best is None or len(rel) < len(best[1]):
+                    best = (real, rel)
+    if best is None:
+        raw = os.path.join(os.getcwd(), os.path.expanduser(os.fspath(path))).split(os.sep)
+        if ".." in raw:  # e.g. OUT/sub/../../elsewhere: spelled inside OUT, lands outside it
+            head = os.path.normpath(os.sep.join(raw[:raw.index("..")]) or os.sep)
+            if any(_inside(head, base) for root in roots for base in root):
+                raise OutputError(f"refusing to write {path}: it climbs out of the output folder with '..'")
+    return best
+
+
+def check_out_path(out: PathLike, option: str = "--out ") -> None:
+    """Refuse (OutputError, one line) an output folder that is an existing file or a symbolic link
+    to nothing (which would fail later with an obscure "File exists")."""
+    path = os.path.expanduser(os.fspath(out))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OutputError(f"{option}{out} is a symbolic link to {os.readlink(path)}, which does not exist: "
+                          "remove the link or create its target")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{option}{out} is an existing file; it must be a folder")
 
 
 @contextlib.contextmanager
@@ -67,7 +128,8 @@ def protected(out: PathLike | None = None, files: Iterable[PathLike] = (), folde
         _inodes.update(inodes)
         _folders.update(folders)
     try:
-        yield
+        with output_root(out, option) if out is not None else contextlib.nullcontext():
+            yield
     finally:
         with _lock:
             _files.subtract(files)
@@ -81,9 +143,8 @@ def check_out_dir(out: PathLike, files: Iterable[PathLike] = (), folders: Iterab
                   option: str = "--out ") -> None:
     """Refuse (OutputError, one line) an output folder that is an existing file, is an input folder
     or lies inside one, or is the folder holding an input file."""
+    check_out_path(out, option)
     real = _real(out)
-    if os.path.exists(real) and not os.path.isdir(real):
-        raise OutputError(f"{option}{out} is an existing file; it must be a folder")
     for folder in folders:
         if _inside(real, _real(folder)):
             raise OutputError(f"{option}{out} is inside the input folder {folder}; outputs there could replace "
@@ -109,17 +170,3 @@ def check_writable_target(path: PathLike, inputs: Iterable[PathLike] = ()) -> No
         hit = key in {_inode(p) for p in extra}
     if hit:
         raise OutputError(f"refusing to write {path}: it is an input of this command (outputs never replace inputs)")
-
-
-def ensure_writable_folder(out: PathLike, option: str = "--out ") -> None:
-    """Create ``out`` if needed and check a file can be made there; OutputError (one line) if not.
-    Run before any slow work, so a bad ``out`` fails in a second, not after loading a dataset."""
-    path = os.path.expanduser(os.fspath(out))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(f"{option}{out} is an existing file; it must be a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{option}{out}: cannot write there ({exc.strerror or exc})") from None

@@ -32,7 +32,6 @@ import io
 import os
 import re
 import stat
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.guard import check_writable_target
+from cvapps.io.safe_write import write_bytes
 from cvapps.io.headers import HEAD_BYTES, header_size, jpeg_png_size, jpeg_truncated, png_truncated
 
 __all__ = [
@@ -359,7 +359,7 @@ def write_image(path: str | os.PathLike[str], image_bgr: np.ndarray) -> None:
     chosen from the extension, which must be one of :data:`IMAGE_EXTENSIONS`.
     """
     p = Path(path)
-    check_writable_target(p)  # never over an input of the running command
+    check_writable_target(p)  # never over an input of the running command (before encoding it)
     ext = p.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise CvappsError(
@@ -375,18 +375,6 @@ def write_image(path: str | os.PathLike[str], image_bgr: np.ndarray) -> None:
         raise CvappsError(f"cannot write {p}: {str(e).strip().splitlines()[-1]}") from None
     if not ok:
         raise CvappsError(f"cannot write {p}: encoding to {ext} failed")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden name (leading dot) so folder sources never pick up a half-written temp file;
-        # os.open with 0o666 so the final file gets normal umask permissions (mkstemp uses 0600).
-        tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encoded.tobytes())
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise CvappsError(f"cannot write {p}: {e.strerror or e}") from None
+    # The one write primitive: a hidden temp file (folder sources never pick it up) made inside
+    # OUT through no link, renamed into place; a failed write is one OutputError line.
+    write_bytes(p, encoded.tobytes())

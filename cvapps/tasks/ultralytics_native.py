@@ -46,6 +46,7 @@ from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import ConfigError, CvappsError, DataError
 from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 from cvapps.heads.yolo import yolo_nms
+from cvapps.io.safe_write import check_tree, copy_file, ensure_dir, fresh_dir, open_dir
 from cvapps.structures import Detections
 from cvapps.tasks.detection_common import DetectionTask
 from cvapps.tasks.ultralytics_files import YAML_SUFFIXES, load_native, refusal, trusted
@@ -53,6 +54,7 @@ from cvapps.tasks.ultralytics_files import YAML_SUFFIXES, load_native, refusal, 
 # --- config ---------------------------------------------------------------------------------------
 # Key of the mirrored data.yaml naming the user's dataset (ultralytics ignores it).
 SOURCE_KEY = "cvapps_source"
+TRAINER_DIR = "ultralytics"  # OUT/<this>: the folder ultralytics' trainer writes (weights/, results.csv)
 
 
 def trained_on(train_args: dict[str, Any]) -> str | None:
@@ -114,9 +116,11 @@ def native_detector(spec: str | os.PathLike, fuse: bool = True, trust: bool = Fa
     """(model in eval mode, class names, the model's training image size, its checkpoint dict)
     for an ultralytics model file or YAML; ``.pt`` files are read without running code."""
     net, ckpt = load_native(spec, trust)
-    task = guess_model_task(net)
+    task = getattr(net, "task", None) if isinstance(getattr(net, "task", None), str) else guess_model_task(net)
     if task not in ("detect", "segment"):
-        raise CvappsError(f"{spec} is an ultralytics {task!r} model; cvapps detect runs detect and segment models")
+        what = f"an ultralytics {task} model" if isinstance(task, str) and task else \
+            f"a {type(net).__name__} whose ultralytics task cannot be told (not a detect or segment model)"
+        raise CvappsError(f"{spec} is {what}; cvapps runs ultralytics detect and segment models only")
     if fuse and hasattr(net, "fuse"):
         net = net.fuse(verbose=False)  # conv+BN folding, as ultralytics' own predictor does
     net.eval()
@@ -182,16 +186,20 @@ class UltralyticsTask(DetectionTask):
         """Train ``cfg.model.model`` with ultralytics' trainer on ``cfg.data.root`` (COCO or YOLO
         layout); returns (best map50, history rows). ``OUT/best.pt``/``last.pt`` are ultralytics files."""
         out = Path(cfg.out).resolve()
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out)
+        # ultralytics' trainer writes its own way (following links): it gets OUT/ultralytics, a folder
+        # made fresh for each run (checked when resumed), and nothing may have escaped it afterwards
+        run_dir = out / TRAINER_DIR
         tc = cfg.train
         # The model first: a file that must be refused is refused before any work.
         resume = False
         if tc.resume:
-            last = out / "weights" / "last.pt"
+            last = run_dir / "weights" / "last.pt"
             if not last.is_file():
                 raise CvappsError(f"train.resume=true but {last} does not exist; train once without resume first")
             if not trusted(trust):  # ultralytics' resume unpickles last.pt in full
                 raise refusal(last, "train.resume refused: ultralytics resumes by unpickling the whole file")
+            check_tree(run_dir)
             yolo, resume = YOLO(str(last)), True
         else:
             yolo = trainable_model(cfg.model.model, out, trust)
@@ -203,7 +211,7 @@ class UltralyticsTask(DetectionTask):
             device=ultralytics_device(device), workers=cfg.data.workers, seed=tc.seed,
             optimizer={"adamw": "AdamW", "sgd": "SGD"}[tc.optimizer], lr0=tc.lr, momentum=tc.momentum,
             weight_decay=tc.weight_decay, cos_lr=tc.scheduler == "cosine", amp=tc.amp,
-            project=str(out.parent), name=out.name, exist_ok=True, verbose=progress,
+            project=str(out), name=TRAINER_DIR, exist_ok=True, verbose=progress,
             plots=False,  # plots need a font download on first use; offline it would stall
         )
         if cfg.model.freeze:
@@ -211,15 +219,21 @@ class UltralyticsTask(DetectionTask):
         args.update(cfg.model.trainer_args)
         if resume:
             args = {"resume": True}
+        else:
+            fresh_dir(run_dir)
         log(f"ultralytics: training {cfg.model.model} on {cfg.data.root} (mirrored as YOLO txt in {data_yaml.parent})")
         try:
             yolo.train(**args)
         except (SyntaxError, TypeError, KeyError) as exc:  # ultralytics' own check of unknown arguments
             raise ConfigError(f"config error: model.trainer_args: {exc}") from None
-        history = read_results_csv(out / "results.csv")
+        save_dir = getattr(getattr(yolo, "trainer", None), "save_dir", run_dir)
+        if Path(save_dir).resolve() != run_dir:
+            raise CvappsError(f"ultralytics wrote to {save_dir}, not {run_dir}: its outputs are not used")
+        check_tree(run_dir)
+        history = read_results_csv(run_dir / "results.csv")
         best_metric = max((row.get("val/map50", float("-inf")) for row in history), default=float("nan"))
         for name in ("best.pt", "last.pt"):
-            src = out / "weights" / name
+            src = run_dir / "weights" / name
             if src.is_file():
                 atomic_write(out / name, lambda tmp, s=src: shutil.copyfile(s, tmp))
         log(f"done: best map50 {best_metric:.4f}; ultralytics checkpoints in {out} "
@@ -292,24 +306,21 @@ def mirror_as_yolo(root: str | os.PathLike, dest: Path, names: list[str] | None 
     if "train" not in splits:
         raise DataError(f"{root}: no train split (expected annotations/train.json or labels/train/ + data.yaml)")
     class_names: list[str] | None = names
+    fresh_dir(dest)  # ours (inside the run folder): rebuilt, label caches too, so it matches the data now
     for split in splits:
         data = load_detection_split(root, split, class_names=class_names)
         class_names = class_names or data.class_names
         img_dir, lbl_dir = dest / "images" / split, dest / "labels" / split
-        for d in (img_dir, lbl_dir):
-            if d.exists():
-                shutil.rmtree(d)  # ours (inside the run folder): rebuilt so it matches the data now
-            d.mkdir(parents=True)
         used: set[str] = set()
-        for i, rec in enumerate(data.records):
-            stem = rec.path.stem if rec.path.stem not in used else f"{rec.path.stem}_{i}"
-            used.add(stem)
-            link = img_dir / f"{stem}{rec.path.suffix}"
-            try:
-                link.symlink_to(rec.path.resolve())
-            except OSError:
-                shutil.copyfile(rec.path, link)
-            write_yolo_labels(lbl_dir / f"{stem}.txt", rec.boxes, rec.labels.tolist(), rec.width, rec.height)
+        with open_dir(img_dir) as img_fd:  # the links are made in the folder reached the safe way
+            for i, rec in enumerate(data.records):
+                stem = rec.path.stem if rec.path.stem not in used else f"{rec.path.stem}_{i}"
+                used.add(stem)
+                try:
+                    os.symlink(rec.path.resolve(), f"{stem}{rec.path.suffix}", dir_fd=img_fd)
+                except OSError:
+                    copy_file(rec.path, img_dir / f"{stem}{rec.path.suffix}")
+                write_yolo_labels(lbl_dir / f"{stem}.txt", rec.boxes, rec.labels.tolist(), rec.width, rec.height)
     val = "val" if "val" in splits else "train"
     if val == "train":
         print(f"note: {root} has no val split; ultralytics validates on the train split", file=sys.stderr)

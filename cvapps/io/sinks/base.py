@@ -14,10 +14,11 @@ or an mp4 without its index. Per-frame images are whole files written as they co
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from cvapps.errors import CvappsError
+from cvapps.io.safe_write import StagedFile, discard_all, stage
 from cvapps.structures import Frame
 
 
@@ -27,18 +28,12 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def temp_path(path: Path) -> Path:
-    """A hidden temporary name in ``path``'s folder (so folder sources never pick it up)."""
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-
-
-def open_temp(path: Path, mode: str = "w") -> tuple[Path, Any]:
-    """Create ``path``'s folder and a temp file for it, with the mode the umask gives (mkstemp would
-    give 0600); returns ``(temp path, open file)``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    return tmp, os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {}))
+def open_temp(path: Path, mode: str = "w", suffix: str = ".tmp") -> tuple[StagedFile, Any]:
+    """A staged temp file for ``path`` (:func:`cvapps.io.safe_write.stage`: made inside OUT through
+    no link, hidden so folder sources never pick it up, with the mode the umask gives); returns
+    ``(staged file, open file)``."""
+    staged = stage(path, suffix)
+    return staged, staged.open(mode)
 
 
 class StagedSink:
@@ -46,38 +41,37 @@ class StagedSink:
     :meth:`prepare` with :meth:`stage_text` / :meth:`stage_file`; ``close()`` alone prepares and commits."""
 
     def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
+        self._staged: list[StagedFile] = []
 
     @property
     def targets(self) -> list[Path]:
         """Final paths of the files this sink would write now (subclasses know them before prepare)."""
-        return [final for _, final in self._staged]
+        return [staged.path for staged in self._staged]
 
     def stage_text(self, path: str | Path, text: str) -> None:
         """Write ``text`` (UTF-8) to a temp file for ``path``, flushed to disk."""
-        path = Path(path)
-        tmp, fh = open_temp(path)
-        self._staged.append((tmp, path))
+        staged, fh = open_temp(Path(path))
+        self._staged.append(staged)
         with fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
 
-    def stage_file(self, tmp: Path, path: str | Path) -> None:
-        """A temp file already written (e.g. a video) that becomes ``path`` on commit."""
-        self._staged.append((Path(tmp), Path(path)))
+    def stage_file(self, staged: StagedFile) -> None:
+        """A temp file already written (e.g. a video) that becomes its final file on commit."""
+        self._staged.append(staged)
 
     def prepare(self) -> None:
         raise NotImplementedError
 
     def commit(self) -> None:
-        for tmp, final in self._staged:
-            os.replace(tmp, final)
+        for staged in self._staged:
+            staged.commit()
         self._staged = []
 
     def discard(self) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
+        discard_all(self._staged)
+        self._staged = []
 
     def close(self) -> None:
         try:
@@ -114,7 +108,7 @@ def close_all(sinks: Sequence[Any], commit: bool = True) -> list[str]:
         for sink in staged:
             try:
                 sink.commit()
-            except OSError as exc:
+            except (OSError, CvappsError) as exc:
                 errors.append(f"{type(sink).__name__}: {_reason(exc)}")
                 sink.discard()
         return errors

@@ -20,6 +20,7 @@ valid UTF-8 are written escaped (:func:`cvapps.formats.names.safe_name`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cvapps.formats.names import frame_file_name, parse_frame_name, safe_name
+from cvapps.io.safe_write import StagedFile, output_error
 from cvapps.io.sinks.base import StagedSink, open_temp
 from cvapps.structures import Classification, Detections, Frame, MultiTaskPrediction, SegmentationMask
 
@@ -82,7 +84,11 @@ class JsonLinesSink(StagedSink):
     def __init__(self, path: str | Path, class_names: Sequence[str], root: str | Path | None = None) -> None:
         super().__init__()
         self.path, self.class_names, self.root = Path(path), list(class_names), root
-        self._tmp, self._fh = open_temp(self.path)
+        # the staged temp file and its open file, made at the first line: inside the run, once OUT is
+        # checked (an OUT refused as an input folder gets no temp file)
+        self._tmp: StagedFile | None = None
+        self._fh: Any = None
+        self._closed = False
         self.lines = 0
         self.events = 0
         self._take_events: Callable[[], list[dict[str, Any]]] | None = None
@@ -126,26 +132,41 @@ class JsonLinesSink(StagedSink):
         self._append(record)
         self.lines += 1
 
+    def _file(self) -> Any:
+        if self._fh is None:
+            self._tmp, self._fh = open_temp(self.path)
+        return self._fh
+
     def _append(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        fh = self._file()
+        try:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+        except OSError as exc:  # a full disk or `ulimit -f`: one line; the run then discards the temp file
+            raise output_error(self.path, exc) from None
 
     @property
     def targets(self) -> list[Path]:
         return [self.path]
 
     def prepare(self) -> None:
-        if not self._fh.closed:
+        if not self._closed:
             self._write_events(None, None)
-            self.stage_file(self._tmp, self.path)
+            fh = self._file()  # a run without frames still writes its (empty) file
+            self._closed = True
+            assert self._tmp is not None
+            self.stage_file(self._tmp)
             try:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
+                fh.flush()
+                os.fsync(fh.fileno())
             finally:
-                self._fh.close()
+                fh.close()
 
     def discard(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        self._closed = True
+        if self._fh is not None and not self._fh.closed:
+            with contextlib.suppress(OSError):  # buffered lines that cannot be flushed are dropped anyway
+                self._fh.close()
         super().discard()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.discard()

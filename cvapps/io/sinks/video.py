@@ -32,7 +32,8 @@ import numpy as np
 from cvapps.errors import CvappsError
 from cvapps.formats.names import parse_frame_name, stream_stem
 from cvapps.io.draw import Draw
-from cvapps.io.sinks.base import StagedSink, temp_path
+from cvapps.io.safe_write import StagedFile, stage
+from cvapps.io.sinks.base import StagedSink
 from cvapps.structures import Frame
 
 DEFAULT_FPS = 25.0  # for sources that do not report a frame rate (image folders, some streams)
@@ -61,13 +62,13 @@ def h264_unavailable() -> str | None:
 class _AvEncoder:
     """H.264/MP4 through PyAV; ``pts`` in ``time_base`` units."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, live: bool) -> None:
+    def __init__(self, path: str, size: tuple[int, int], fps: float, live: bool) -> None:
         import av  # optional; h264_unavailable() checked it
 
         self._av = av
         rate = Fraction(fps).limit_denominator(1001)
         self.time_base = _LIVE_TIME_BASE if live else 1 / rate
-        self.container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
+        self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
         self.stream = self.container.add_stream("libx264", rate=rate, options=dict(H264_OPTIONS))
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
@@ -89,10 +90,10 @@ class _AvEncoder:
 class _CvEncoder:
     """The fallback: OpenCV's mp4v (constant frame rate; timestamps are not kept)."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
-        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    def __init__(self, path: str, size: tuple[int, int], fps: float, shown: Path) -> None:
+        self.writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
-            raise CvappsError(f"cannot write video {path}: OpenCV has no 'mp4v' encoder either")
+            raise CvappsError(f"cannot write video {shown}: OpenCV has no 'mp4v' encoder either")
 
     def write(self, image: np.ndarray, pts: int) -> None:
         self.writer.write(image)
@@ -128,7 +129,7 @@ class VideoWriterSink(StagedSink):
         self.size: tuple[int, int] | None = None
         self.frames = 0
         self._encoder: _AvEncoder | _CvEncoder | None = None
-        self._tmp = temp_path(self.path).with_suffix(self.path.suffix or ".mp4")
+        self._tmp: StagedFile | None = None  # staged at the first frame (no frames: no file)
         self._t_first = 0.0
         self._last_pts = -1
 
@@ -139,7 +140,6 @@ class VideoWriterSink(StagedSink):
             self.live = bool(getattr(source, "is_live", False))
 
     def _open(self, width: int, height: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size = (width, height)
         fps = self.fps or DEFAULT_FPS
         why = h264_unavailable() if self.codec == "h264" else None
@@ -148,13 +148,15 @@ class VideoWriterSink(StagedSink):
             if why not in _warned:  # once per process, not once per camera
                 _warned.append(why)
                 print(f"warning: {why}; writing mp4v video, which web browsers do not play", file=sys.stderr)
+        # the encoders open the staged temp file by its /proc/self/fd path (the suffix picks the container)
+        self._tmp = stage(self.path, suffix=self.path.suffix or ".mp4")
         try:
             if self.codec == "h264":
-                self._encoder = _AvEncoder(self._tmp, self.size, fps, bool(self.live))
+                self._encoder = _AvEncoder(self._tmp.writer_path, self.size, fps, bool(self.live))
             else:
-                self._encoder = _CvEncoder(self._tmp, self.size, fps)
+                self._encoder = _CvEncoder(self._tmp.writer_path, self.size, fps, self.path)
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._tmp.discard()
             raise
 
     def _pts(self, frame: Frame) -> int:
@@ -187,9 +189,10 @@ class VideoWriterSink(StagedSink):
         encoder, self._encoder = self._encoder, None
         if encoder is None:
             return  # no frames: no file (an empty mp4 would not play)
-        self.stage_file(self._tmp, self.path)
+        assert self._tmp is not None
+        self.stage_file(self._tmp)
         encoder.close()  # writes the index; only now is the file playable
-        if not _mp4_complete(self._tmp):
+        if not _mp4_complete(self._tmp.writer_path, self.path.suffix or ".mp4"):
             raise CvappsError(f"{self.path}: the video file was cut short (disk full or a file size limit?)")
 
     def discard(self) -> None:
@@ -200,7 +203,8 @@ class VideoWriterSink(StagedSink):
             except Exception:  # noqa: BLE001 - the file is being thrown away anyway
                 pass
         super().discard()
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.discard()
 
 
 class VideoPerSource(StagedSink):
@@ -258,12 +262,12 @@ class VideoPerSource(StagedSink):
             sink.discard()
 
 
-def _mp4_complete(path: Path) -> bool:
+def _mp4_complete(path: str | Path, suffix: str | None = None) -> bool:
     """True when the MP4/MOV box structure is whole: top-level boxes fill the file exactly and include
-    ``moov`` (the index, written last). Other containers are not checked."""
-    if path.suffix.lower() not in (".mp4", ".mov", ".m4v"):
+    ``moov`` (the index, written last). Other containers (by ``suffix``, default the path's) are not checked."""
+    if (suffix or Path(path).suffix).lower() not in (".mp4", ".mov", ".m4v"):
         return True
-    size, pos, boxes = path.stat().st_size, 0, set()
+    size, pos, boxes = os.stat(path).st_size, 0, set()
     with open(path, "rb") as fh:
         while pos < size:
             fh.seek(pos)
