@@ -31,7 +31,7 @@ import numpy as np
 from cvapps.analytics import TRACK_CONF, Analytics, AnalyticsPredictor, make_analytics
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import LoadedModel, load_model
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import Predictor, check_options
 from cvapps.engine.ray_predict import RayCluster, RayModel, RayReport, predict_files
 from cvapps.engine.train import TrainResult
 from cvapps.engine.train import train as _train
@@ -125,15 +125,18 @@ class Model:
         models, ``presence_conf`` for a multitask model's present classes, ``topk``...).
         Detectors also take ``track`` (``"bytetrack"`` / ``"botsort"``: ``r.track_ids``; ``conf``
         then defaults to 0.1, the tracker's low threshold), ``track_buffer`` (frames, or ``"2s"``),
-        ``count_lines`` ([(x1, y1, x2, y2)] or ``"x1,y1,x2,y2"`` strings) and ``zones`` (polygons):
+        ``count_lines`` ([(x1, y1, x2, y2)] or ``"x1,y1,x2,y2"`` strings) and ``zones`` (polygons
+        [(x, y), ...] or ``"x1,y1,x2,y2,x3,y3,..."`` strings; a single string, line or polygon is one):
         ``r.counts`` (see :mod:`cvapps.analytics`); trackers start afresh on each call.
-        Unreadable files are skipped and reported on stderr, as by the CLI.
+        Unreadable files are skipped and reported on stderr, as by the CLI. Out-of-range options
+        (``conf=nan``, ``iou=5``, ``topk=0``) are one-line CvappsErrors, as the CLI's.
         """
         source_options = {k: options.pop(k) for k in SOURCE_OPTIONS if k in options}
         analytics = make_analytics(self.names, self.task in DETECTION_TASKS,
                                    **{k: options.pop(k) for k in ANALYTICS_OPTIONS if k in options})
         if analytics is not None and analytics.tracker is not None:
             options.setdefault("conf", TRACK_CONF)
+        check_options(options)  # the CLI's check: a bad conf/iou/topk fails here, not mid-stream
         frames = _open_frames(source, source_options)  # opened now: a bad source fails here, not later
         results = self._results(frames, options, analytics)
         return results if stream else list(results)
@@ -152,6 +155,7 @@ class Model:
         Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
         """
         vid_stride = int(options.pop("vid_stride", 1))
+        check_options(options)
         model = RayModel(str(self.path), options, self.loaded.batch, self.loaded.device, self._trust,
                          getattr(self.loaded.task, "part", None))
         return predict_files(model, self.task, self.names, self.category_ids, source, out, save_jsonl=save_jsonl,

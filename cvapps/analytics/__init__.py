@@ -17,7 +17,7 @@ from typing import Any
 
 from cvapps.analytics.counting import Counter, CountsFile, parse_line, parse_zone
 from cvapps.analytics.tracking import DEFAULT_BUFFER, TRACKERS, Tracker, source_key
-from cvapps.errors import CvappsError
+from cvapps.errors import CvappsError, shorten
 from cvapps.structures import Detections, Frame
 
 __all__ = [
@@ -48,11 +48,12 @@ def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: 
 
     track: ``"bytetrack"``, ``"botsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4
     numbers each (they need tracks, so they turn on bytetrack); zones: ``"x1,y1,x2,y2,x3,y3,..."``
-    or [(x, y), ...] each. detector: False refuses any of them (one-line error).
+    or [(x, y), ...] each. One line or zone may also be given alone, not in a list (a string as the
+    CLI takes it, 4 numbers, or a list of (x, y) points). detector: False refuses any of them
+    (one-line error).
     """
-    lines = [parse_line(c) if isinstance(c, str) else parse_line(",".join(map(str, c))) for c in count_lines]
-    polys = [parse_zone(z) if isinstance(z, str) else parse_zone(",".join(str(v) for p in z for v in p))
-             for z in zones]
+    lines = [parse_line(c) for c in _specs(count_lines, "count_lines", _is_line)]
+    polys = [parse_zone(z) for z in _specs(zones, "zones", _is_polygon)]
     if not (track or lines or polys):
         return None
     if not detector:
@@ -61,6 +62,42 @@ def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: 
     tracker = Tracker(str(kind), track_buffer) if kind else None
     counter = Counter(lines, polys, class_names) if (lines or polys) else None
     return Analytics(tracker, counter)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_line(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 4 and all(_is_number(v) for v in value)
+
+
+def _is_polygon(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) >= 3
+            and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in value))
+
+
+def _specs(value: Any, what: str, is_one: Any) -> list[str]:
+    """Each line or zone of ``value`` as the CLI's comma-separated string. A bare string is one
+    spec (iterating it would give characters), as is a single line or polygon not in a list."""
+    if value is None:
+        return []
+    if hasattr(value, "tolist") and not isinstance(value, str):  # a numpy array
+        value = value.tolist()
+    if isinstance(value, str) or is_one(value):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise CvappsError(f"{what}: want a list of comma-separated strings or coordinates, got {shorten(value)}")
+    specs = []
+    for item in value:
+        item = item.tolist() if hasattr(item, "tolist") else item
+        if isinstance(item, str):
+            specs.append(item)
+        elif is_one(item):  # 4 numbers, or (x, y) points: flattened
+            specs.append(",".join(str(v) for v in (item if _is_line(item) else [c for p in item for c in p])))
+        else:
+            raise CvappsError(f"{what}: each entry must be a comma-separated string or coordinates, got {shorten(item)}")
+    return specs
 
 
 class Analytics:

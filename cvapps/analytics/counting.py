@@ -6,7 +6,11 @@
   counts when all four box corners have moved to the other side (supervision's default anchors),
   so a box that only touches the line is not counted. Needs track ids (``--track``).
 * a zone ``x1,y1,x2,y2,x3,y3,...`` (pixels, 3 or more points) counts, per frame, the boxes whose
-  bottom centre lies inside the polygon.
+  bottom centre lies inside the polygon. supervision rasterises a zone into a mask as large as its
+  furthest corner, so each source's zones are clipped to its frame first (the part outside the
+  frame can hold no box): ``0,0,100000,0,100000,100000`` costs a frame-sized mask, not 9 GiB.
+
+Coordinates must be finite and within +-1e6 px (:data:`MAX_COORD`); anything else is a one-line error.
 
 ``Counter.update(frame, detections)`` returns that frame's :class:`~cvapps.structures.Counts`
 (line totals so far, zone occupancy now); :class:`CountsFile` writes the run's totals to
@@ -28,11 +32,16 @@ from typing import Any
 import numpy as np
 
 from cvapps.analytics.tracking import source_key
-from cvapps.errors import CvappsError
+from cvapps.errors import CvappsError, shorten
 from cvapps.io.sinks.base import StagedSink
 from cvapps.structures import Counts, Detections, Frame, LineCount, ZoneCount
 
 INSTALL = 'pip install "cvapps[supervision]"'
+
+
+#: Largest coordinate magnitude accepted (pixels). No frame is a million pixels wide; beyond that a
+#: value is a typo or an attack (1e308 overflows supervision's line geometry).
+MAX_COORD = 1e6
 
 
 def _numbers(spec: str, what: str) -> list[float]:
@@ -41,7 +50,9 @@ def _numbers(spec: str, what: str) -> list[float]:
     except ValueError:
         values = []
     if not values or not all(math.isfinite(v) for v in values):
-        raise CvappsError(f"{what}: want comma-separated pixel coordinates, got {spec!r}")
+        raise CvappsError(f"{what}: want comma-separated pixel coordinates, got {shorten(spec)}")
+    if any(abs(v) > MAX_COORD for v in values):
+        raise CvappsError(f"{what}: coordinates must be within +-{MAX_COORD:.0e} pixels, got {shorten(spec)}")
     return values
 
 
@@ -49,7 +60,7 @@ def parse_line(spec: str) -> tuple[float, float, float, float]:
     """``"10,120,310,120"`` -> (x1, y1, x2, y2); the two ends must differ."""
     v = _numbers(spec, "--count-line")
     if len(v) != 4 or (v[0], v[1]) == (v[2], v[3]):
-        raise CvappsError(f"--count-line: want x1,y1,x2,y2 with two different ends, got {spec!r}")
+        raise CvappsError(f"--count-line: want x1,y1,x2,y2 with two different ends, got {shorten(spec)}")
     return v[0], v[1], v[2], v[3]
 
 
@@ -57,7 +68,7 @@ def parse_zone(spec: str) -> list[tuple[float, float]]:
     """``"0,0,100,0,100,80"`` -> [(0, 0), (100, 0), (100, 80)]: 3 or more (x, y) points."""
     v = _numbers(spec, "--zone")
     if len(v) < 6 or len(v) % 2:
-        raise CvappsError(f"--zone: want x1,y1,x2,y2,x3,y3[,...] (3 or more points), got {spec!r}")
+        raise CvappsError(f"--zone: want x1,y1,x2,y2,x3,y3[,...] (3 or more points), got {shorten(spec)}")
     return list(zip(v[0::2], v[1::2]))
 
 
@@ -70,15 +81,51 @@ def supervision() -> Any:
     return sv
 
 
+def clip_polygon(points: Sequence[tuple[float, float]], width: float, height: float) -> list[tuple[float, float]]:
+    """``points`` clipped to the rectangle [0, width] x [0, height] (Sutherland-Hodgman): the same
+    inside for every point of the frame; fewer than 3 points when the polygon misses the frame."""
+    out = [(float(x), float(y)) for x, y in points]
+    # each edge: (inside test, intersection of segment p-q with the edge's line)
+    edges = ((lambda p: p[0] >= 0, 0, 0.0), (lambda p: p[0] <= width, 0, float(width)),
+             (lambda p: p[1] >= 0, 1, 0.0), (lambda p: p[1] <= height, 1, float(height)))
+    for inside, axis, at in edges:
+        src, out = out, []
+        for i, q in enumerate(src):
+            p = src[i - 1]
+            if inside(q) != inside(p):
+                t = (at - p[axis]) / (q[axis] - p[axis])
+                cut = [p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])]
+                cut[axis] = at
+                out.append((cut[0], cut[1]))
+            if inside(q):
+                out.append(q)
+    return out
+
+
 class _SourceZones:
-    """supervision zones of one source."""
+    """supervision zones of one source. Polygon zones are rebuilt for each new frame size (they
+    hold no state between frames), clipped to the frame; lines keep their crossing state."""
 
     def __init__(self, sv: Any, lines: Sequence[tuple[float, ...]], zones: Sequence[list[tuple[float, float]]]) -> None:
+        self.sv, self.polygons = sv, list(zones)
         self.lines = [sv.LineZone(start=sv.Point(x1, y1), end=sv.Point(x2, y2)) for x1, y1, x2, y2 in lines]
-        self.zones = [sv.PolygonZone(polygon=np.round(np.asarray(z)).astype(int),
-                                     triggering_anchors=(sv.Position.BOTTOM_CENTER,)) for z in zones]
+        self.size: tuple[int, int] | None = None
+        self.zones: list[Any] = []
         self.zone_max = [0] * len(zones)
         self.zone_classes_max: list[dict[str, int]] = [{} for _ in zones]
+
+    def zones_for(self, width: int, height: int) -> list[Any]:
+        """The PolygonZones for frames of this size (None for a zone that misses the frame)."""
+        if self.size != (width, height):
+            self.size, self.zones = (width, height), []
+            for polygon in self.polygons:
+                clipped = np.round(np.asarray(clip_polygon(polygon, width, height))).astype(int).reshape(-1, 2)
+                if len(np.unique(clipped, axis=0)) < 3:  # outside the frame (or a sliver on its edge)
+                    self.zones.append(None)
+                    continue
+                self.zones.append(self.sv.PolygonZone(polygon=clipped,
+                                                      triggering_anchors=(self.sv.Position.BOTTOM_CENTER,)))
+        return self.zones
 
 
 class Counter:
@@ -113,8 +160,9 @@ class Counter:
             if det.track_ids is not None and len(det):
                 line.trigger(sv_det)
             counts.lines.append(self._line_count(points, line))
-        for k, (polygon, zone) in enumerate(zip(self.zones, zs.zones)):
-            inside = zone.trigger(sv_det) if len(det) else np.zeros(0, bool)
+        height, width = frame.image.shape[:2]
+        for k, (polygon, zone) in enumerate(zip(self.zones, zs.zones_for(width, height))):
+            inside = zone.trigger(sv_det) if len(det) and zone is not None else np.zeros(len(det), bool)
             classes: dict[str, int] = {}
             for label in labels[inside].tolist():
                 classes[self._name(label)] = classes.get(self._name(label), 0) + 1

@@ -27,14 +27,14 @@ def add_detect_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_detect_args(args: argparse.Namespace) -> None:
-    """Fill in --conf's default (lower when tracking) and refuse out-of-range box options."""
+    """Fill in --conf's default (lower when tracking) and refuse out-of-range box options (the API's
+    check: :func:`cvapps.engine.predict.check_options`)."""
     from cvapps.analytics import TRACK_CONF
-    from cvapps.errors import CvappsError
+    from cvapps.engine.predict import check_options
 
     if args.conf is None:
         args.conf = TRACK_CONF if (getattr(args, "track", None) or getattr(args, "count_line", None)) else 0.25
-    if not 0 <= args.conf <= 1 or not 0 < args.iou <= 1 or args.max_det < 1:
-        raise CvappsError("--conf must be in [0, 1], --iou in (0, 1] and --max-det >= 1")
+    check_options({"conf": args.conf, "iou": args.iou, "max_det": args.max_det}, cli=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

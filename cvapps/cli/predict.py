@@ -5,7 +5,8 @@ batching, device, stride, shard, live buffering, preview and the generic outputs
 ``add_json_args(parser, results)`` adds ``--save-json`` / ``--coco-gt`` (segment, detect, predict);
 ``common_sinks(args, predictor, draw)`` builds the generic outputs those options ask for and
 ``run_common(args, predictor, sinks, options)`` runs the source with them and prints the timing
-report; ``exit_code(report)`` is 0, or 128 + signal when Ctrl-C/SIGTERM stopped the run early.
+report; ``exit_code(report)`` is 0, 128 + signal when Ctrl-C/SIGTERM stopped the run early, or 1
+when nothing at all was processed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def add_json_args(p: argparse.ArgumentParser, results: str) -> None:
 
 def add_classify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=int, default=3, help="how many best classes to list per image (default 3)")
+
+
+def check_classify_args(args: argparse.Namespace) -> None:
+    """--topk >= 1 (the API's check: :func:`cvapps.engine.predict.check_options`)."""
+    from cvapps.engine.predict import check_options
+
+    check_options({"topk": args.topk}, cli=True)
 
 
 def _source_stem(source: str) -> str:
@@ -224,11 +232,18 @@ def print_written(sinks: list[Any]) -> None:
 
 
 def exit_code(report: Any) -> int:
-    """0 for a complete run; 128 + signal number when a signal stopped it (outputs are still valid)."""
+    """0 for a complete run; 128 + signal number when a signal stopped it (outputs are still valid);
+    1, with one ``error:`` line, when the run processed nothing at all (every input unreadable, or
+    none there): a script must not take an empty run for a successful one."""
     import signal
 
     if report.interrupted:
         return 128 + int(getattr(signal, report.interrupted, signal.SIGINT))
+    if not report.processed:
+        why = (f"all {len(report.skipped)} inputs were skipped (see above)" if report.skipped
+               else "the source gave no frames")
+        print(f"error: nothing was processed: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -244,6 +259,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_classify(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
+    check_classify_args(args)  # bad options fail before the model loads
     return run_classify(args, load(args.model, tasks="classify", device=args.device, batch=args.batch,
                                    trust=args.trust_model))
 
@@ -252,6 +268,7 @@ def run_classify(args: argparse.Namespace, model: Any) -> int:
     """``cvapps classify`` with ``model`` (a :class:`cvapps.api.Model`) already loaded."""
     from cvapps.io.sinks import ClassificationCSV
 
+    check_classify_args(args)
     predictor = model.predictor
     csv_sink = ClassificationCSV(Path(args.out) / "predictions.csv", predictor.class_names, args.topk)
     sinks = [csv_sink, *common_sinks(args, predictor)]

@@ -16,7 +16,7 @@ import argparse
 
 from cvapps.cli.analytics import add_analytics_args
 from cvapps.cli.detect import DETECTION_TASKS, add_detect_args, check_detect_args, run_detect
-from cvapps.cli.predict import add_classify_args, add_common, add_json_args, run_classify
+from cvapps.cli.predict import add_classify_args, add_common, add_json_args, check_classify_args, run_classify
 from cvapps.cli.segment import add_segment_args, check_segment_args, run_segment
 from cvapps.errors import CvappsError
 
@@ -58,6 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     given = [dest for dest, default in args.option_defaults.items() if getattr(args, dest) != default]
     check_segment_args(args)  # bad values fail before the model loads
     check_detect_args(args)
+    check_classify_args(args)
     model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
     wrong = ["--" + dest.replace("_", "-") for dest in given if model.task not in TASK_OPTIONS[dest]]
     if wrong:

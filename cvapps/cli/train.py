@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -50,12 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
-    from cvapps.engine.evaluate import evaluate_checkpoint
+    from cvapps.engine.evaluate import evaluate_checkpoint, metrics_json
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     metrics = evaluate_checkpoint(args.checkpoint, args.overrides, out, trust=args.trust_model,
                                   batch=max(1, args.batch))
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=1))
+    print(metrics_json(metrics))  # valid JSON: an undefined metric is null, not NaN
     return 0
 
 

@@ -23,6 +23,7 @@ from cvapps.errors import DataError, ImageReadError
 from cvapps.formats.coco import read_coco_json, rle_to_mask
 from cvapps.formats.coco_checks import load_coco_split, read_categories
 from cvapps.formats.masks import check_mask, read_mask
+from cvapps.formats.names import check_class_names
 from cvapps.formats.report import CheckReport
 from cvapps.io.images import IMAGE_EXTENSIONS, image_size, read_image
 
@@ -37,6 +38,7 @@ class SegSample:
     width: int = 0
     # (class index, COCO segmentation, iscrowd) for COCO-annotated samples
     anns: list[tuple[int, Any, int]] = field(default_factory=list)
+    labelled: bool = True  # its mask has an object pixel (not only background / ignore)
 
 
 @dataclass
@@ -106,13 +108,17 @@ def _coco_categories(path: Path) -> tuple[list[str], list[int]]:
     return [str(cats[i]) for i in ids], ids
 
 
-def class_names_for(root: Path, names: list[str] | None) -> tuple[list[str], list[int]]:
+def class_names_for(root: Path, names: list[str] | None, split: str = "train") -> tuple[list[str], list[int]]:
     """Class names (background first) and the COCO category id of each class index.
 
-    ``data.names`` wins; otherwise the categories of ``annotations/train.json``. Category ids
-    default to the class index (mask value) when there is no COCO file.
+    ``data.names`` (or a checkpoint's classes, for ``cvapps val``) must then be the categories of
+    ``annotations/<split>.json`` (else ``train.json``) after the background, as detection requires
+    of its data (same message): a model is never scored against classes it does not know. Without
+    ``data.names`` the categories are the classes. Category ids default to the class index (mask
+    value) when there is no COCO file. Names must be single-line printable text.
     """
-    ann = root / "annotations" / "train.json"
+    ann = root / "annotations" / f"{split}.json"
+    ann = ann if ann.is_file() else root / "annotations" / "train.json"
     cat_names, cat_ids = ([], [])
     if ann.is_file():
         cat_names, cat_ids = _coco_categories(ann)
@@ -120,16 +126,21 @@ def class_names_for(root: Path, names: list[str] | None) -> tuple[list[str], lis
         if cat_ids and len(cat_ids) + 1 != len(names):
             raise DataError(f"data.names has {len(names)} classes but {ann} has {len(cat_ids)} categories "
                             "plus background")
-        return list(names), [0] + cat_ids if cat_ids else list(range(len(names)))
+        if cat_names and list(names[1:]) != cat_names:  # the detection datasets' rule (coco_checks)
+            raise DataError(f"{ann}: categories {cat_names} differ from data.names {list(names[1:])} "
+                            "(after the background)")
+        return check_class_names(names, str(ann) if cat_ids else ""), [0] + cat_ids if cat_ids else list(range(len(names)))
     if not cat_names:
         raise DataError(f"{root}: no class names: set data.names (background first, e.g. "
                         "[background, cat, dog]) or provide annotations/train.json with categories")
-    return ["background"] + cat_names, [0] + cat_ids
+    return check_class_names(["background"] + cat_names, str(ann)), [0] + cat_ids
 
 
 def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int],
-               skipped: list[tuple[str, str]]) -> list[SegSample]:
-    """Samples of one split; bad masks are appended to ``skipped`` as (path, reason) and left out."""
+               skipped: list[tuple[str, str]], class_names: list[str] | None = None) -> list[SegSample]:
+    """Samples of one split; bad masks are appended to ``skipped`` as (path, reason) and left out.
+    class_names (background first): a COCO split's categories must be these (as for detection).
+    Each sample's ``labelled`` says whether its mask has any object pixel."""
     images_dir, masks_dir, ann = root / "images" / split, root / "masks" / split, root / "annotations" / f"{split}.json"
     if not images_dir.is_dir():
         raise DataError(f"segmentation images not found: {images_dir} (expected ROOT/images/<split>/*)")
@@ -142,28 +153,30 @@ def scan_split(root: Path, split: str, num_classes: int, category_ids: list[int]
                 continue
             try:
                 w, h = image_size(img)
-                reason = check_mask(read_mask(mask_path), (h, w), num_classes)
+                mask = read_mask(mask_path)
+                reason = check_mask(mask, (h, w), num_classes)
             except ImageReadError as exc:
                 skipped.append((exc.path, exc.reason))
                 continue
             if reason:
                 skipped.append((str(mask_path), reason))
                 continue
-            samples.append(SegSample(str(img), str(mask_path)))
+            labelled = bool(((mask > 0) & (mask != IGNORE_INDEX)).any())
+            samples.append(SegSample(str(img), str(mask_path), labelled=labelled))
     elif ann.is_file():
-        samples = _coco_samples(root, split, category_ids, skipped)
+        samples = _coco_samples(root, split, category_ids, skipped, class_names)
     else:
         raise DataError(f"no masks for {images_dir}: expected {masks_dir}/<stem>.png or {ann}")
     return samples
 
 
 def _coco_samples(root: Path, split: str, category_ids: list[int],
-                  skipped: list[tuple[str, str]]) -> list[SegSample]:
+                  skipped: list[tuple[str, str]], class_names: list[str] | None = None) -> list[SegSample]:
     """Samples of a COCO-annotated split: the data-check rules drop bad entries (each reported in
     ``skipped`` against the annotation file); an image whose file differs in size from its entry,
     or with an object of a category that is not a class, is skipped."""
     ann = root / "annotations" / f"{split}.json"
-    checked = load_coco_split(root, split, segments=True)
+    checked = load_coco_split(root, split, segments=True, class_names=list(class_names[1:]) if class_names else None)
     skipped += [(str(ann), problem) for problem in checked.report.problems]
     index_of = {cid: i for i, cid in enumerate(category_ids) if i > 0}
     samples: list[SegSample] = []
@@ -180,6 +193,7 @@ def _coco_samples(root: Path, split: str, category_ids: list[int],
         if bad:
             skipped.append((str(rec.path), bad))
             continue
-        samples.append(SegSample(str(rec.path), None, rec.height, rec.width,
-                                 [(index_of[cid], segm, crowd) for cid, segm, crowd in rec.segments]))
+        anns = [(index_of[cid], segm, crowd) for cid, segm, crowd in rec.segments]
+        samples.append(SegSample(str(rec.path), None, rec.height, rec.width, anns,
+                                 labelled=any(not crowd for _, _, crowd in anns)))
     return samples

@@ -10,6 +10,7 @@ outside COCOeval of ``cvapps detect --save-json`` score the very same boxes.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +23,7 @@ from cvapps.engine.device import resolve_device
 from cvapps.engine.load import load_model
 from cvapps.engine.predict import Predictor
 from cvapps.errors import DataError, ImageReadError
+from cvapps.io.guard import protected
 from cvapps.structures import Frame
 from cvapps.tasks.base import DatasetSplits, Task
 
@@ -77,11 +79,21 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, ou
     batch: images per forward pass, as ``--batch`` of the predict commands (same default, so the
     same images share a forward pass and the numbers match ``cvapps detect`` bit for bit)."""
     loaded = load_model(path, trust=trust, overrides=overrides)
-    cfg, task = loaded.config, loaded.task
+    cfg = loaded.config
     if cfg is None:
         raise DataError(f"{path}: holds no dataset config; give data.root=DIR")
     if cfg.data.names is None:  # the checkpoint's classes, mapped by name onto the dataset's
         cfg.data.names = list(loaded.class_names)
+    if out_dir is None:
+        return _evaluate_loaded(loaded, cfg, None, batch)
+    # out_dir: an output root (files written inside it through no link) that may not lie in the dataset
+    # (plots among the images would be read back as data); the model itself is never replaced
+    with protected(out_dir, folders=[cfg.data.root], others=[path], option="--out "):
+        return _evaluate_loaded(loaded, cfg, Path(out_dir), batch)
+
+
+def _evaluate_loaded(loaded: Any, cfg: Any, out_dir: Path | None, batch: int) -> dict[str, float]:
+    task = loaded.task
     splits = task.build_datasets(cfg, val_only=True)
     if list(splits.class_names) != list(loaded.class_names):
         raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {loaded.class_names}")
@@ -89,5 +101,17 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, ou
     metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device, batch=batch,
                        out_dir=out_dir, category_ids=loaded.category_ids)
     if out_dir is not None:
-        atomic_write_text(Path(out_dir) / "val_metrics.json", json.dumps(metrics, indent=1))
+        atomic_write_text(Path(out_dir) / "val_metrics.json", metrics_json(metrics, digits=None))
     return metrics
+
+
+def metrics_json(metrics: dict[str, float], digits: int | None = 4) -> str:
+    """``metrics`` as JSON text (rounded to ``digits``): an undefined metric (NaN, e.g. the IoU of
+    a class in neither the ground truth nor the predictions) is ``null``, never a bare ``NaN``,
+    which is not JSON. ``cvapps val`` prints this and writes it to ``val_metrics.json``."""
+    def value(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return round(v, digits) if digits is not None and isinstance(v, float) else v
+
+    return json.dumps({k: value(v) for k, v in metrics.items()}, indent=1, allow_nan=False)

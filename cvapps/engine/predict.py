@@ -11,11 +11,15 @@ read back as ``predictor.memory_format``, which the benchmarks use so they compa
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +27,39 @@ from torch import nn
 
 from cvapps.engine.device import choose_memory_format, images_to_device, resolve_device
 from cvapps.engine.inference_form import inference_form
+from cvapps.errors import CvappsError, shorten
+from cvapps.formats.names import check_class_names
 from cvapps.structures import Frame
 from cvapps.tasks.base import Task
 from cvapps.threads import QUEUE_BYTES, Producer
+
+# option -> (lowest, highest, lowest allowed itself); conf, iou, presence_conf are fractions, the others counts.
+_FRACTIONS = {"conf": (0.0, 1.0, True), "presence_conf": (0.0, 1.0, True), "iou": (0.0, 1.0, False)}
+_COUNTS = ("max_det", "topk")
+
+
+def check_options(options: Mapping[str, Any], cli: bool = False) -> None:
+    """The one check of the postprocess options (``conf``, ``iou``, ``presence_conf``, ``max_det``,
+    ``topk``), for the CLI (``cli``: name them ``--conf``...) and the API alike: an out-of-range,
+    NaN or non-numeric value is a one-line CvappsError. None (the task's default) and options of
+    other names pass."""
+    for name, value in options.items():
+        if value is None or (name not in _FRACTIONS and name not in _COUNTS):
+            continue
+        shown = f"--{name.replace('_', '-')}" if cli else name
+        if name in _COUNTS:
+            try:
+                ok = not isinstance(value, bool) and operator.index(value) >= 1
+            except TypeError:
+                ok = False
+            if not ok:
+                raise CvappsError(f"{shown} must be an integer >= 1, got {shorten(value)}")
+            continue
+        low, high, closed = _FRACTIONS[name]
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+        if not (math.isfinite(number) and (low <= number if closed else low < number) and number <= high):
+            span = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g}]"
+            raise CvappsError(f"{shown} must be a number in {span}, got {shorten(value)}")
 
 
 @dataclass
@@ -52,7 +86,8 @@ class Predictor:
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
                  category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True,
                  fuse: bool | None = None) -> None:
-        self.task, self.class_names = task, list(class_names)
+        # names reach line-based files (tracks/labels.txt, CSV rows): one place refuses unsafe ones
+        self.task, self.class_names = task, check_class_names(class_names)
         self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
         self.imgsz = int(preprocessing["imgsz"])
@@ -147,7 +182,9 @@ class Predictor:
 
         Reading and preprocessing run one batch ahead in a prefetch thread (``prefetch`` batches
         queued), so decode/letterbox overlap the forward pass; errors there are re-raised here.
+        Out-of-range options are a one-line CvappsError (:func:`check_options`).
         """
+        check_options(options)
         if self.prefetch <= 0:
             yield from self._predict_inline(frames, options)
             return

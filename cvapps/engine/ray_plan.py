@@ -1,4 +1,5 @@
-"""The planning step of :mod:`cvapps.engine.ray_predict`, on the driver: a source -> its items of work.
+"""The planning step of :mod:`cvapps.engine.ray_predict`, on the driver: a source -> its items of work,
+and a check that a cluster address answers as Ray before Ray is asked to join it.
 
 An item is an image file or a range of a video's frames; its key is what the manifest records, so a
 resumed run skips exactly the items that are done.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import cv2
 
 from cvapps.errors import CvappsError
 from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from cvapps.io.sources import is_url
+from cvapps.io.sources import is_streams_file, is_url
 from cvapps.io.sources.files import expand_paths, glob_images, iter_image_files, txt_lines
 
 
@@ -58,7 +61,7 @@ def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str
     else:
         text = os.fspath(source).strip()
         local = os.path.expanduser(text)
-        if is_url(text) or (text.isdigit() and not os.path.exists(local)):
+        if is_url(text) or (text.isdigit() and not os.path.exists(local)) or is_streams_file(local):
             raise CvappsError(f"--ray reads files (folders, globs, lists, videos), not live streams: {text}")
         if os.path.isdir(local):
             paths = iter_image_files(local, skip)
@@ -85,3 +88,71 @@ def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str
     if not items and not skipped:
         raise CvappsError(f"no images or videos in {source}")
     return items, skipped
+
+
+# -- the cluster address -----------------------------------------------------------------------
+
+PROBE_S = 5.0  # seconds for the TCP connect, and again for the server's first bytes
+# HTTP/2 client preface + an empty SETTINGS frame: a gRPC server (Ray's GCS and its client server
+# both are) answers with a SETTINGS frame (type 4) of its own.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def parse_ray_address(address: str) -> tuple[str, int]:
+    """``ray://HOST[:PORT]`` (Ray client, default port 10001) or ``HOST[:PORT]`` (a head node's GCS,
+    default 6379) -> (host, port); anything else is a one-line CvappsError."""
+    text = address.strip()
+    usage = f"--ray: want 'auto', HOST:PORT or ray://HOST[:PORT], got {text!r}"
+    default = 6379
+    if text.startswith("ray://"):
+        text, default = text[len("ray://"):], 10001
+    if "://" in text or "/" in text.rstrip("/") or not text:
+        raise CvappsError(usage)
+    text = text.rstrip("/")
+    m = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?|(?P<host>[^:\[\]]+)(?::(?P<port>\d+))?", text)
+    if m is None:
+        raise CvappsError(usage)
+    host = m["v6"] or m["host"]
+    port = int(m["p6"] or m["port"] or default)
+    if not 0 < port < 65536:
+        raise CvappsError(f"--ray: port {port} is out of range 1..65535")
+    return host, port
+
+
+def check_ray_address(address: str | None, timeout: float = PROBE_S) -> None:
+    """Before ``ray.init(address=...)``, which waits minutes on a closed port and fails with a long
+    traceback on a server that is not Ray: the address must accept a TCP connection and answer as an
+    HTTP/2 (gRPC) server, within ``timeout`` seconds each. None / "local" / "auto" are left to Ray
+    (its own lookup), and so is the answer check when Ray uses TLS (``RAY_USE_TLS``)."""
+    if address is None or address.strip() in ("", "local", "auto"):
+        return
+    host, port = parse_ray_address(address)
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        raise CvappsError(f"--ray: cannot resolve the host of {address!r}") from None
+    except TimeoutError:
+        raise CvappsError(f"--ray: no answer from {where} within {timeout:g} s (is the Ray head running "
+                          "and the port open?)") from None
+    except OSError as exc:
+        raise CvappsError(f"--ray: cannot connect to {where}: {exc.strerror or exc} (is a Ray head "
+                          "running there?)") from None
+    with sock:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        head = b""
+        deadline = time.monotonic() + timeout  # one bound for the whole answer, however it trickles in
+        try:
+            sock.sendall(_H2_PREFACE)
+            while len(head) < 9 and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:
+            pass
+    if len(head) < 9 or head[3] != 0x04:
+        raise CvappsError(f"--ray: {where} answers, but not as a Ray cluster (no gRPC server there); "
+                          "give the head node's address (ray://HOST:10001 or HOST:6379)")

@@ -36,12 +36,14 @@ from tqdm import tqdm
 
 from cvapps.engine.device import progress_interval
 from cvapps.engine.manifest import Manifest, decode_prediction
-from cvapps.engine.ray_plan import Item, plan_items
+from cvapps.engine.manifest_check import RecordCheck, classes_of
+from cvapps.engine.ray_plan import Item, check_ray_address, plan_items
 from cvapps.engine.ray_read import decode_items, item_rows
 from cvapps.engine.ray_workers import PredictActor
 from cvapps.engine.runner import RunReport
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
+from cvapps.io.guard import output_root
 from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
                               VideoWriterSink, close_all)
 from cvapps.structures import Frame
@@ -117,7 +119,11 @@ def _connect(ray: Any, address: str | None, actors: int, num_cpus: int | None) -
         cpus = num_cpus or max(os.cpu_count() or 1, actors + 1)  # a free CPU for the read tasks
         ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
     else:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:  # Ray's own, many lines
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise CvappsError(f"--ray: cannot join the Ray cluster at {address}: {lines[0][:200]}") from None
     return True
 
 
@@ -262,6 +268,8 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
     if cluster.actors < 1 or model.batch < 1 or chunk < 1 or vid_stride < 1:
         raise CvappsError("--ray-actors, --batch, the video chunk and --vid-stride must be >= 1")
     ray = import_ray()
+    if not ray.is_initialized():  # a wrong address fails here in seconds, before anything is written
+        check_ray_address(cluster.address)
     report = RayReport()
     t0 = time.perf_counter()
     items, report.skipped = plan_items(source, chunk)
@@ -270,9 +278,13 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
            "model": model_id, "options": dict(model.options), "vid_stride": vid_stride, "chunk": chunk}
     if model.part:  # a multitask model's boxes or masks only: not the same run as the whole model's
         run["part"] = model.part
+    root = output_root(out)  # the manifest and every output: written inside OUT, through no link
+    root.__enter__()
     committed = False
     try:
-        with Manifest(Path(out) / MANIFEST, run) as manifest, _SigtermToInterrupt():
+        # stored records are checked against their items before use (a bad one is predicted again)
+        check = RecordCheck(items, classes_of(list(sinks)))
+        with Manifest(Path(out) / MANIFEST, run, check) as manifest, _SigtermToInterrupt():
             todo = [it for it in items if it.key not in manifest.done]
             if manifest.resumed and progress:
                 print(f"resuming: {len(items) - len(todo)} of {len(items)} items already done "
@@ -294,7 +306,10 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
                 _replay(items, manifest, sinks, report)
         committed = report.interrupted is None
     finally:
-        errors = close_all(sinks, commit=committed)
+        try:
+            errors = close_all(sinks, commit=committed)
+        finally:
+            root.__exit__(None, None, None)
         report.wall_s = time.perf_counter() - t0
     if errors and committed:  # (an interrupted run discards its staged files on purpose)
         raise CvappsError(errors[-1])

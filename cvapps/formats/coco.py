@@ -18,6 +18,8 @@ One rule for each of these, used by every writer:
   and an empty mask, which loads as a bbox or a segm result and cannot change any AP;
 * image ids (:class:`ImageIndex`): with a ground-truth file (``--coco-gt``) its ids, matched by
   ``file_name``; otherwise 1..N in the order images/frames are written.
+* file names that are not valid UTF-8: kept reversibly as ``\\udcXX`` JSON escapes of their
+  undecodable bytes (:data:`FILE_NAME_RULE`), never the lossy ``\\xff`` text of other outputs.
 * video frames and tracks (:class:`VideoIndex`): the layout of TAO and mmtracking's ``CocoVID``
   video datasets: a top-level
   ``videos`` list ``{"id", "name", "width", "height"}``, each frame's image entry carries
@@ -89,9 +91,19 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: How a file name that is not valid UTF-8 is written in COCO files, reversibly: Python reads such a
+#: name as a str holding each undecodable byte 0xXY as the lone surrogate U+DCXY
+#: (``errors="surrogateescape"``), and the JSON text (ASCII, ``ensure_ascii``) holds it as the
+#: escape ``\udcXY``. ``os.fsencode(json.load(f)["images"][0]["file_name"])`` gives the file's bytes
+#: back (pycocotools reads the same str). Strict parsers that refuse lone-surrogate escapes
+#: (RFC 8259 leaves them undefined) see the escape text; valid UTF-8 names are written as they are.
+FILE_NAME_RULE = "undecodable file-name bytes 0xXY are written as the JSON escape \\udcXY (surrogateescape)"
+
+
 def dumps(obj: Any) -> str:
-    """JSON text of an output file (NaN/Infinity refused: they are not JSON)."""
-    return json.dumps(obj, allow_nan=False)
+    """JSON text of an output file (NaN/Infinity refused: they are not JSON); ASCII, so a file name's
+    undecodable bytes are ``\\udcXX`` escapes (:data:`FILE_NAME_RULE`)."""
+    return json.dumps(obj, allow_nan=False, ensure_ascii=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,10 +264,12 @@ class ImageIndex:
         self._by_source: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
     def file_name(self, source: str) -> str:
+        """``file_name`` of ``source``; undecodable file-name bytes stay lone surrogates, which
+        :func:`dumps` writes as ``\\udcXX`` escapes (see :data:`FILE_NAME_RULE`)."""
         if self.image_dir is not None and parse_frame_name(source) is not None:
             rel = output_relpath(source, self.root, self.image_ext)
-            return safe_name((PurePosixPath(self.image_dir) / rel).as_posix())
-        return frame_file_name(source, self.root)
+            return (PurePosixPath(self.image_dir) / rel).as_posix()
+        return frame_file_name(source, self.root, escape=False)
 
     def lookup(self, source: str, width: int, height: int, **extra: Any) -> dict[str, Any] | None:
         """The ``images`` entry of ``source`` (created on first sight), or None if not in ``gt``."""
@@ -299,7 +313,7 @@ class VideoIndex:
         if video not in self._ids:
             self._ids[video] = len(self.videos) + 1
             name = video if "://" in video else PurePosixPath(_posix(video)).name
-            self.videos.append({"id": self._ids[video], "name": safe_name(name), "width": int(width),
+            self.videos.append({"id": self._ids[video], "name": name, "width": int(width),
                                 "height": int(height)})
         return {"video_id": self._ids[video], "frame_id": int(index)}
 

@@ -9,15 +9,21 @@
   :func:`stream_stem`) (:func:`output_relpath`).
 * A name that is not valid UTF-8 (a file name of undecodable bytes, held by Python as lone
   surrogates) is written with those bytes backslash-escaped (``bad\\xffname.png``) so text writers
-  never fail on it (:func:`safe_name`).
+  never fail on it (:func:`safe_name`); COCO files keep it reversibly instead (see
+  :mod:`cvapps.io.sinks.coco`).
+* A class name must be single-line printable text (:func:`check_class_names`): one name per line
+  (``tracks/labels.txt``, CVAT and YOLO name lists) and one per CSV cell only stay aligned then.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
+
+from cvapps.errors import DataError, shorten
 
 FRAME_TAG = "#frame="
 _FRAME = re.compile(r"^(?P<video>.*)#frame=(?P<index>\d+)$", re.DOTALL)
@@ -47,6 +53,28 @@ def _has_surrogates(text: str) -> bool:
         return True
 
 
+# Control characters (C0, DEL, C1 incl. NEL), Unicode line/paragraph separators and lone surrogates
+# (undecodable bytes): each would split a line, or not encode, in a file of one name per line.
+_UNSAFE_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def check_class_names(names: Iterable[object], where: str = "") -> list[str]:
+    """``names`` as a list, once each is known to be a non-empty, single-line printable string;
+    anything else is a one-line DataError naming the class (``where``: the file it came from)."""
+    out = list(names)
+    for i, name in enumerate(out):
+        bad = None
+        if not isinstance(name, str) or not name.strip():
+            bad = "is not a non-empty string"
+        elif (m := _UNSAFE_IN_NAME.search(name)) is not None:
+            bad = f"holds the character {m.group()!r}"
+        if bad:
+            prefix = f"{where}: " if where else ""
+            raise DataError(f"{prefix}class name {i} {shorten(name)} {bad}: class names must be single-line "
+                            "printable text")
+    return out
+
+
 def stream_stem(name: str) -> str:
     """A file-name stem for a stream or camera name, for its output files (one video per stream):
     ``rtsp://user:***@cam1:554/live`` -> ``cam1_554_live`` (never the user name or password),
@@ -71,16 +99,19 @@ def _under(path: str, root: str | Path | None) -> PurePosixPath | None:
     return None if rel.parts[:1] == ("..",) else PurePosixPath(rel.as_posix())
 
 
-def frame_file_name(source: str, root: str | Path | None = None) -> str:
+def frame_file_name(source: str, root: str | Path | None = None, escape: bool = True) -> str:
     """The name a frame has in JSON outputs when no image of it is written: a video file's frame
     ``clip.mp4#frame=000123``, a stream frame its URL with the tag, an image under ``root`` its
-    path relative to ``root``, any other image its file name."""
+    path relative to ``root``, any other image its file name. escape: undecodable bytes as
+    :func:`safe_name` writes them; False keeps them as lone surrogates (COCO's reversible rule)."""
     parsed = parse_frame_name(source)
     if parsed is not None:
         video, index = parsed
-        return safe_name(frame_name(video if "://" in video else Path(video).name, index))
-    rel = _under(source, root)
-    return safe_name(rel.as_posix() if rel is not None else Path(source).name)
+        name = frame_name(video if "://" in video else Path(video).name, index)
+    else:
+        rel = _under(source, root)
+        name = rel.as_posix() if rel is not None else Path(source).name
+    return safe_name(name) if escape else name
 
 
 def output_relpath(source: str, root: str | Path | None = None, ext: str | None = None) -> PurePosixPath:

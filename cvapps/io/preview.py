@@ -9,7 +9,9 @@ Both are sinks (``write(frame, prediction)``, ``close()``) fed by the runner's w
   ``/`` an HTML page, ``/stream.mjpg`` the latest annotated frame as ``multipart/x-mixed-replace``
   MJPEG, ``/snapshot.jpg`` one JPEG, ``/stats.json`` running fps, frames, dropped and the latest
   line/zone counts (shown on the page). The standard
-  library server is enough for a few viewers and adds no dependency.
+  library server is enough for a few viewers and adds no dependency. A connection that sends no
+  request for ``read_timeout`` seconds is closed, and at most ``max_connections`` are served at
+  once (more get a short 503), so idle or stuck clients cannot use up the server's threads.
 """
 
 from __future__ import annotations
@@ -130,16 +132,60 @@ setInterval(poll, 1000); poll();
 """
 
 
+READ_TIMEOUT_S = 10.0  # a client's request (and each later socket read/write) must come within this
+MAX_CONNECTIONS = 32  # connections served at once (viewers, page and stats polls); more get a 503
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n"
+         b"Connection: close\r\nRetry-After: 5\r\n\r\ntoo many viewers, retry\n")
+
+
+class _CappedServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with at most ``max_connections`` handler threads: a connection over the
+    cap is answered 503 and closed at once, without a thread."""
+
+    daemon_threads = True
+    request_queue_size = 64  # listen backlog: a burst of connections is accepted (and capped), not dropped
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, max_connections))
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (none left): the slot must not leak
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MJPEGServer:
     """Serves the latest annotated frame as MJPEG plus running stats over HTTP.
 
     spec: ``[HOST:]PORT`` (port 0 picks a free port; see ``url``). Frames are drawn and JPEG
     encoded only while someone is watching (or at most twice a second otherwise, so a new viewer
     sees a recent frame at once), so an idle preview costs the pipeline almost nothing.
+    read_timeout: seconds a client may stay silent (or not read) before it is dropped;
+    max_connections: connections served at once (see the module doc).
     """
 
-    def __init__(self, spec: str | int, draw: Draw, quality: int = 80, name: str = "") -> None:
+    def __init__(self, spec: str | int, draw: Draw, quality: int = 80, name: str = "", *,
+                 read_timeout: float = READ_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         self.host, port = parse_host_port(spec)
+        self.read_timeout = float(read_timeout)
         self.draw, self.quality, self.name = draw, int(quality), name
         self.frames = 0
         self.viewers = 0
@@ -153,10 +199,9 @@ class MJPEGServer:
         self._last_draw = 0.0
         self._times: list[float] = []
         try:
-            self._httpd = ThreadingHTTPServer((self.host, port), self._handler_class())
+            self._httpd = _CappedServer((self.host, port), self._handler_class(), max_connections)
         except OSError as exc:
             raise CvappsError(f"cannot serve on {self.host}:{port}: {exc.strerror or exc}") from None
-        self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="cvapps-serve", daemon=True)
@@ -227,6 +272,8 @@ class MJPEGServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = server.read_timeout  # StreamRequestHandler sets it on the socket: no idle client forever
+
             def log_message(self, *args: Any) -> None:  # keep the progress bar readable
                 pass
 

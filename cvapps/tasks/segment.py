@@ -114,18 +114,19 @@ class SegmentTask(Task):
         root = Path(cfg.data.root)
         if not root.is_dir():
             raise DataError(f"data.root not found: {root}")
-        names, category_ids = class_names_for(root, cfg.data.names)
+        val_only = val_only and (root / "images" / "val").is_dir()
+        names, category_ids = class_names_for(root, cfg.data.names, "val" if val_only else "train")
         skipped: list[tuple[str, str]] = []
         fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
-        if val_only and (root / "images" / "val").is_dir():
-            val = scan_split(root, "val", len(names), category_ids, skipped)
+        if val_only:
+            val = scan_split(root, "val", len(names), category_ids, skipped, names)
             for path, reason in skipped:
                 print(f"skipped {path}: {reason}", file=sys.stderr)
             return DatasetSplits(None, SegmentationDataset(val, SamplePipeline(**fit)), names,
                                  val_extra=SegmentExtra(category_ids, skipped))
-        train = scan_split(root, "train", len(names), category_ids, skipped)
+        train = scan_split(root, "train", len(names), category_ids, skipped, names)
         if (root / "images" / "val").is_dir():
-            val = scan_split(root, "val", len(names), category_ids, skipped)
+            val = scan_split(root, "val", len(names), category_ids, skipped, names)
         else:
             order = list(range(len(train)))
             random.Random(cfg.train.seed).shuffle(order)
@@ -138,6 +139,10 @@ class SegmentTask(Task):
         if not train:
             raise DataError(f"{root}: no usable training images with masks"
                             + (f" ({len(skipped)} skipped, see above)" if skipped else ""))
+        if not any(s.labelled for s in train):  # as detection refuses 0 boxes: nothing to learn from
+            raise DataError(f"{root}: the train split has no usable annotations (every mask is background or "
+                            f"ignore{f'; {len(skipped)} files skipped, see above' if skipped else ''}); "
+                            f"see the report of `cvapps data check {root}`")
         return DatasetSplits(
             SegmentationDataset(train, SamplePipeline(**fit, augment=build_augment(cfg.augment.train))),
             SegmentationDataset(val, SamplePipeline(**fit)),

@@ -12,6 +12,12 @@
   (bbox results, or segm results with RLE), or the one empty-result placeholder when nothing was
   found (:func:`cvapps.formats.coco.empty_results`).
 
+File names: a name that is not valid UTF-8 (its undecodable bytes held by Python as lone surrogates,
+``errors="surrogateescape"``) is written reversibly, each byte 0xXY as the JSON escape ``\\udcXY``
+(the file stays ASCII): ``os.fsencode(json.load(f)["images"][i]["file_name"])`` is the real file's
+name again (:data:`cvapps.formats.coco.FILE_NAME_RULE`). CSV and JSON lines, meant for reading,
+write the lossy ``bad\\xffname.png`` instead.
+
 Categories: ``category_ids[i]`` is the COCO id of class i (default i + 1); a class named
 ``background`` with id 0 (segmentation) gets no category. With ``gt`` (``--coco-gt``) ids follow the
 ground truth: images matched by file_name, categories by name; unmatched frames are left out.

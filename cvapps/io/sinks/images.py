@@ -71,9 +71,26 @@ class MaskImages:
         pass
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(cell: str) -> str:
+    """A text cell a spreadsheet will not run: one starting with ``= + - @``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's CSV-injection rule), unless it is a plain number (``-0.5``
+    is a value, not a formula)."""
+    if not cell.startswith(_FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
+
+
 class ClassificationCSV(StagedSink):
     """``predictions.csv``: path,label,score then label_k,score_k for the top-k (k >= 2). A path that
-    is not valid UTF-8 is written with its bytes escaped (``bad\\xffname.png``)."""
+    is not valid UTF-8 is written with its bytes escaped (``bad\\xffname.png``); text cells (paths,
+    class names) that a spreadsheet would read as a formula are prefixed with ``'`` (:func:`csv_text`)."""
 
     inline = True  # one in-memory row per frame: the runner calls it without a writer thread
 
@@ -85,9 +102,9 @@ class ClassificationCSV(StagedSink):
 
     def write(self, frame: Frame, prediction: Classification) -> None:
         name = self.class_names[prediction.label]
-        row: list[Any] = [safe_name(frame.source), name, f"{prediction.score:.4f}"]
+        row: list[Any] = [csv_text(safe_name(frame.source)), csv_text(name), f"{prediction.score:.4f}"]
         for label, score in prediction.topk[1:self.topk]:
-            row += [self.class_names[label], f"{score:.4f}"]
+            row += [csv_text(self.class_names[label]), f"{score:.4f}"]
         self.rows.append(row)
         self.counts[name] = self.counts.get(name, 0) + 1
 

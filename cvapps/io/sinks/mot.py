@@ -9,13 +9,15 @@ hidden temp files as frames come (memory stays flat) and moved into place on com
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cvapps.formats.mot import MotRow
-from cvapps.formats.names import parse_frame_name
+from cvapps.formats.names import check_class_names, parse_frame_name
+from cvapps.io.safe_write import StagedFile, discard_all, output_error
 from cvapps.io.sinks.base import StagedSink, open_temp
 from cvapps.structures import Detections, Frame
 
@@ -27,8 +29,9 @@ class MotTracksSink(StagedSink):
 
     def __init__(self, folder: str | Path, class_names: Sequence[str]) -> None:
         super().__init__()
-        self.folder, self.class_names = Path(folder), list(class_names)
-        self._files: dict[str, tuple[Path, Path, Any]] = {}  # video -> (final path, temp path, file)
+        # one name per line of labels.txt: a name with a newline would shift every later class id
+        self.folder, self.class_names = Path(folder), check_class_names(class_names)
+        self._files: dict[str, tuple[Path, StagedFile, Any]] = {}  # video -> (final path, staged file, file)
 
     def _file(self, video: str) -> Any:
         if video not in self._files:
@@ -47,10 +50,14 @@ class MotTracksSink(StagedSink):
         if parsed is None or not isinstance(prediction, Detections) or prediction.track_ids is None:
             return
         fh = self._file(parsed[0])
-        for (x1, y1, x2, y2), score, label, tid in zip(prediction.boxes.tolist(), prediction.scores.tolist(),
-                                                       prediction.labels.tolist(), prediction.track_ids.tolist()):
-            fh.write(MotRow(frame.index + 1, int(tid), (x1, y1, x2 - x1, y2 - y1), float(score), int(label) + 1).line())
-        fh.flush()
+        try:
+            for (x1, y1, x2, y2), score, label, tid in zip(prediction.boxes.tolist(), prediction.scores.tolist(),
+                                                           prediction.labels.tolist(), prediction.track_ids.tolist()):
+                fh.write(MotRow(frame.index + 1, int(tid), (x1, y1, x2 - x1, y2 - y1), float(score),
+                                int(label) + 1).line())
+            fh.flush()
+        except OSError as exc:  # a full disk or `ulimit -f`: one line; the run then discards the temp files
+            raise output_error(self._files[parsed[0]][0], exc) from None
 
     @property
     def targets(self) -> list[Path]:
@@ -62,16 +69,18 @@ class MotTracksSink(StagedSink):
         return self.folder
 
     def prepare(self) -> None:
-        for final, tmp, fh in self._files.values():
+        for _, staged, fh in self._files.values():
             if not fh.closed:
                 fh.close()
-                self.stage_file(tmp, final)
+                self.stage_file(staged)
         if self._files:
             self.stage_text(self.folder / "labels.txt", "".join(f"{n}\n" for n in self.class_names))
 
     def discard(self) -> None:
-        for _, tmp, fh in self._files.values():
+        for _, staged, fh in self._files.values():
             if not fh.closed:
-                fh.close()
-            tmp.unlink(missing_ok=True)
-        super().discard()
+                with contextlib.suppress(OSError):
+                    fh.close()
+        # every temp file first, then the folders made for them (tracks/ holds several)
+        discard_all([staged for _, staged, _ in self._files.values()] + self._staged)
+        self._staged = []

@@ -86,7 +86,8 @@ def open_source(
     comments skipped); a list of paths; a video file (by extension); a webcam index (``0`` or
     ``"0"``); or a URL (anything with ``://``: rtsp, http, udp...), always read as a live stream
     (reconnect, keep-newest, timeouts), even ``http://host/clip.mp4``; or a streams file (a
-    ``.txt`` whose every line is a URL or webcam index): all its streams interleaved
+    ``.txt`` with any URL line, or only webcam indexes; another line in it is a one-line error):
+    all its streams interleaved
     (:class:`~cvapps.io.sources.multi.MultiSource`). ``buffer=None`` means
     keep-newest for live sources; files never drop frames. ``shard``: ``(i, n)`` or ``"i/n"``,
     keep items i, i+n, ... (files, or video frames after ``vid_stride``).

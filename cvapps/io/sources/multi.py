@@ -2,8 +2,10 @@
 
 A *streams file* is a ``.txt`` file with one stream per line: a URL (anything with ``://``) or a
 webcam index, optionally followed by a name (``rtsp://10.0.0.5/live  gate``); blank lines and
-``#`` comments are skipped. :func:`is_streams_file` tells it from a ``.txt`` list of image paths
-(every entry of a streams file is a URL or an index).
+``#`` comments are skipped. :func:`is_streams_file` tells it from a ``.txt`` list of image paths:
+a ``.txt`` with any URL line is a streams file (an image list holds no URLs), as is one whose every
+line is a webcam index; a streams file with a line that is neither is refused in one line naming
+that line (:func:`read_streams_file`), never read as an image list of streams "not found".
 
 :class:`MultiSource` gives each stream its own :class:`~cvapps.io.sources.live.StreamSource` (its
 own reader thread, keep-newest slot, FFmpeg timeouts and reconnect-with-backoff), opened in its
@@ -72,7 +74,8 @@ def _target(text: str) -> str | int | None:
 
 
 def is_streams_file(spec: Any) -> bool:
-    """True when ``spec`` is a ``.txt`` file whose every entry starts with a URL or webcam index."""
+    """True when ``spec`` is a ``.txt`` file with any entry starting with a URL, or whose every entry
+    is a webcam index (see the module doc)."""
     if isinstance(spec, bool) or not isinstance(spec, (str, os.PathLike)):
         return False
     path = Path(os.path.expanduser(os.fspath(spec)))
@@ -82,7 +85,7 @@ def is_streams_file(spec: Any) -> bool:
         firsts = [line.split()[0] for _, line in _entries(path)]
     except (OSError, ValueError):
         return False  # the image-list reader reports an unreadable file
-    return bool(firsts) and all(_target(first) is not None for first in firsts)
+    return any(is_url(first) for first in firsts) or (bool(firsts) and all(_target(f) is not None for f in firsts))
 
 
 def read_streams_file(path: str | os.PathLike[str]) -> list[StreamSpec]:
@@ -99,7 +102,8 @@ def read_streams_file(path: str | os.PathLike[str]) -> list[StreamSpec]:
         fields = line.split(maxsplit=1)
         target = _target(fields[0])
         if target is None:
-            raise CvappsError(f"{path}:{number}: expected a stream URL or webcam index, got {shorten(fields[0])}")
+            raise CvappsError(f"{path}:{number}: expected a stream URL or webcam index, got {shorten(fields[0])} "
+                              "(a .txt with stream URLs is a streams file: list image paths in another file)")
         if target in seen_targets:
             raise CvappsError(f"{path}:{number}: {shorten(redact_url(str(target)))} is listed twice")
         seen_targets.add(target)
