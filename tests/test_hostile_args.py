@@ -387,3 +387,18 @@ def test_coco_file_name_of_a_non_utf8_file_round_trips(ckpts, tmp_path: Path, ca
     assert b"bad\\udcffname.png" in text
     name = json.loads(text)["images"][0]["file_name"]
     assert os.fsencode(name) == b"bad\xffname.png" and (folder / name).is_file()
+
+
+def test_training_refuses_a_class_folder_name_with_a_newline(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("circle", "squ\nare"):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            cv2.imwrite(str(folder / "a.png"), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    rc = main(["train", str(ROOT / "configs/classify_shapes.yaml"), f"data.root={tmp_path / 'data'}",
+               f"out={tmp_path / 'run'}", "train.epochs=1", "data.imgsz=32", "train.device=cpu"])
+    err = capsys.readouterr().err
+    one_line_error(rc, err)
+    assert "single-line" in err
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before an epoch was spent

@@ -53,10 +53,16 @@ def test_streams_file_is_told_from_an_image_list(tmp_path: Path) -> None:
     assert spec.name == "rtsp://user:***@10.0.0.5:554/live" and spec.stem == "10.0.0.5_554_live"
 
     images = tmp_path / "images.txt"
-    images.write_text("a.jpg\nrtsp://cam/live\n")
+    images.write_text("a.jpg\nsub/b.png\n")
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     assert not is_streams_file(images) and not is_streams_file(empty) and not is_streams_file(tmp_path / "nope.txt")
+    # one URL makes it a streams file; the line that is not a stream is then an error naming it
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("a.jpg\nrtsp://cam/live\n")
+    assert is_streams_file(mixed)
+    with pytest.raises(CvappsError, match="mixed.txt:1"):
+        read_streams_file(mixed)
     twice = tmp_path / "twice.txt"
     twice.write_text("rtsp://cam/live\nrtsp://cam/live\n")
     with pytest.raises(CvappsError, match="listed twice"):

@@ -27,6 +27,7 @@ from cvapps.engine.device import images_to_device, progress_interval, resolve_de
 from cvapps.engine.evaluate import evaluate
 from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
 from cvapps.errors import CvappsError, DataError
+from cvapps.formats.names import check_class_names
 from cvapps.io.guard import protected
 from cvapps.io.safe_write import ensure_dir, ensure_writable_folder
 from cvapps.metrics.plots import plot_history
@@ -132,6 +133,7 @@ def _train(task: Task, cfg: TaskConfig, *, progress: bool, log: Callable[[str], 
     out = Path(cfg.out)
 
     splits = task.build_datasets(cfg)
+    check_class_names(splits.class_names, str(cfg.data.root))  # before an epoch is spent: names reach files
     _require_labels(splits.train, cfg.data.root)
     model = task.build_model(cfg, splits.class_names).to(device)
     if cfg.model.weights and not cfg.train.resume:
