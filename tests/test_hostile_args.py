@@ -267,6 +267,34 @@ def test_serve_drops_idle_connections_and_caps_them() -> None:
         server.close()
 
 
+
+def test_serve_drops_a_client_that_trickles_its_request() -> None:
+    from cvapps.io.preview import MJPEGServer
+
+    server = MJPEGServer("127.0.0.1:0", lambda image, prediction: image, read_timeout=1.0, max_connections=4)
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        t0 = time.monotonic()
+        dropped = False
+        for byte in b"GET / HTTP/1.0\r\nX-Slow: " + b"a" * 40:  # one byte every 0.2 s: each read is quick
+            try:
+                client.sendall(bytes([byte]))
+            except OSError:
+                dropped = True
+                break
+            time.sleep(0.2)
+            if time.monotonic() - t0 > 6:
+                break
+        client.settimeout(5)
+        try:
+            dropped = dropped or client.recv(100) == b""
+        except OSError:
+            dropped = True
+        assert dropped and time.monotonic() - t0 < 6  # the whole request had read_timeout, not each byte
+    finally:
+        client.close()
+        server.close()
+
 # -- segmentation val and training ------------------------------------------------------------------
 
 def _seg_val_copy(tmp_path: Path, categories: list[str] | None) -> Path:

@@ -274,6 +274,31 @@ class MJPEGServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = server.read_timeout  # StreamRequestHandler sets it on the socket: no idle client forever
 
+            def setup(self) -> None:
+                super().setup()
+                # The socket timeout bounds each read; this bounds the whole request, so a client
+                # trickling a byte at a time cannot hold one of the max_connections slots either.
+                self._headers_read = threading.Event()
+                self._deadline = threading.Timer(server.read_timeout, self._drop_if_unread)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _drop_if_unread(self) -> None:
+                if not self._headers_read.is_set():
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            def parse_request(self) -> bool:
+                parsed = super().parse_request()  # reads the headers too
+                self._headers_read.set()
+                return parsed
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                super().finish()
+
             def log_message(self, *args: Any) -> None:  # keep the progress bar readable
                 pass
 
