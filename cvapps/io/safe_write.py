@@ -262,19 +262,13 @@ def write_with(path: PathLike, write: Callable[[str], Any], sync: bool = True) -
 
 def write_bytes(path: PathLike, data: bytes | str, sync: bool = False) -> None:
     """Write ``data`` (str: UTF-8) to ``path`` atomically through :func:`stage`."""
-    staged = stage(path)
-    try:
-        with staged.open("wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-    except BaseException as exc:
-        staged.discard()
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
-    staged.commit()
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+
+    write_with(path, write, sync)
 
 
 def copy_file(src: PathLike, path: PathLike) -> None:
