@@ -199,12 +199,3 @@ def _check_tensors(path: Path, ckpt: dict[str, Any]) -> None:
     bad = first_nonfinite(state)
     if bad is not None:
         raise CheckpointError(f"{path}: damaged cvapps checkpoint: weight {bad} holds NaN or infinite values")
-
-
-def is_cvapps_checkpoint(path: str | Path) -> bool:
-    """True when ``path`` is a readable cvapps checkpoint (any task)."""
-    try:
-        load_checkpoint(path)
-        return True
-    except CheckpointError:
-        return False

@@ -143,6 +143,37 @@ def test_packed_module_falls_back_outside_the_kernel_and_survives_copies() -> No
     assert set(form.state_dict()) == set(model.state_dict()), "same state-dict keys as the model"
 
 
+
+class _BrokenOps:
+    """Stands for a torch whose private oneDNN ops changed: every call fails."""
+
+    def __getattr__(self, name: str):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"mkldnn::{name} has no kernel for these arguments")
+        return fail
+
+
+def test_failing_private_ops_fall_back_to_plain_convolutions_with_one_warning(monkeypatch) -> None:
+    import cvapps.engine.packed_conv as packed_conv
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 2, 1), nn.ReLU()).eval()
+    form = inference_form(model, CPU)
+    assert len(_packed(form)) == 2
+    monkeypatch.setattr(packed_conv, "_ops", _BrokenOps())
+    monkeypatch.setattr(packed_conv, "_failed", False)
+    monkeypatch.setattr(packed_conv, "AVAILABLE", True)
+    x = torch.rand(2, 3, 12, 12)
+    with pytest.warns(RuntimeWarning, match="running plain convolutions") as caught:
+        with torch.inference_mode():
+            outs = [form(x) for _ in range(3)]
+            ref = model(x)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1, "one warning, not one per call"
+    for out in outs:
+        assert torch.allclose(out, ref, atol=1e-5)
+    assert not packed_conv.AVAILABLE and pack_convolutions(nn.Sequential(nn.Conv2d(3, 4, 3))) == 0, \
+        "later models are not packed once the ops failed"
+
 def test_pack_convolutions_counts_what_it_packed() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
                           nn.Conv2d(4, 4, 3, padding="same"))

@@ -19,10 +19,15 @@ Which activation may join the convolution before it (the model's numbers must no
 
 Every other ``nn.Conv2d`` is packed alone. A call outside the packed kernel's reach (autograd, another
 device or dtype) runs the reference ``conv2d`` + activation, so the module stays a drop-in.
+
+The two oneDNN ops are torch-private (``torch.ops.mkldnn``): they are used only on a torch at least
+:data:`MIN_TORCH` where they exist, and the first time either fails (a torch that changed them), one
+warning says so and every packed module, now and later, runs the public ``conv2d`` path instead.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -31,9 +36,21 @@ from torch import nn
 
 from cvapps.engine.fuse import runs_children_in_order
 
+MIN_TORCH = (2, 2)  # the oldest torch these private ops were tested on (pyproject's lower bound)
 _ops = getattr(torch.ops, "mkldnn", None)
-AVAILABLE = (torch.backends.mkldnn.is_available() and _ops is not None
+AVAILABLE = (tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= MIN_TORCH
+             and torch.backends.mkldnn.is_available() and _ops is not None
              and hasattr(_ops, "_convolution_pointwise") and hasattr(_ops, "_reorder_convolution_weight"))
+_failed = False  # set at the first failure of the private ops: the public path from then on
+
+
+def _give_up(exc: Exception) -> None:
+    """Turn the packed path off for the process, with one warning."""
+    global _failed, AVAILABLE
+    if not _failed:
+        _failed, AVAILABLE = True, False
+        warnings.warn(f"packed oneDNN convolutions failed ({type(exc).__name__}: {str(exc)[:120]}); "
+                      "running plain convolutions instead", RuntimeWarning, stacklevel=3)
 
 #: activation module type -> oneDNN post-op name (the ``attr`` of ``_convolution_pointwise``)
 POST_OPS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish",
@@ -66,9 +83,19 @@ class PackedConv2d(nn.Module):
         self._packed_from: tuple[int, int] | None = None  # weight's (data_ptr, version) when packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-            return self.activation(F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
-                                            self.dilation, self.groups))
+        if _failed or x.requires_grad or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+            return self._reference(x)
+        try:
+            return self._packed_forward(x)
+        except Exception as exc:  # noqa: BLE001 - torch-private ops: any failure means the public path
+            _give_up(exc)
+            return self._reference(x)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                        self.dilation, self.groups))
+
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed_from != key:  # first call, or new weights loaded
             weight = _ops._reorder_convolution_weight(self.weight.detach(), self.padding, self.stride,
