@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,10 @@ class TensorBoardLogger:
     def on_epoch_end(self, run: EpochRun, metrics: dict[str, float]) -> None:
         if self._writer is None:
             # purge_step: a resumed run drops the events a crashed run wrote after its last checkpoint.
-            self._writer = self._writer_class(log_dir=str(run.out), purge_step=run.epoch)
+            # TensorBoard opens its event file by name itself; a random suffix makes that name one
+            # nobody can plant a link at beforehand (cvapps' own files go through io/safe_write.py).
+            self._writer = self._writer_class(log_dir=str(run.out), purge_step=run.epoch,
+                                              filename_suffix=f".{secrets.token_hex(8)}")
         for key, value in metrics.items():
             if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._writer.add_scalar(key, value, global_step=run.epoch)
