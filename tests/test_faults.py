@@ -147,7 +147,9 @@ def test_sigkill_mid_epoch_then_resume_continues_exactly(crops: Path, tmp_path: 
             if line.startswith("epoch 1:"):
                 break
             assert time.monotonic() < deadline, "".join(lines)
-        # While epoch 2 runs, last.pt must load every time (it is replaced atomically).
+        # Frozen mid epoch 2 at once (the checks below take longer than a tiny epoch), then killed:
+        # last.pt must load (it is replaced atomically) and still be epoch 1's.
+        os.killpg(proc.pid, signal.SIGSTOP)
         assert load_checkpoint(out / "last.pt", "classify")["epoch"] == 1
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
