@@ -1,9 +1,4 @@
-"""Plain data types that flow between sources, tasks and sinks.
-
-Every task's predictions are one of :class:`Classification`, :class:`SegmentationMask` or
-:class:`Detections`; Faster R-CNN, YOLO and native ultralytics models all return
-:class:`Detections`, so drawing, COCO export and pipelines are shared.
-"""
+"""The prediction types: what every task's postprocess returns and every sink reads."""
 
 from __future__ import annotations
 
@@ -12,21 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-@dataclass
-class Frame:
-    """One image from a source.
-
-    image: HxWx3 BGR uint8 (OpenCV order), EXIF orientation already applied.
-    source: file path, or ``"video.mp4#frame=000123"`` style name for video frames.
-    index: position in the source (frame number for video, file number for folders).
-    timestamp: seconds since the start of the video/stream (0.0 for still images).
-    """
-
-    image: np.ndarray
-    source: str
-    index: int = 0
-    timestamp: float = 0.0
+from cvapps.structures.counts import Counts
 
 
 @dataclass
@@ -67,7 +48,7 @@ class Detections:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     track_ids: np.ndarray | None = None
-    counts: "Counts | None" = None
+    counts: Counts | None = None
 
     def __post_init__(self) -> None:
         self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4).cpu()
@@ -89,54 +70,13 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
 
-    def filter(self, keep: torch.Tensor) -> "Detections":
+    def filter(self, keep: torch.Tensor) -> Detections:
         masks = self.masks[keep] if self.masks is not None else None
         track_ids = self.track_ids[np.asarray(keep)] if self.track_ids is not None else None
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks, track_ids, self.counts)
-
-
-@dataclass
-class LineCount:
-    """Totals of one counting line so far (for one source): ``points`` (x1, y1, x2, y2) in pixels;
-    ``in_count`` / ``out_count`` tracks that crossed it (in: from the right of the direction
-    (x1, y1) -> (x2, y2) to its left, as supervision's LineZone); ``classes``: name -> {"in", "out"}."""
-
-    points: tuple[float, float, float, float]
-    in_count: int = 0
-    out_count: int = 0
-    classes: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"line": [round(float(v), 2) for v in self.points], "in": self.in_count, "out": self.out_count,
-                "classes": {k: dict(v) for k, v in self.classes.items()}}
-
-
-@dataclass
-class ZoneCount:
-    """Occupancy of one polygon zone in one frame: ``polygon`` [(x, y), ...] in pixels, ``count``
-    objects whose box's bottom centre is inside, ``classes``: name -> count."""
-
-    polygon: list[tuple[float, float]]
-    count: int = 0
-    classes: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"zone": [[round(float(x), 2), round(float(y), 2)] for x, y in self.polygon], "count": self.count,
-                "classes": dict(self.classes)}
-
-
-@dataclass
-class Counts:
-    """The line totals and zone occupancies of one frame's source, in the order they were given."""
-
-    lines: list[LineCount] = field(default_factory=list)
-    zones: list[ZoneCount] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"lines": [c.to_json() for c in self.lines], "zones": [z.to_json() for z in self.zones]}
 
 
 @dataclass
