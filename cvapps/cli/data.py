@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# The layouts of cvapps.formats.layouts.LAYOUTS (named here so building the parser imports no readers).
+LAYOUT_NAMES = ("coco", "yolo", "voc", "cvat", "labelme")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="make sample data, check and convert datasets",
@@ -23,23 +26,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(MOT Challenge tracking ground truth)")
     p.set_defaults(func=cmd_synth)
 
-    p = dsub.add_parser("check", help="validate a detection dataset (COCO or YOLO txt layout)",
+    p = dsub.add_parser("check", help="validate a detection dataset (COCO, YOLO txt, VOC, CVAT or LabelMe layout)",
                         description="Check every split of ROOT (COCO: annotations/<split>.json + images/<split>/; "
-                                    "YOLO: labels/<split>/ + data.yaml) and print a report: missing or unreadable "
+                                    "YOLO: labels/<split>/ + data.yaml; Pascal VOC: Annotations/ + JPEGImages/ or an "
+                                    ".xml next to each image; CVAT for images 1.1: annotations.xml + images/; "
+                                    "LabelMe: a .json next to each image), print the layout detected and a "
+                                    "report: missing or unreadable "
                                     "images, boxes outside the image (clamped), zero-area boxes (dropped), unknown "
                                     "category ids, duplicate ids, file_name paths escaping ROOT (rejected). "
                                     "Training applies the same rules. Exit code 1 if anything was found.")
     p.add_argument("root", help="dataset root folder")
     p.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
-    p.add_argument("--layout", choices=("auto", "coco", "yolo"), default="auto", help="dataset layout (default auto)")
+    p.add_argument("--layout", choices=("auto", *LAYOUT_NAMES), default="auto", help="dataset layout (default auto)")
     p.add_argument("--max-lines", type=int, default=50, help="problem lines shown per split (default 50)")
     p.set_defaults(func=cmd_check)
 
-    p = dsub.add_parser("convert", help="convert a detection dataset between COCO and YOLO txt layouts",
-                        description="COCO -> YOLO writes labels/<split>/*.txt and data.yaml; YOLO -> COCO writes "
-                                    "annotations/<split>.json. Boxes pass the data check rules on the way.")
+    p = dsub.add_parser("convert", help="convert a detection dataset between COCO, YOLO txt, VOC, CVAT and LabelMe",
+                        description="Write ROOT's dataset (layout detected, or --layout) in another layout: coco "
+                                    "(annotations/<split>.json), yolo (labels/<split>/*.txt + data.yaml), voc "
+                                    "(Annotations/, JPEGImages/, ImageSets/Main/; next to each image without --out), "
+                                    "cvat (annotations.xml), labelme (a .json next to each image). Class order and "
+                                    "category ids are kept; boxes pass the data check rules on the way.")
     p.add_argument("root", help="dataset root folder")
-    p.add_argument("--to", choices=("yolo", "coco"), required=True, help="target layout")
+    p.add_argument("--to", choices=LAYOUT_NAMES, required=True, help="target layout")
+    p.add_argument("--layout", choices=("auto", *LAYOUT_NAMES), default="auto", help="source layout (default auto)")
     p.add_argument("--out", help="output root (default: ROOT, next to the source files); images are copied there")
     p.add_argument("--split", action="append", help="convert only this split (repeatable; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace existing label/annotation files")
@@ -47,8 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from cvapps.data.check import check_dataset
+    from cvapps.data.check import LAYOUTS, check_dataset, detect_layout
 
+    layout = detect_layout(args.root) if args.layout == "auto" else args.layout
+    print(f"layout: {layout} ({LAYOUTS[layout]})")
     reports = check_dataset(args.root, args.split, layout=args.layout, read_images=True)
     for report in reports:
         print(report.text(args.max_lines))
@@ -58,26 +70,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cvapps.data.convert import coco_to_yolo, yolo_to_coco
+    from cvapps.data.convert import convert_dataset, input_folders
     from cvapps.io.guard import check_out_dir
 
-    if args.out:  # a separate output root may not lie inside the source's images or annotations
-        check_out_dir(args.out, folders=[Path(args.root) / d for d in ("images", "annotations", "labels")])
-    convert = coco_to_yolo if args.to == "yolo" else yolo_to_coco
-    for split in convert(args.root, args.out, args.split, overwrite=args.overwrite):
-        print(f"converted {split.report.summary()}")
+    if args.out and Path(args.out).resolve() != Path(args.root).resolve():
+        # a separate output root may not lie inside the source's images or annotations
+        check_out_dir(args.out, folders=input_folders(args.root))
+    for split in convert_dataset(args.root, args.to, args.out, args.split, overwrite=args.overwrite,
+                                 layout=args.layout):
+        print(f"converted {split.layout} {split.report.summary()}")
     print(f"wrote the {args.to} layout to {args.out or args.root}")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cvapps.data.synth import generate_shapes, generate_video
+    from cvapps.data.synth import SynthSpec, generate_shapes, generate_video
 
     if args.video_only:
         print(f"wrote {generate_video(args.out, frames=args.video_frames, seed=args.seed)}/shapes.mp4, "
               "shapes.json and gt.txt")
         return 0
-    root = generate_shapes(args.out, n_train=args.train, n_val=args.val, imgsz=args.imgsz,
-                           video_frames=args.video_frames, seed=args.seed)
+    spec = SynthSpec(n_train=args.train, n_val=args.val, imgsz=args.imgsz, video_frames=args.video_frames)
+    root = generate_shapes(args.out, spec, seed=args.seed)
     print(f"wrote shapes dataset to {root}")
     return 0

@@ -1,7 +1,8 @@
 """Dataset checking: the ``cvapps data check`` rules, which every loader applies (detection and
 segmentation alike) through the readers of :mod:`cvapps.formats`.
 
-Both layouts are read into one clean form (:class:`DetectionSplit`): per image its path, size and
+Every layout (COCO, YOLO txt, Pascal VOC, CVAT for images, LabelMe; :data:`LAYOUTS`, told apart by
+:func:`detect_layout`) is read into one clean form (:class:`DetectionSplit`): per image its path, size and
 boxes (xyxy, original pixels, 0-based class indices), plus a :class:`CheckReport` of what was wrong
 and what was done about it. The rules:
 
@@ -38,51 +39,55 @@ import sys
 from pathlib import Path
 
 from cvapps.errors import DataError
-from cvapps.formats.coco_checks import load_coco_split
+from cvapps.formats.layouts import (
+    LAYOUTS,
+    detect_layout,
+    layout_splits,
+    load_split,
+    present_layouts,
+)
 from cvapps.formats.report import CheckReport, DetectionSplit, ImageRecord
-from cvapps.formats.yolo import load_yolo_split
 
-__all__ = ["CheckReport", "DetectionSplit", "ImageRecord", "available_splits", "check_dataset", "detect_layout",
-           "load_detection_split"]
+__all__ = ["LAYOUTS", "CheckReport", "DetectionSplit", "ImageRecord", "available_splits", "check_dataset",
+           "detect_layout", "has_split", "load_detection_split"]
 
 
 # ---------------------------------------------------------------------------------------------
-# either layout
-
-def detect_layout(root: str | Path, split: str) -> str:
-    """``coco`` if ``ROOT/annotations/<split>.json`` exists, else ``yolo`` if ``ROOT/labels/<split>``
-    and ``ROOT/data.yaml`` exist; otherwise a DataError saying what was looked for."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset root not found: {root}")
-    if (root / "annotations" / f"{split}.json").is_file():
-        return "coco"
-    if (root / "labels" / split).is_dir() and (root / "data.yaml").is_file():
-        return "yolo"
-    raise DataError(f"{root}: no {split!r} split found (expected annotations/{split}.json with images/{split}/, "
-                    f"or labels/{split}/ with data.yaml)")
-
+# any layout
 
 def load_detection_split(root: str | Path, split: str, *, layout: str = "auto", read_images: bool = False,
                          class_names: list[str] | None = None, log: bool = True) -> DetectionSplit:
-    """Load one split of either layout, applying the check rules; prints the counts when anything
-    was wrong (to stderr) and never raises for per-file problems."""
+    """Load one split of any layout (``auto``: :func:`detect_layout`), applying the check rules; prints
+    the counts when anything was wrong (to stderr) and never raises for per-file problems."""
     layout = detect_layout(root, split) if layout == "auto" else layout
-    loader = load_coco_split if layout == "coco" else load_yolo_split
-    result = loader(root, split, read_images=read_images, class_names=class_names)
+    result = load_split(root, split, layout, read_images=read_images, class_names=class_names)
     if log and not result.report.ok:
         print(f"data check {result.report.summary()} (run `cvapps data check {root}` for details)", file=sys.stderr)
     return result
 
 
-def available_splits(root: str | Path) -> list[str]:
-    """Splits present under ROOT in either layout (train/val/test first, then others, sorted)."""
+def available_splits(root: str | Path, layout: str = "auto") -> list[str]:
+    """Splits of ``root`` (train/val/test first, then others, sorted). ``auto``: those of the COCO
+    and YOLO layouts when either is there (each split then loads from the first that has it), else
+    those of the layout detected."""
     root = Path(root)
-    found = {p.stem for p in (root / "annotations").glob("*.json")}
-    if (root / "data.yaml").is_file():
-        found |= {p.name for p in (root / "labels").iterdir() if p.is_dir()} if (root / "labels").is_dir() else set()
+    if layout != "auto":
+        return layout_splits(root, layout)
+    if not root.is_dir():
+        return []
+    chosen = list(present_layouts(root, ("coco", "yolo"))) or [n for n in [next(present_layouts(root), None)] if n]
+    found = {s for n in chosen for s in layout_splits(root, n)}
     order = ["train", "val", "test"]
     return [s for s in order if s in found] + sorted(found - set(order))
+
+
+def has_split(root: str | Path, split: str) -> bool:
+    """Whether ``root`` has annotations for ``split`` in any layout."""
+    try:
+        detect_layout(root, split)
+    except DataError:
+        return False
+    return True
 
 
 def check_dataset(root: str | Path, splits: list[str] | None = None, *, layout: str = "auto",
@@ -91,7 +96,8 @@ def check_dataset(root: str | Path, splits: list[str] | None = None, *, layout: 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
-    splits = splits or available_splits(root)
+    splits = splits or available_splits(root, layout)
     if not splits:
-        raise DataError(f"{root}: no dataset found (expected annotations/<split>.json or labels/<split>/ + data.yaml)")
+        detect_layout(root)  # the one-line error listing the layouts
+        raise DataError(f"{root}: no splits of the {layout} layout found ({LAYOUTS.get(layout, '')})")
     return [load_detection_split(root, s, layout=layout, read_images=read_images, log=False).report for s in splits]
