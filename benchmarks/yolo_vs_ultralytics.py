@@ -84,7 +84,7 @@ class _Collect:
         self.items: list[tuple[str, Any]] = []
 
     def write(self, frame, prediction) -> None:
-        self.items.append((Path(frame.source).name, prediction))
+        self.items.append((Path(frame.source).name, prediction.detections))
 
     def close(self) -> None:
         pass
@@ -184,15 +184,15 @@ def main() -> None:
     if args.skip_train and not args.weights:
         p.error("--skip-train needs --weights")
 
-    from cvapps.data.synth import generate_shapes
+    from cvapps.data.synth import SynthSpec, generate_shapes
     from cvapps.api import load
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         data = work / "shapes"
         if not (data / "annotations" / "train.json").exists():
-            generate_shapes(data, n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz,
-                            n_crops_per_class=(1, 1), video_frames=1, progress=False)
+            generate_shapes(data, SynthSpec(n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz,
+                                            n_crops_per_class=(1, 1), video_frames=1), progress=False)
         folder = args.folder or data / "images" / "val"
         psize = args.predict_imgsz or args.imgsz
         print(f"torch threads {torch.get_num_threads()} (both sides), device {args.device}, imgsz {args.imgsz}, "

@@ -37,18 +37,17 @@ from cvapps.engine.train import TrainResult
 from cvapps.engine.train import train as _train
 from cvapps.errors import CvappsError
 from cvapps.export import export_onnx
-from cvapps.io.sources import Source, open_source
+from cvapps.io.sources import Source, SourceOptions, open_source
 from cvapps.results import Result
 from cvapps.structures import Frame
 from cvapps.tasks import load_config
 
-#: ``predict`` keywords that go to :func:`~cvapps.io.sources.open_source` (the rest go to the
-#: task's postprocess: ``conf``, ``iou``, ``max_det`` for detectors, ``topk`` for classifiers).
+#: ``predict`` keywords that go to the source, as :class:`~cvapps.io.sources.SourceOptions` (the rest
+#: go to the task's postprocess: ``conf``, ``iou``, ``max_det`` for detectors, ``topk`` for classifiers).
 SOURCE_OPTIONS = ("vid_stride", "shard", "buffer", "reconnect_s")
 #: ``predict`` keywords for tracking and counting (:mod:`cvapps.analytics`).
 ANALYTICS_OPTIONS = ("track", "track_buffer", "count_lines", "zones")
 ARRAY_SOURCE = "<array>"
-DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
 
 def overrides_list(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> list[str]:
@@ -65,9 +64,9 @@ class Model:
     """A loaded model: ``predict`` (also ``model(source)``), ``val``, ``export``.
 
     names: class index -> name (segmenters: index 0 is the background; multitask models: the
-    detection classes); task: ``"classify"``, ``"segment"``, ``"faster_rcnn"``, ``"yolo"``,
-    ``"ultralytics"`` or ``"multitask"`` (its Results carry boxes, mask and present classes from
-    one forward; :meth:`part` for one of them); category_ids: class index -> COCO category id
+    detection classes); task: its task's name (classify, segment, faster_rcnn, yolo, ultralytics or
+    multitask: its Results carry boxes, mask and present classes from one forward, :meth:`part` for
+    one of them); parts: what its predictions carry; category_ids: class index -> COCO category id
     (used by :meth:`Result.to_coco`).
     """
 
@@ -81,16 +80,19 @@ class Model:
     def names(self) -> list[str]:
         return list(self.loaded.class_names)
 
-    def part(self, name: Literal["detect", "segment"]) -> "Model":
-        """This model as a detector or segmenter: a multitask model's boxes (``"detect"``) or masks
-        (``"segment"``); any other model is returned as it is."""
-        if self.task != "multitask":
-            return self
-        # Imported only for a multitask model: it loads the YOLO and FCN modules, which the start-up
-        # of every other model would pay for.
-        from cvapps.tasks.multitask import select_part
+    def part(self, name: str) -> "Model":
+        """This model as the model of the command ``name``: detect (a detector), segment (a segmenter)
+        or classify (a classifier), as ``cvapps NAME`` takes it: a multitask model gives its boxes or
+        masks, a model that is already one is returned as it is, any other is a one-line
+        CheckpointError (the task declares what it serves: ``Task.commands``, ``Task.as_part``)."""
+        loaded = self.loaded.task.as_part(self.loaded, name)
+        return self if loaded is self.loaded else Model(loaded, self._trust)
 
-        return Model(select_part(self.loaded, name), self._trust)
+    @property
+    def parts(self) -> frozenset[str]:
+        """The parts its predictions carry ("detections", "semantic", "classification", "presence"; a
+        multitask model: those of its heads)."""
+        return self.loaded.task.parts_of(self.loaded.raw_config)
 
     @property
     def task(self) -> str:
@@ -132,7 +134,7 @@ class Model:
         (``conf=nan``, ``iou=5``, ``topk=0``) are one-line CvappsErrors, as the CLI's.
         """
         source_options = {k: options.pop(k) for k in SOURCE_OPTIONS if k in options}
-        analytics = make_analytics(self.names, self.task in DETECTION_TASKS,
+        analytics = make_analytics(self.names, self.loaded.task.tracks,
                                    **{k: options.pop(k) for k in ANALYTICS_OPTIONS if k in options})
         if analytics is not None and analytics.tracker is not None:
             options.setdefault("conf", TRACK_CONF)
@@ -154,12 +156,12 @@ class Model:
         options: ``vid_stride`` for the source, the rest for the task (``conf``, ``iou``, ``topk``...).
         Returns the run's report (``processed``, ``predicted``, ``skipped``, ``interrupted``).
         """
-        vid_stride = int(options.pop("vid_stride", 1))
+        source_options = SourceOptions(vid_stride=int(options.pop("vid_stride", 1)))
         check_options(options)
         model = RayModel(str(self.path), options, self.loaded.batch, self.loaded.device, self._trust,
-                         getattr(self.loaded.task, "part", None))
-        return predict_files(model, self.task, self.names, self.category_ids, source, out, save_jsonl=save_jsonl,
-                             cluster=RayCluster(address, actors), vid_stride=vid_stride, progress=False)
+                         self.loaded.task.part)
+        return predict_files(model, self.loaded.task, self.names, self.category_ids, source, out, save_jsonl=save_jsonl,
+                             cluster=RayCluster(address, actors), options=source_options, progress=False)
 
     def _results(self, frames: Iterable[Frame], options: dict[str, Any],
                  analytics: Analytics | None = None) -> Iterator[Result]:
@@ -167,7 +169,8 @@ class Model:
         predictor = self.predictor if analytics is None else AnalyticsPredictor(self.predictor, analytics)
         with frames if isinstance(frames, Source) else contextlib.nullcontext():
             for frame, prediction in predictor.predict(frames, **options):
-                yield Result(frame.source, frame.index, frame.timestamp, frame.image, prediction, names, ids)
+                yield Result(frame.source, frame.index, frame.timestamp, frame.image, prediction, names, ids,
+                             frame.stream, frame.frame_index)
             for path, reason in getattr(frames, "skipped", []):
                 print(f"skipped {path}: {reason}", file=sys.stderr)
 
@@ -222,7 +225,10 @@ def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None = 
     overrides: ``{"train.epochs": 1, "data.root": "my_data"}``; or keywords with ``__`` for the dot:
     ``train(cfg, train__epochs=1, out="runs/x")``. Returns the run: ``out``, ``best`` / ``last``
     (checkpoint paths), ``best_metric`` and ``history`` (one metrics dict per epoch).
-    callbacks: ``fn(run, metrics)`` or objects with ``on_epoch_end(run, metrics)``, once per epoch.
+    callbacks: training hooks (subclasses of :class:`cvapps.engine.hooks.HookBase`, e.g.
+    ``EarlyStopping(patience=5)``: ``before_train``, ``before_epoch``, ``after_step``, ``after_epoch``,
+    ``after_train`` with the trainer's state; setting ``trainer.stop`` ends training after the epoch),
+    or ``fn(run, metrics)`` / objects with ``on_epoch_end(run, metrics)``, once per epoch.
     """
     cfg = load_config(config, overrides_list(overrides, **kwargs))
     return _train(cfg, progress=progress, trust=trust, callbacks=callbacks)
@@ -231,13 +237,13 @@ def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | None = 
 def _open_frames(source: Any, source_options: dict[str, Any]) -> Iterable[Frame]:
     """Frames of an array, a list of arrays, or anything ``open_source`` takes (an open Source)."""
     if isinstance(source, np.ndarray):
-        return [Frame(_as_bgr(source), ARRAY_SOURCE, 0)]
+        return [Frame(_as_bgr(source), ARRAY_SOURCE, 0, stream=ARRAY_SOURCE)]
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, np.ndarray) for s in source):
         arrays = list(source)
-        return (Frame(_as_bgr(a), ARRAY_SOURCE, i) for i, a in enumerate(arrays))
+        return (Frame(_as_bgr(a), ARRAY_SOURCE, i, stream=ARRAY_SOURCE) for i, a in enumerate(arrays))
     if isinstance(source, (list, tuple)) and any(isinstance(s, np.ndarray) for s in source):
         raise CvappsError("predict: a list must hold only arrays or only paths, not both")
-    return open_source(source, **source_options)
+    return open_source(source, SourceOptions(**source_options))
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 from cvapps.api import load
 from cvapps.engine.runner import RunReport, run_source
 from cvapps.errors import DataError
-from cvapps.formats.coco import read_coco_json
+from cvapps.formats.coco import ImageIndex, read_coco_json
 from cvapps.formats.masks import read_mask
 from cvapps.io.sinks import (
     AnnotatedImages,
@@ -33,11 +33,10 @@ from cvapps.io.sinks import (
 )
 from cvapps.metrics.coco import coco_evaluate
 from cvapps.metrics.segmentation import SegmentationMetric
-from cvapps.structures import Frame, SegmentationMask
+from cvapps.structures import Frame, Prediction
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-MODEL_FILES = {"classify": "classify.pt", "segment": "segment.pt", "detect": "detect.pt"}
-DETECTION_TASKS = ("yolo", "faster_rcnn", "ultralytics")
+MODEL_FILES = {"classify": "classify.pt", "segment": "segment.pt", "detect": "detect.pt"}  # by command
 
 
 @dataclass
@@ -71,12 +70,12 @@ def find_models() -> Path:
 
 
 class _MaskScore:
-    """A sink scoring each SegmentationMask against ``masks/<stem>.png`` (the dataset's ground truth)."""
+    """A sink scoring each prediction's class mask against ``masks/<stem>.png`` (the dataset's ground truth)."""
 
     def __init__(self, masks: Path, class_names: list[str]) -> None:
         self.masks, self.metric = masks, SegmentationMetric(class_names)
 
-    def write(self, frame: Frame, prediction: SegmentationMask) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         self.metric.process([prediction], [read_mask(self.masks / f"{Path(frame.source).stem}.png")])
 
     def close(self) -> None:
@@ -91,7 +90,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     report = DemoReport()
 
     print(f"[1/3] classify: {sample / 'classify' / 'val'} with {models / MODEL_FILES['classify']}")
-    predictor = load(models / MODEL_FILES["classify"], tasks="classify", device=device, batch=32).predictor
+    predictor = load(models / MODEL_FILES["classify"], device=device, batch=32).part("classify").predictor
     sink = ClassificationCSV(out / "classify" / "predictions.csv", predictor.class_names)
     done = run_source(predictor, sample / "classify" / "val", [sink], progress=progress)
     rows = list(csv.DictReader(sink.path.open()))
@@ -101,10 +100,10 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     _say(done, f"{correct}/{len(rows)} held-out crops correct (accuracy {report.accuracy:.3f})")
 
     print(f"[2/3] segment: {images} and {video} with {models / MODEL_FILES['segment']}")
-    predictor = load(models / MODEL_FILES["segment"], tasks="segment", device=device, batch=16).predictor
+    predictor = load(models / MODEL_FILES["segment"], device=device, batch=16).part("segment").predictor
     seg = out / "segment" / "images"
     coco = CocoSink(seg / "predictions_coco.json", predictor.class_names, predictor.category_ids,
-                    results_path=seg / "predictions.json", root=images)
+                    results_path=seg / "predictions.json", index=ImageIndex(images))
     score = _MaskScore(sample / "masks" / "val", predictor.class_names)
     done = run_source(predictor, images, [OverlayImages(seg / "overlays", predictor.class_names, root=images),
                                           coco, score], progress=progress)
@@ -118,7 +117,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     _say(done, f"{mp4.frames} frames with the class overlay")
 
     print(f"[3/3] detect: {images} and {video} with {models / MODEL_FILES['detect']}")
-    predictor = load(models / MODEL_FILES["detect"], tasks=DETECTION_TASKS, device=device, batch=16).predictor
+    predictor = load(models / MODEL_FILES["detect"], device=device, batch=16).part("detect").predictor
     det = out / "detect" / "images"
     coco = CocoSink(det / "predictions_coco.json", predictor.class_names, predictor.category_ids,
                     results_path=det / "predictions.json", gt=gt)
@@ -130,7 +129,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     _say(done, f"mAP@.5 {report.map50:.3f} against annotations/val.json; {len(coco.results)} boxes")
     vid = out / "detect" / "video"
     coco = CocoSink(vid / "predictions_coco.json", predictor.class_names, predictor.category_ids,
-                    results_path=vid / "predictions.json", root=video.parent)
+                    results_path=vid / "predictions.json", index=ImageIndex(video.parent))
     mp4 = VideoWriterSink(vid / video.name, draw)
     done = run_source(predictor, video, [mp4, coco], progress=progress)
     report.video_frames = len(coco.images)

@@ -16,9 +16,11 @@ Our metadata goes into the model's ``metadata_props`` (all strings; lists/dicts 
 ``cvapps classify|segment|detect --model model.onnx`` reads them back (see
 :mod:`cvapps.engine.onnx_model`).
 
-Each export is checked: onnxruntime runs the file at two batch sizes other than the traced one
-and its outputs must match PyTorch's within ``PARITY_ATOL[task]`` (absolute) + 1e-3 relative;
-otherwise the file is removed and the export fails.
+What a task exports (its outputs, its parity tolerance) it declares itself: ``Task.onnx`` (a task
+without one is refused, with its ``onnx_refusal`` when it says why). Each export is checked:
+onnxruntime runs the file at two batch sizes other than the traced one and its outputs must match
+PyTorch's within the task's ``onnx.parity_atol`` (absolute) + 1e-3 relative; otherwise the file is
+removed and the export fails.
 
 Faster R-CNN is not exported: torchvision's export path traces one fixed image count (its
 transform and RoI heads loop over the images of the list). Tried with torchvision 0.29: it exports
@@ -44,25 +46,12 @@ from cvapps.engine.load import load_model
 from cvapps.engine.onnx_model import INPUT_NAME, ONNX_FORMAT, need_onnxruntime, read_onnx_metadata
 from cvapps.errors import CvappsError
 from cvapps.heads.yolo import head_of
+from cvapps.tasks.base import Task
+from cvapps.tasks.registry import exportable_tasks
 
-__all__ = ["HEAD_OUTPUTS", "ONNX_FORMAT", "OUTPUTS", "PARITY_ATOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
+__all__ = ["ONNX_FORMAT", "PARITY_RTOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
 
-
-#: Output names and the absolute tolerance of the onnxruntime-vs-PyTorch check, per task.
-#: Logits are O(10) so 1e-4 is ~1e-5 relative; YOLO boxes are pixels (up to imgsz) so 1e-3 px.
-OUTPUTS: dict[str, tuple[str, str]] = {
-    "classify": ("logits", "float32 (B, K) class logits"),
-    "segment": ("logits", "float32 (B, K, S, S) per-pixel class logits (letterboxed input pixels)"),
-    "yolo": ("predictions", "float32 (B, 4 + K, A): xywh centre/size in input pixels + class scores, before NMS"),
-}
-#: multitask: one output per head that is on, named after the head.
-HEAD_OUTPUTS: dict[str, tuple[str, str]] = {
-    "detect": ("detect", OUTPUTS["yolo"][1]),
-    "segment": ("segment", "float32 (B, 1 + K, S, S) per-pixel logits, class 0 = background"),
-    "classify": ("classify", "float32 (B, K) presence logits (sigmoid: probability that the class is in the image)"),
-}
-PARITY_ATOL: dict[str, float] = {"classify": 1e-4, "segment": 1e-4, "yolo": 1e-3, "multitask": 1e-3}
-PARITY_RTOL = 1e-3
+PARITY_RTOL = 1e-3  # relative part of the parity check (the absolute part is the task's onnx.parity_atol)
 
 
 @dataclass
@@ -102,16 +91,9 @@ class _EvalForward(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _outputs(task: str, model: nn.Module) -> list[tuple[str, str]]:
-    """(name, description) of each graph output."""
-    if task == "multitask":
-        return [HEAD_OUTPUTS[name] for name in model.heads]
-    return [OUTPUTS[task]]
-
-
 def _prepare_yolo_head(model: nn.Module) -> None:
     # ultralytics' own exporter sets these: `export` makes Detect return the decoded tensor only,
-    # and anchors/strides are then computed for the traced (fixed) input size.
+    # and anchors/strides are then computed for the traced (fixed) input size. (No Detect head: nothing.)
     head = head_of(model)
     if head is not None:
         head.export, head.format, head.dynamic = True, "onnx", False
@@ -128,12 +110,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     checkpoint = Path(checkpoint)
     loaded = load_model(checkpoint)
     ckpt = {**loaded.info, "config": loaded.raw_config}
-    task = loaded.task.name
-    if task == "faster_rcnn":
-        raise CvappsError("export: Faster R-CNN is not exported to ONNX: torchvision's export traces a fixed number "
-                          "of images, so the model would not take a dynamic batch; run the .pt checkpoint instead")
-    if task not in PARITY_ATOL:
-        raise CvappsError(f"export: task {task!r} cannot be exported to ONNX (exportable: {', '.join(PARITY_ATOL)})")
+    task = loaded.task
+    if task.onnx is None:
+        raise CvappsError(task.onnx_refusal or f"export: task {task.name!r} cannot be exported to ONNX "
+                                               f"(exportable: {', '.join(exportable_tasks())})")
     if not 11 <= opset <= 20:
         raise CvappsError(f"export: --opset {opset} is outside the supported range 11..20")
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
@@ -141,12 +121,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         raise CvappsError(f"export: the output file must end in .onnx, got {out}")
 
     model = loaded.model.eval()
-    if task in ("yolo", "multitask"):
-        _prepare_yolo_head(model)
+    _prepare_yolo_head(model)
     pre = ckpt["preprocessing"]
     size, channels = int(pre["imgsz"]), int(pre.get("in_channels", 3))
     wrapper = _EvalForward(model).eval()
-    outputs = _outputs(task, model)
+    outputs = task.onnx_outputs(model)
     out_names = [name for name, _ in outputs]
     example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
@@ -161,7 +140,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     proto = onnx.load_from_string(buffer.getvalue())
     meta = {
         "format": ONNX_FORMAT,
-        "task": task,
+        "task": task.name,
         "class_names": json.dumps(list(ckpt["class_names"])),
         "category_ids": json.dumps(ckpt.get("category_ids")),
         "preprocessing": json.dumps({"imgsz": size, "resize": pre.get("resize"), "in_channels": channels}),
@@ -171,17 +150,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         "config": json.dumps(ckpt["config"]),
         "epoch": str(ckpt.get("epoch", 0)),
         "source": checkpoint.name,
-        "parity_atol": str(PARITY_ATOL[task]),
+        "parity_atol": str(task.onnx.parity_atol),
     }
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"cvapps {task} model exported from {checkpoint.name}"
+    proto.doc_string = f"cvapps {task.name} model exported from {checkpoint.name}"
     onnx.checker.check_model(proto)
     atomic_write(out, lambda tmp: onnx.save(proto, tmp))
 
-    report = ExportReport(out, task, opset, 0.0, PARITY_ATOL[task], ())
+    report = ExportReport(out, task.name, opset, 0.0, task.onnx.parity_atol, ())
     if check:
         try:
             report = check_parity(out, model, task, channels, size, batches=(1, 3) if dynamic_batch else (2,))
@@ -192,15 +171,16 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     return report
 
 
-def check_parity(onnx_path: str | Path, model: nn.Module, task: str, channels: int, size: int,
+def check_parity(onnx_path: str | Path, model: nn.Module, task: Task, channels: int, size: int,
                  batches: tuple[int, ...] = (1, 3)) -> ExportReport:
-    """Run ``onnx_path`` in onnxruntime and ``model`` in PyTorch on the same random batches.
+    """Run ``onnx_path`` in onnxruntime and ``model`` (of ``task``, an exportable one) in PyTorch on the
+    same random batches.
 
-    Raises CvappsError if any output differs by more than ``PARITY_ATOL[task] + PARITY_RTOL * |ref|``.
+    Raises CvappsError if any output differs by more than ``task.onnx.parity_atol + PARITY_RTOL * |ref|``.
     """
     _, ort = _need_onnx()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    atol, worst = PARITY_ATOL[task], 0.0
+    atol, worst = task.onnx.parity_atol, 0.0
     gen = torch.Generator().manual_seed(1)
     for b in batches:
         x = torch.rand(b, channels, size, size, generator=gen)
@@ -219,4 +199,4 @@ def check_parity(onnx_path: str | Path, model: nn.Module, task: str, channels: i
             if not np.all(diff <= atol + PARITY_RTOL * np.abs(ref)):
                 raise CvappsError(f"export check failed: onnxruntime output {meta.name} differs from PyTorch by up "
                                   f"to {diff.max():.3g} at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
-    return ExportReport(Path(onnx_path), task, 0, worst, atol, tuple(batches))
+    return ExportReport(Path(onnx_path), task.name, 0, worst, atol, tuple(batches))

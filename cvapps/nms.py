@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from cvapps import ultralytics_parts
 
 # Above this many candidate boxes torchvision's C++ NMS is worth its import (~1.2 s once); below it
 # ultralytics' pure-torch NMS takes well under a millisecond per image.
@@ -34,10 +35,8 @@ def torch_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, i
     loaded) with batched_nms' trick: boxes of different classes are moved apart so they never overlap."""
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long)
-    from ultralytics.utils.nms import TorchNMS  # a dependency of every model that gets here
-
     # torchvision visits equal scores in index order (a stable sort); ranks make the order explicit.
     order = scores.argsort(descending=True, stable=True)
     shifted = (boxes + (labels.to(boxes) * (boxes.max() + 1))[:, None])[order]
     ranks = -torch.arange(len(order), dtype=torch.float32)
-    return order[TorchNMS.nms(shifted, ranks, iou)]
+    return order[ultralytics_parts.TorchNMS.nms(shifted, ranks, iou)]

@@ -9,20 +9,18 @@ from typing import Any
 import cvapps
 from cvapps.errors import CheckpointError
 
-DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
 
-
-def load_model(path: str, device: str = "auto", batch: int = 8, tasks: tuple[str, ...] | None = None) -> cvapps.Model:
-    """:func:`cvapps.load` (cvapps checkpoints, ONNX exports, native ultralytics files) that refuses a
-    model of another kind than ``tasks`` with a one-line error; asking for a detector also accepts
-    native ultralytics detectors."""
-    wanted = tuple(tasks or ())
-    if set(wanted) & set(DETECTION_TASKS):
-        wanted = tuple(dict.fromkeys((*wanted, "ultralytics")))
+def load_model(path: str, device: str = "auto", batch: int = 8, part: str | None = None,
+               needs: tuple[str, ...] = ()) -> cvapps.Model:
+    """:func:`cvapps.load` (cvapps checkpoints, ONNX exports, native ultralytics files) as the model of
+    ``part`` ("detect", "segment" or "classify": :meth:`cvapps.Model.part`, so a multitask model gives
+    its boxes or masks), whose predictions carry every part in ``needs`` ("detections", "semantic",
+    ...); a model of another kind is a one-line error."""
     model = cvapps.load(path, device=device, batch=batch)
-    if wanted and model.task not in wanted:
-        raise CheckpointError(f"{path} is a {model.task!r} model; this pipeline needs "
-                              f"{' or '.join(map(repr, wanted))}")
+    model = model.part(part) if part else model
+    if not set(needs) <= model.parts:
+        raise CheckpointError(f"{path} is {model.loaded.task.describe()}; this pipeline needs one that predicts "
+                              f"{' and '.join(needs)}")
     return model
 
 

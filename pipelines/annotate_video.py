@@ -49,6 +49,7 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
 
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
+    from cvapps.io.sources import SourceOptions
 
     stem = Path(str(source)).stem or "video"
     sinks: list[Any] = []
@@ -74,7 +75,8 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
         kind = "detections" if detector is not None else "segmentation"
         sinks.append(CocoSink(out / f"{kind}_coco.json", names, model.category_ids))
     sinks.insert(0, VideoWriterSink(out / f"{stem}.mp4", draw))
-    return run_source(predictor, source, sinks, progress=progress, options=options, vid_stride=vid_stride)
+    return run_source(predictor, source, sinks, progress=progress, options=options,
+                      source_options=SourceOptions(vid_stride=vid_stride))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.errors import CvappsError
 
     try:
-        detector = load_model(args.detector, args.device, args.batch, ("faster_rcnn", "yolo")) if args.detector else None
-        segmenter = load_model(args.segmenter, args.device, args.batch, ("segment",)) if args.segmenter else None
-        multitask = load_model(args.model, args.device, args.batch, ("multitask",)) if args.model else None
+        detector = load_model(args.detector, args.device, args.batch, part="detect") if args.detector else None
+        segmenter = load_model(args.segmenter, args.device, args.batch, part="segment") if args.segmenter else None
+        # one model whose every prediction carries boxes and a mask (a multitask one)
+        multitask = (load_model(args.model, args.device, args.batch, needs=("detections", "semantic"))
+                     if args.model else None)
         report = annotate(args.video, Path(args.out), detector, segmenter, args.conf, args.vid_stride, not args.quiet,
                           multitask)
     except CvappsError as exc:

@@ -37,12 +37,15 @@ def auto_label(detector: Any, folder: str | Path, out: str | Path, conf: float =
     """Detect on every image under ``folder`` with ``detector`` (a :class:`cvapps.Model`) and write
     the COCO dataset ``out``; returns the RunReport."""
     from cvapps.engine.runner import run_source
+    from cvapps.formats.coco import ImageIndex
     from cvapps.io.sinks import CocoSink
+    from cvapps.io.sources import SourceOptions
 
     root = folder if Path(folder).is_dir() else None
-    sink = CocoSink(out, detector.names, detector.category_ids, root=root,
+    sink = CocoSink(out, detector.names, detector.category_ids, index=ImageIndex(root),
                     info={"description": f"auto-labelled by cvapps (conf >= {conf})"})
-    return run_source(detector.predictor, str(folder), [sink], progress=progress, options={"conf": conf}, shard=shard)
+    return run_source(detector.predictor, str(folder), [sink], progress=progress, options={"conf": conf},
+                      source_options=SourceOptions(shard=shard))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.errors import CvappsError
 
     try:
-        detector = load_model(args.model, args.device, args.batch, ("faster_rcnn", "yolo"))
+        detector = load_model(args.model, args.device, args.batch, part="detect")
         report = auto_label(detector, args.folder, args.out, args.conf, args.shard, not args.quiet)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import DETECTION_TASKS, load_model
+from _common import load_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,8 +53,7 @@ def count(model: Any, source: Any, out: Path, lines: list[str], zones: list[str]
     options: dict[str, Any] = {"track": tracker, "track_buffer": track_buffer, "count_lines": lines, "zones": zones}
     if conf is not None:
         options["conf"] = conf
-    if isinstance(source, str) and "://" in source:
-        options["reconnect_s"] = reconnect_s
+    options["reconnect_s"] = reconnect_s  # a source option: live sources use it, files ignore it
     out.mkdir(parents=True, exist_ok=True)
     results = model.predict(source, stream=True, **options)  # opens the source now: a bad one fails here
     draw = make_drawer(model.names)
@@ -69,11 +68,11 @@ def count(model: Any, source: Any, out: Path, lines: list[str], zones: list[str]
     completed = False
     try:
         for r in results:
-            frame = Frame(r.image, r.source, r.index, r.timestamp)
+            frame = Frame(r.image, r.source, r.index, r.timestamp, r.stream, r.frame_index)
             for sink in sinks:
                 sink.write(frame, r.prediction)
             if r.counts is not None:
-                last[r.source.rsplit("#frame=", 1)[0]] = r.counts
+                last[r.stream] = r.counts  # per video or stream
         completed = True
     except KeyboardInterrupt:
         completed = True  # stopped by the user: what was processed is written
@@ -111,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give at least one --line or --zone", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, args.device, args.batch, tasks=DETECTION_TASKS)
-        source = int(args.source) if args.source.isdigit() else args.source
-        out = Path(args.out)
-        totals = count(model, source, out, args.line, args.zone, tracker=args.tracker,
+        model = load_model(args.model, args.device, args.batch, part="detect")
+        out = Path(args.out)  # SOURCE "0" is webcam 0 unless such a file exists (describe_source's rule)
+        totals = count(model, args.source, out, args.line, args.zone, tracker=args.tracker,
                        track_buffer=args.track_buffer, serve=args.serve, conf=args.conf, reconnect_s=args.reconnect)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -69,9 +69,10 @@ class ClassifyCrops:
             if hasattr(sink, "start"):
                 sink.start(source)
 
-    def write(self, frame: Any, dets: Any) -> None:
+    def write(self, frame: Any, prediction: Any) -> None:
         from cvapps.formats.names import frame_file_name
 
+        dets = prediction.detections
         crops = crop_boxes(frame.image, dets.boxes.tolist(), self.pad)
         classes = self.classifier.predict(crops) if crops else []  # one Result per crop
         objects = []
@@ -80,7 +81,7 @@ class ClassifyCrops:
                             "detector": {"name": self.names[label], "score": round(score, 4)},
                             "classifier": {"name": cls.names[cls.label], "score": round(cls.score, 4)}})
         self.objects += len(objects)
-        record = {"file_name": frame_file_name(frame.source, self.root), "index": frame.index, "objects": objects}
+        record = {"file_name": frame_file_name(frame, self.root), "index": frame.index, "objects": objects}
         self._lines.write_record(record)
         for sink in self.outputs:
             sink.write(frame, (dets, objects))
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.errors import CvappsError
 
     try:
-        detector = load_model(args.detector, args.device, args.batch, ("faster_rcnn", "yolo"))
-        classifier = load_model(args.classifier, args.device, 32, ("classify",))
+        detector = load_model(args.detector, args.device, args.batch, part="detect")
+        classifier = load_model(args.classifier, args.device, 32, part="classify")
         report, sink = detect_then_classify(detector, classifier, args.source, Path(args.out), args.conf, args.pad,
                                             args.save_video, args.save_images, not args.quiet)
     except CvappsError as exc:

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from cvapps.errors import CvappsError
     from cvapps.io.preview import MJPEGServer, PreviewWindow, display_available
     from cvapps.io.sinks import VideoWriterSink, make_drawer
+    from cvapps.io.sources import SourceOptions
 
     try:
         model = load_model(args.model, args.device, args.batch)
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             sinks.append(server)
         if args.save_video:
             sinks.append(VideoWriterSink(Path(args.save_video), draw))
-        options = {"conf": args.conf} if model.task in ("faster_rcnn", "yolo", "ultralytics") else {}
-        source = int(args.source) if args.source.isdigit() else args.source
-        report = run_source(model.predictor, source, sinks, progress=False, options=options,
-                            buffer=True if args.buffer else None, reconnect_s=args.reconnect)
+        options = {"conf": args.conf} if "conf" in model.loaded.task.postprocess_options else {}
+        # "0" is webcam 0 unless such a file exists: the one rule of cvapps.io.sources.describe_source
+        read = SourceOptions(buffer=True if args.buffer else None, reconnect_s=args.reconnect)
+        report = run_source(model.predictor, args.source, sinks, progress=False, options=options, source_options=read)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

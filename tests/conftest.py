@@ -18,11 +18,11 @@ SAMPLE = REPO / "sample_data" / "shapes"
 @pytest.fixture(scope="session")
 def small_shapes(tmp_path_factory) -> Path:
     """A small shapes dataset in every layout (COCO, masks, YOLO txt, class folders, a short video)."""
-    from cvapps.data.synth import generate_shapes
+    from cvapps.data.synth import SynthSpec, generate_shapes
 
     root = tmp_path_factory.mktemp("shapes") / "shapes"
-    generate_shapes(root, n_train=16, n_val=8, imgsz=96, n_crops_per_class=(12, 6), crop_size=48,
-                    video_frames=24, video_size=(160, 120), progress=False)
+    generate_shapes(root, SynthSpec(n_train=16, n_val=8, imgsz=96, n_crops_per_class=(12, 6), crop_size=48,
+                                    video_frames=24, video_size=(160, 120)), progress=False)
     return root
 
 

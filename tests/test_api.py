@@ -17,7 +17,7 @@ import cvapps
 from cvapps.cli import main as cli
 from cvapps.errors import CvappsError
 from cvapps.results import Result
-from cvapps.structures import Classification, Detections, SegmentationMask
+from cvapps.structures import Classification, Detections, Prediction, SegmentationMask
 
 VAL_IMAGES = ROOT / "sample_data" / "shapes" / "images" / "val"
 
@@ -93,7 +93,7 @@ def test_predict_arrays_equal_predict_files(yolo_ckpt: Path) -> None:
     # batch of 1 vs batch of 2: the same maths, but CPU kernels may round the last bits differently
     assert len(single) == 1 and np.allclose(single[0].boxes, from_arrays[1].boxes, atol=1e-3)
     for a, f in zip(from_arrays, from_files):
-        assert isinstance(a.prediction, Detections) and len(a.boxes) > 0
+        assert a.prediction.detections is not None and len(a.boxes) > 0
         assert np.array_equal(a.boxes, f.boxes) and np.array_equal(a.scores, f.scores)
         assert np.array_equal(a.labels, f.labels) and a.image.shape == f.image.shape
     gray = model.predict(cv2.cvtColor(arrays[0], cv2.COLOR_BGR2GRAY))[0]
@@ -144,13 +144,13 @@ def test_to_supervision_round_trips_exactly(yolo_ckpt: Path) -> None:
 
     mask = np.zeros((20, 30), np.uint8)
     mask[2:6, 3:9], mask[10:12, 20:25], mask[0, 0] = 2, 3, 255
-    seg = Result("m.png", 0, 0.0, np.zeros((20, 30, 3), np.uint8), SegmentationMask(mask, np.array([0, .1, .2, .3])),
-                 ["background", *SHAPES], [0, 1, 2, 3])
+    semantic = Prediction(semantic=SegmentationMask(mask, np.array([0, .1, .2, .3])))
+    seg = Result("m.png", 0, 0.0, np.zeros((20, 30, 3), np.uint8), semantic, ["background", *SHAPES], [0, 1, 2, 3])
     sdets = seg.to_supervision()
     assert sdets.class_id.tolist() == [2, 3] and np.allclose(sdets.confidence, [0.2, 0.3])
     assert np.array_equal(sdets.mask[0], mask == 2) and sdets.xyxy[0].tolist() == [3, 2, 8, 5]
     assert [e["category_id"] for e in seg.to_coco(7)] == [2, 3]
-    cls = Result("c.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Classification(1, 0.75), SHAPES)
+    cls = Result("c.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Prediction(classification=Classification(1, 0.75)), SHAPES)
     assert cls.to_supervision().class_id.tolist() == [1] and cls.label == 1 and cls.score == 0.75
     with pytest.raises(CvappsError, match="no COCO results form"):
         cls.to_coco(1)
@@ -160,7 +160,7 @@ def test_to_supervision_round_trips_exactly(yolo_ckpt: Path) -> None:
 
 def test_to_supervision_without_supervision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "supervision", None)  # makes `import supervision` raise ImportError
-    r = Result("a.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Detections.empty(), SHAPES)
+    r = Result("a.png", 0, 0.0, np.zeros((4, 4, 3), np.uint8), Prediction(Detections.empty()), SHAPES)
     with pytest.raises(CvappsError) as info:
         r.to_supervision()
     assert "pip install 'cvapps[supervision]'" in str(info.value) and "\n" not in str(info.value)
@@ -189,7 +189,7 @@ def test_stream_keeps_memory_flat_on_a_long_video(cls_ckpt: Path, tmp_path: Path
     assert inspect.isgenerator(results)
     for r in results:
         count += 1
-        assert r.index == count - 1 and isinstance(r.prediction, Classification)
+        assert r.index == count - 1 and r.prediction.classification is not None
         if count in (100, 600):
             rss[count] = _rss_mb()
     assert count == 600

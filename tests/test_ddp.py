@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cvapps.checkpoint import load_checkpoint
-from cvapps.data.synth import generate_shapes
+from cvapps.data.synth import SynthSpec, generate_shapes
 from cvapps.engine.distributed import DUMP_ENV, DistContext, all_true
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +44,8 @@ def test_all_true_without_ddp_is_plain_bool() -> None:
 
 
 def test_torchrun_two_cpu_ranks_hold_identical_weights(tmp_path: Path) -> None:
-    data = generate_shapes(tmp_path / "data", n_train=2, n_val=1, imgsz=48, n_crops_per_class=(8, 3),
-                           crop_size=32, video_frames=1, progress=False)
+    data = generate_shapes(tmp_path / "data", SynthSpec(n_train=2, n_val=1, imgsz=48, n_crops_per_class=(8, 3),
+                                                        crop_size=32, video_frames=1), progress=False)
     out, dump = tmp_path / "run", tmp_path / "ranks"
     env = {**os.environ, DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)

@@ -20,6 +20,7 @@ from cvapps.data.convert import coco_to_yolo
 from cvapps.data.detection import DetectionDataset
 from cvapps.data.letterbox import letterbox
 from cvapps.errors import DataError
+from cvapps.tasks import get_task, load_config
 from cvapps.tasks.detection_common import DetectionTask
 
 
@@ -232,3 +233,12 @@ def test_convert_round_trip(tmp_path: Path) -> None:
     want = sorted((orig_name[a["image_id"]], a["category_id"], *[float(v) for v in a["bbox"]]) for a in anns)
     assert got == want
     assert check_dataset(back)[0].ok
+
+
+@pytest.mark.parametrize("config", ["yolo_shapes.yaml", "faster_rcnn_shapes.yaml", "multitask_shapes.yaml"])
+def test_a_num_classes_the_dataset_does_not_have_is_a_data_error(config: str) -> None:
+    """The same error type and message as segmentation's (tests/test_segment.py)."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / config, ["model.num_classes=5", "train.device=cpu"])
+    with pytest.raises(DataError, match=r"^model\.num_classes is 5 but the dataset has 3 classes "
+                                        r"\['a', 'b', 'c'\]: set it to 3 or leave it out$"):
+        get_task(cfg.task).build_model(cfg, ["a", "b", "c"])

@@ -25,11 +25,11 @@ CHECK = runpy.run_path(str(ROOT / "benchmarks" / "coco_eval_check.py"))
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Path:
-    from cvapps.data.synth import generate_shapes
+    from cvapps.data.synth import SynthSpec, generate_shapes
 
     base = tmp_path_factory.mktemp("parity")
-    generate_shapes(base / "shapes", n_train=2, n_val=6, imgsz=96, n_crops_per_class=(1, 1), crop_size=32,
-                    video_frames=2, video_size=(64, 48), progress=False)
+    generate_shapes(base / "shapes", SynthSpec(n_train=2, n_val=6, imgsz=96, n_crops_per_class=(1, 1), crop_size=32,
+                                               video_frames=2, video_size=(64, 48)), progress=False)
     root = CHECK["mixed_size_copy"](base / "shapes", "val", base / "mixed", seed=1, sizes=(100, 170))
     assert not (root / "annotations" / "train.json").exists()
     images = json.loads((root / "annotations" / "val.json").read_text())["images"]

@@ -16,8 +16,11 @@ pytest.importorskip("onnxruntime")
 
 from cvapps.cli import main  # noqa: E402
 from cvapps.errors import CheckpointError, CvappsError  # noqa: E402
-from cvapps.export import ONNX_FORMAT, PARITY_ATOL, export_onnx, read_onnx_metadata  # noqa: E402
+from cvapps.export import ONNX_FORMAT, export_onnx, read_onnx_metadata  # noqa: E402
+from cvapps.tasks import OnnxExport, get_task  # noqa: E402
 from tiny_checkpoints import SHAPES, make_checkpoint  # noqa: E402
+
+PARITY_ATOL = {name: get_task(name).onnx.parity_atol for name in ("segment", "yolo")}  # as the tasks declare
 
 
 def write_images(folder: Path, n: int = 3, size: tuple[int, int] = (48, 64)) -> Path:
@@ -78,6 +81,7 @@ def test_segment_and_yolo_export_parity(tmp_path: Path) -> None:
         assert got.class_names == ref.class_names and got.imgsz == ref.imgsz
         (_, a), = ref.predict([Frame(img, "x.png")], conf=0.0)
         (_, b), = got.predict([Frame(img, "x.png")], conf=0.0)
+        a, b = (p.semantic if task == "segment" else p.detections for p in (a, b))
         if task == "segment":
             assert a.mask.shape == img.shape[:2] and (a.mask == b.mask).mean() > 0.999
         else:
@@ -92,7 +96,8 @@ def test_segment_and_yolo_export_parity(tmp_path: Path) -> None:
 
 def test_failed_parity_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     ckpt = make_checkpoint(tmp_path / "c.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
-    monkeypatch.setitem(PARITY_ATOL, "classify", -1.0)  # no output can be this close
+    task = get_task("classify")
+    monkeypatch.setattr(task, "onnx", OnnxExport(task.onnx.outputs, -1.0))  # no output can be this close
     with pytest.raises(CvappsError, match="export check failed"):
         export_onnx(ckpt)
     assert not (tmp_path / "c.onnx").exists()

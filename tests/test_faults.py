@@ -19,7 +19,7 @@ import torch
 from cvapps.checkpoint import load_checkpoint
 from cvapps.cli import main
 from cvapps.tasks import load_config
-from cvapps.data.synth import generate_shapes
+from cvapps.data.synth import SynthSpec, generate_shapes
 from cvapps.engine.train import train
 from cvapps.errors import CheckpointError, CvappsError
 from fault_corpus import EXPECTED_REASONS, tree_digest
@@ -117,8 +117,8 @@ def test_bad_annotations_give_a_report_not_a_traceback(corpus, tmp_path: Path, c
 # ------------------------------------------------------------------------------ kill and resume
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    data = generate_shapes(tmp_path_factory.mktemp("shapes"), n_train=2, n_val=1, imgsz=48,
-                           n_crops_per_class=(24, 4), crop_size=32, video_frames=1, progress=False)
+    data = generate_shapes(tmp_path_factory.mktemp("shapes"), SynthSpec(n_train=2, n_val=1, imgsz=48,
+                           n_crops_per_class=(24, 4), crop_size=32, video_frames=1), progress=False)
     return data / "classify"
 
 

@@ -17,12 +17,13 @@ from pycocotools.cocoeval import COCOeval
 from cvapps.cli import main as cli
 from cvapps.data.segmentation import SegmentationDataset, scan_split
 from cvapps.errors import DataError, ImageReadError
-from cvapps.formats.coco import (ImageIndex, box_to_coco, empty_results, load_results, mask_to_results, mask_to_rle,
-                                 read_coco_json, read_json, rle_to_mask)
+from cvapps.formats.coco import ImageIndex, empty_results, load_results, read_coco_json, read_json
+from cvapps.formats.coco_encode import box_to_coco, mask_to_rle, rle_to_mask
 from cvapps.formats.coco_checks import load_coco_split
 from cvapps.formats.masks import read_mask, write_mask
 from cvapps.formats.merge import merge_files
-from cvapps.formats.names import frame_file_name, frame_name, output_relpath, parse_frame_name, safe_name
+from cvapps.formats.names import frame_file_name, frame_name, output_relpath, safe_name, video_of
+from cvapps.structures import Frame, SegmentationMask
 from cvapps.io.images import image_size
 from cvapps.formats.yolo import load_yolo_split, write_data_yaml, write_yolo_labels
 
@@ -35,11 +36,12 @@ def _image(path: Path, w: int = 64, h: int = 48) -> Path:
 
 # ----------------------------------------------------------------------------------- round trips
 def test_names_round_trip() -> None:
-    assert parse_frame_name(frame_name("/v/clip.mp4", 123)) == ("/v/clip.mp4", 123)
+    pixels = np.zeros((1, 1, 3), np.uint8)
+    assert video_of(Frame.of_video(pixels, "/v/clip.mp4", 123, 4.1)) == ("/v/clip.mp4", 123)
     assert frame_name("clip.mp4", 7) == "clip.mp4#frame=000007"
-    assert parse_frame_name("/a/photo.jpg") is None
-    assert frame_file_name("/v/clip.mp4#frame=000003") == "clip.mp4#frame=000003"
-    assert frame_file_name("rtsp://cam/x#frame=000003") == "rtsp://cam/x#frame=000003"
+    assert video_of(Frame(pixels, "/a/photo.jpg")) is None and video_of("/a/x.mp4#frame=000001") is None  # never parsed
+    assert frame_file_name(Frame.of_video(pixels, "/v/clip.mp4", 3, 0.1)) == "clip.mp4#frame=000003"
+    assert frame_file_name(Frame.of_video(pixels, "rtsp://cam/x", 3, 0.1)) == "rtsp://cam/x#frame=000003"
     assert frame_file_name("/d/sub/a.png", "/d") == "sub/a.png"
     assert output_relpath("/d/sub/a.png", "/d", ".png").as_posix() == "sub/a.png"
     bad = os.fsdecode(b"bad\xffname.png")
@@ -80,10 +82,10 @@ def test_rle_and_box_rules() -> None:
 
 def test_coco_dataset_round_trip(tmp_path: Path) -> None:
     from cvapps.io.sinks import CocoSink
-    from cvapps.structures import Detections, Frame
+    from cvapps.structures import Detections, Frame, Prediction
 
     sink = CocoSink(tmp_path / "d.json", ["a", "b"], [3, 7], results_path=tmp_path / "r.json")
-    det = Detections(np.array([[1.0, 2.0, 11.5, 12.25]], np.float32), np.array([0.9], np.float32), np.array([1]))
+    det = Prediction(Detections(np.array([[1.0, 2.0, 11.5, 12.25]], np.float32), np.array([0.9], np.float32), [1]))
     sink.write(Frame(np.zeros((20, 30, 3), np.uint8), "/x/a.jpg", 0), det)
     expected = sink.dataset()
     sink.close()
@@ -108,16 +110,17 @@ def test_empty_result_rule_loads_in_pycocotools() -> None:
         none.evaluate()
         none.accumulate()
         assert np.array_equal(ev.eval["precision"], none.eval["precision"])
-    assert mask_to_results(np.zeros((8, 8), np.uint8), None, 1, [0, 5]) == []
+    assert SegmentationMask(np.zeros((8, 8), np.uint8)).to_coco(1, [0, 5]) == []
 
 
 def test_image_index_rule() -> None:
     index = ImageIndex()
     a = index.lookup("/d/a.jpg", 10, 10)
-    frame = index.lookup("/v/c.mp4#frame=000004", 5, 5)
+    video_frame = Frame.of_video(np.zeros((5, 5, 3), np.uint8), "/v/c.mp4", 4, 0.4)
+    frame = index.lookup(video_frame, 5, 5)
     assert [a["id"], frame["id"], index.lookup("/d/a.jpg", 10, 10)["id"]] == [1, 2, 1]
     with_images = ImageIndex(image_dir="overlays")
-    assert with_images.lookup("/v/c.mp4#frame=000004", 5, 5)["file_name"] == "overlays/c_000004.jpg"
+    assert with_images.lookup(video_frame, 5, 5)["file_name"] == "overlays/c_000004.jpg"
     gt = ImageIndex(gt={"images": [{"id": 40, "file_name": "sub/a.jpg"}]})
     assert gt.lookup("/data/sub/a.jpg", 1, 1)["id"] == 40 and gt.lookup("/data/b.jpg", 1, 1) is None
 

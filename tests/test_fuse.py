@@ -103,8 +103,13 @@ def test_predictor_runs_the_folded_copy_only_when_it_owns_the_model() -> None:
     task = get_task("yolo")
     owned = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu")
     assert owned.model is not model and not fusable(owned.model)
-    training = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", channels_last=False)
+    training = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", channels_last=False, fuse=False)
     assert training.model is model, "a model under training is run as it is"
+    nchw = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", channels_last=False)
+    assert nchw.model is not model and not fusable(nchw.model), "the layout choice does not turn folding off"
+    assert nchw.memory_format == torch.contiguous_format
+    as_is = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", fuse=False)
+    assert as_is.model is model and as_is.memory_format == torch.channels_last, "nor folding the layout choice"
 
 
 @pytest.mark.parametrize(("channels_in", "channels_out", "factor", "size"),

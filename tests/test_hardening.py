@@ -21,7 +21,7 @@ import torch
 from cvapps.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from cvapps.cli import main
 from cvapps.tasks import load_config
-from cvapps.data.synth import generate_shapes
+from cvapps.data.synth import SynthSpec, generate_shapes
 from cvapps.engine.train import train
 from cvapps.errors import CvappsError, DataError, OutputError
 from cvapps.io.guard import check_writable_target, protected
@@ -38,8 +38,8 @@ def yolo_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("shapes"), n_train=4, n_val=2, imgsz=48,
-                           n_crops_per_class=(8, 2), crop_size=32, video_frames=1, progress=False)
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), SynthSpec(n_train=4, n_val=2, imgsz=48,
+                           n_crops_per_class=(8, 2), crop_size=32, video_frames=1), progress=False)
 
 
 def _photos(folder: Path, n: int = 2) -> Path:

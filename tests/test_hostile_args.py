@@ -383,14 +383,14 @@ def test_class_name_with_a_newline_is_refused(ckpts, frames160, tmp_path: Path, 
 
 def test_csv_cells_are_not_formulas(tmp_path: Path) -> None:
     from cvapps.io.sinks import ClassificationCSV, close_all
-    from cvapps.structures import Classification, Frame
+    from cvapps.structures import Classification, Frame, Prediction
 
     names = ["=HYPERLINK(\"x\")", "-2", "+cmd", "@SUM(A1)", "\tx", "plain", "-0.5"]
     sink = ClassificationCSV(tmp_path / "p.csv", names, topk=3)
     image = np.zeros((4, 4, 3), np.uint8)
-    sink.write(Frame(image, "=cmd|' /C calc'!A0.png"), Classification(0, 0.5, [(0, 0.5), (1, 0.3), (6, 0.2)]))
-    sink.write(Frame(image, "-1.png"), Classification(2, 0.5, [(2, 0.5), (3, 0.3), (4, 0.2)]))
-    sink.write(Frame(image, "ok.png"), Classification(5, 0.5, [(5, 0.5), (6, 0.3), (6, 0.2)]))
+    for source, label, topk in (("=cmd|' /C calc'!A0.png", 0, [(0, 0.5), (1, 0.3), (6, 0.2)]),
+                                ("-1.png", 2, [(2, 0.5), (3, 0.3), (4, 0.2)]), ("ok.png", 5, [(5, 0.5), (6, 0.3), (6, 0.2)])):
+        sink.write(Frame(image, source), Prediction(classification=Classification(label, 0.5, topk)))
     assert close_all([sink]) == []
     rows = list(csv.reader((tmp_path / "p.csv").open(newline="")))[1:]
     assert rows[0][:5] == ["'=cmd|' /C calc'!A0.png", "'=HYPERLINK(\"x\")", "0.5000", "-2", "0.3000"]

@@ -63,7 +63,7 @@ def test_faster_rcnn_checkpoint_loads_after_its_detector_weights_file_is_gone(tm
     loaded = load_model(ckpt, device="cpu")
     assert loaded.config.model.detector_weights is None
     image = np.full((50, 70, 3), 120, np.uint8)
-    det = loaded.predictor()(image, conf=0.0)
+    det = loaded.predictor()(image, conf=0.0).detections
     assert isinstance(det, Detections)
     with torch.no_grad():
         x = torch.rand(1, 3, 64, 64)
@@ -134,7 +134,7 @@ def test_real_ultralytics_checkpoint_loads_without_trust_and_predicts(tmp_path: 
     YOLO("yolov8n.yaml").save(path)
     loaded = load_model(path, device="cpu", imgsz=64)
     assert loaded.task.name == "ultralytics" and len(loaded.class_names) == 80
-    det = loaded.predictor()(np.full((40, 90, 3), 100, np.uint8), conf=0.0, max_det=5)
+    det = loaded.predictor()(np.full((40, 90, 3), 100, np.uint8), conf=0.0, max_det=5).detections
     assert isinstance(det, Detections) and len(det) == 5
     assert float(det.boxes[:, 2].max()) <= 90 and float(det.boxes[:, 3].max()) <= 40
     images = _images(tmp_path / "imgs")

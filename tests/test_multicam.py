@@ -28,8 +28,8 @@ import cvapps.api
 from cvapps.cli import main as cli
 from cvapps.errors import CvappsError
 from cvapps.io.sinks import JsonLinesSink
-from cvapps.io.sources import MultiSource, is_streams_file, read_streams_file
-from cvapps.structures import Detections
+from cvapps.io.sources import MultiSource, SourceOptions, is_streams_file, read_streams_file
+from cvapps.structures import Detections, Prediction
 
 SAMPLE_VIDEO = ROOT / "sample_data" / "shapes" / "video" / "shapes.mp4"
 WAIT_S = 40.0  # a hang guard for each step of the acceptance test, never reached when things work
@@ -120,7 +120,7 @@ def test_dead_or_hanging_camera_never_stalls_the_others(tmp_path: Path) -> None:
     hang = threading.Event()
     plans = {"fake://live": [FakeCapture], "fake://hang": [lambda: FakeCapture(hang=hang)],
              "fake://dead": [lambda: FakeCapture(opened=False)]}
-    src = MultiSource(_streams(tmp_path, "fake://live", "fake://hang", "fake://dead"), reconnect_s=1.0,
+    src = MultiSource(_streams(tmp_path, "fake://live", "fake://hang", "fake://dead"), SourceOptions(reconnect_s=1.0),
                       capture_factory=_factory(plans))
     names = []
     try:
@@ -148,14 +148,14 @@ def test_an_outage_is_a_gap_event_and_no_frames(tmp_path: Path) -> None:
     of b inside it, frames of a all through it; the JSON lines put the gap before b's next frame."""
     plans = {"fake://a": [FakeCapture],
              "fake://b": [lambda: FakeCapture(frames=10), lambda: FakeCapture(opened=False), FakeCapture]}
-    src = MultiSource(_streams(tmp_path, "fake://a", "fake://b"), reconnect_s=10.0, buffer=True,
+    src = MultiSource(_streams(tmp_path, "fake://a", "fake://b"), SourceOptions(reconnect_s=10.0, buffer=True),
                       capture_factory=_factory(plans))
     sink = JsonLinesSink(tmp_path / "p.jsonl", SHAPES)
     sink.start(src)
     b_frames = 0
     with src:
         for frame in src:
-            sink.write(frame, Detections.empty())
+            sink.write(frame, Prediction(Detections.empty()))
             b_frames += src.stream_of(frame) == "fake://b"
             if b_frames == 20:
                 break

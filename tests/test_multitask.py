@@ -15,7 +15,6 @@ from torchvision.ops import box_iou
 from tiny_checkpoints import ROOT, multitask_checkpoint
 
 from cvapps.cli import main as cli
-from cvapps.config import MultiTaskConfig
 from cvapps.engine.device import images_to_device
 from cvapps.engine.load import load_model
 from cvapps.engine.predict import Predictor
@@ -24,9 +23,10 @@ from cvapps.engine.train import build_optimizer, make_loader, train
 from cvapps.errors import ConfigError
 from cvapps.io.draw import draw_prediction
 from cvapps.io.sinks import CocoSink
-from cvapps.structures import Detections, Frame, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Frame, Prediction
 from cvapps.tasks import get_task, load_config
 from cvapps.tasks.multitask import select_part
+from cvapps.tasks.multitask_config import MultiTaskConfig
 
 CONFIG = ROOT / "configs" / "multitask_shapes.yaml"
 TASK = get_task("multitask")
@@ -53,11 +53,11 @@ def test_backbone_runs_once_per_batch_for_every_head(small_shapes: Path) -> None
                           prefetch=0)
     results = [p for _, p in predictor.predict([Frame(im, f"im{i}", i) for i, im in enumerate(images)], conf=0.0)]
     assert len(calls) == 1, "one backbone pass served the whole batch"
-    assert [type(p) for p in results] == [MultiTaskPrediction] * 3
+    assert [type(p) for p in results] == [Prediction] * 3
     for image, pred in zip(images, results):
-        assert isinstance(pred.detections, Detections) and len(pred.detections) > 0
-        assert isinstance(pred.segmentation, SegmentationMask) and pred.segmentation.mask.shape == image.shape[:2]
-        assert pred.label_scores.shape == (3,)
+        assert list(pred.parts()) == ["detections", "semantic", "presence"] and len(pred.detections) > 0
+        assert pred.semantic.mask.shape == image.shape[:2] and pred.semantic.extra_background
+        assert pred.presence.scores.shape == (3,)
     # the training forward also runs the backbone once for all the losses
     calls.clear()
     splits = TASK.build_datasets(cfg)
@@ -207,7 +207,7 @@ def test_combined_prediction_drawn_and_saved_under_one_image_id(small_shapes: Pa
     loaded = load_model(path, device="cpu")
     image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
     pred = loaded.predictor()(image, conf=0.0, max_det=5)
-    assert isinstance(pred, MultiTaskPrediction) and len(pred.detections) == 5
+    assert pred.semantic is not None and len(pred.detections) == 5
     drawn = draw_prediction(image, pred, loaded.class_names)
     assert drawn.shape == image.shape and not np.array_equal(drawn, image)
 
@@ -225,8 +225,8 @@ def test_combined_prediction_drawn_and_saved_under_one_image_id(small_shapes: Pa
     seg = select_part(loaded, "segment")
     assert seg.class_names == ["background", "circle", "square", "triangle"] and seg.category_ids == [0, 1, 2, 3]
     part = seg.predictor()(image)
-    assert isinstance(part, SegmentationMask)
-    assert np.array_equal(part.mask, pred.segmentation.mask)
+    assert list(part.parts()) == ["semantic"] and not part.semantic.extra_background
+    assert np.array_equal(part.semantic.mask, pred.semantic.mask)
 
 
 def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: Path) -> None:
@@ -279,8 +279,9 @@ def test_predict_command_runs_the_whole_model(small_shapes: Path, tmp_path: Path
     for path in drawn:  # mask and boxes drawn over the input
         assert not np.array_equal(cv2.imread(str(path)), cv2.imread(str(images / path.name)))
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == n and len(lines[0]["prediction"]["detections"]["boxes"]) == 3
-    assert set(lines[0]["prediction"]["segmentation"]["classes"]) == {"square"}
+    assert len(lines) == n and len(lines[0]["prediction"]["boxes"]) == 3
+    assert [c["name"] for c in lines[0]["prediction"]["classes"]] == ["square"]
+    assert len(lines[0]["prediction"]["presence"]) == 3  # every class's presence probability
 
     # the one forward's parts are what `cvapps detect` / `cvapps segment` write for the same checkpoint
     assert cli(["detect", *common, *boxes, "--out", str(tmp_path / "det")]) == 0

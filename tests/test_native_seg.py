@@ -52,7 +52,7 @@ def _predict(model: Path, images: Path) -> dict[str, Detections]:
     from cvapps.engine.load import load_model
 
     predictor = load_model(model, device="cpu").predictor()
-    return {p.name: predictor(cv2.imread(str(p)), conf=0.0, iou=0.5, max_det=5)  # the CLI's defaults
+    return {p.name: predictor(cv2.imread(str(p)), conf=0.0, iou=0.5, max_det=5).detections  # the CLI's defaults
             for p in sorted(images.glob("*.png"))}
 
 
@@ -80,13 +80,13 @@ def test_seg_model_yields_masks_of_the_original_size(detected):
     assert any(bool(d.masks.any()) for d in dets.values())  # the seeded model draws something
 
 
-def test_box_only_models_have_no_masks_and_filter_keeps_masks_aligned():
+def test_box_only_models_have_no_masks_and_slicing_keeps_masks_aligned():
     det = Detections(torch.tensor([[0, 0, 4, 4], [1, 1, 2, 2]]), torch.tensor([0.9, 0.5]), torch.tensor([1, 0]))
-    assert det.masks is None and det.filter(det.scores > 0.6).masks is None
+    assert det.masks is None and det[det.scores > 0.6].masks is None
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[1, 2:4, 2:4] = True
     det = Detections(det.boxes, det.scores, det.labels, masks)
-    kept = det.filter(det.scores < 0.6)
+    kept = det[det.scores < 0.6]
     assert kept.masks.shape == (1, 8, 8) and int(kept.masks.sum()) == 4
     with pytest.raises(ValueError, match="masks"):
         Detections(det.boxes, det.scores, det.labels, torch.zeros(3, 8, 8))
@@ -111,7 +111,9 @@ def test_rle_in_both_coco_files_decodes_to_the_detections_masks(detected):
     assert len(lines) == len(dets)
     for line in lines:
         det = dets[Path(line["source"]).name]
-        assert line["prediction"]["mask_areas"] == det.masks.flatten(1).sum(1).tolist()
+        assert [len(m) for m in (line["prediction"]["masks"], line["prediction"]["boxes"])] == [len(det)] * 2
+        areas = [int(mask_utils.area(rle)) for rle in line["prediction"]["masks"]]
+        assert areas == det.masks.flatten(1).sum(1).tolist()
 
 
 def test_pycocotools_segm_evaluation_runs_on_the_file(detected):
@@ -227,7 +229,7 @@ def test_stand_in_downloader_fetches_and_the_file_loads_safely(tmp_path, monkeyp
     assert fetched == [("yolov8n.pt", wd / "yolov8n.pt")] and (wd / "yolov8n.pt").is_file()
     assert trusts == [False]  # the same weights_only path, no full unpickle
     assert loaded.task.name == "ultralytics" and len(loaded.class_names) == 80
-    det = loaded.predictor()(np.full((48, 64, 3), 90, np.uint8), conf=0.0, max_det=3)
+    det = loaded.predictor()(np.full((48, 64, 3), 90, np.uint8), conf=0.0, max_det=3).detections
     assert len(det) == 3 and det.masks is None
     load_model("yolov8n.pt", device="cpu", imgsz=64)  # now on disk: not fetched again
     assert len(fetched) == 1

@@ -31,7 +31,7 @@ from hostile_corpus import input_state
 from tiny_checkpoints import ROOT, SHAPES, make_checkpoint
 
 from cvapps.cli import main
-from cvapps.data.synth import generate_shapes
+from cvapps.data.synth import SynthSpec, generate_shapes
 
 SAMPLE = ROOT / "sample_data"
 QUIET = ["--quiet", "--device", "cpu"]
@@ -44,8 +44,8 @@ def assets(tmp_path_factory) -> Path:
     make_checkpoint(base / "det.pt", "yolo_shapes.yaml", ["data.imgsz=64"], SHAPES, [1, 2, 3])
     make_checkpoint(base / "seg.pt", "segment_shapes.yaml", ["data.imgsz=64"], ["background", *SHAPES])
     make_checkpoint(base / "cls.pt", "classify_shapes.yaml", ["data.imgsz=32"], SHAPES)
-    generate_shapes(base / "data", n_train=4, n_val=2, imgsz=48, n_crops_per_class=(4, 2), crop_size=32,
-                    video_frames=2, video_size=(64, 48), progress=False)
+    generate_shapes(base / "data", SynthSpec(n_train=4, n_val=2, imgsz=48, n_crops_per_class=(4, 2), crop_size=32,
+                                             video_frames=2, video_size=(64, 48)), progress=False)
     imgs = base / "imgs"
     for rel in ("a.jpg", "sub/b.jpg", "sub/deeper/c.jpg"):
         (imgs / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -364,14 +364,14 @@ def _manifest_item(tmp_path: Path) -> tuple[object, Path, dict]:
 
     from cvapps.engine.manifest import encode_prediction
     from cvapps.engine.ray_plan import Item
-    from cvapps.structures import Detections
+    from cvapps.structures import Detections, Prediction
 
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((12, 16, 3), np.uint8))
     det = Detections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.5], np.float32), np.array([1]),
                      np.ones((1, 12, 16), bool))
     frame = {"source": str(img), "index": 0, "timestamp": 0.0, "width": 16, "height": 12,
-             "prediction": encode_prediction(det)}
+             "prediction": encode_prediction(Prediction(det), ["a", "b", "c"])}
     return Item(str(img), 0, "image", str(img)), img, {"key": str(img), "frames": [frame]}
 
 
@@ -382,12 +382,11 @@ def _bad_records(good: dict) -> dict[str, bytes]:
                                 "prediction": {**pred, "mask_size": [60000, 60000],
                                                "masks": [{"size": [60000, 60000], "counts": "0"}]}}]}
     mask_only = {**good, "frames": [{**frame, "prediction": {**pred, "mask_size": [60000, 60000]}}]}
-    from cvapps.formats.coco import mask_to_rle
+    from cvapps.formats.coco_encode import mask_to_rle
 
     runs = mask_to_rle(np.ones((24, 32), bool))["counts"]  # run lengths of a mask 4 times as big
     overrun = {**good, "frames": [{**frame, "prediction": {**pred, "masks": [{"size": [12, 16], "counts": runs}]}}]}
-    cls = {**good, "frames": [{**frame, "prediction": {"type": "classification", "label": 1, "score": 0.5,
-                                                       "topk": 5}}]}
+    cls = {**good, "frames": [{**frame, "prediction": {"label": 1, "name": "b", "score": 0.5, "topk": 5}}]}
     label = {**good, "frames": [{**frame, "prediction": {**pred, "labels": [99]}}]}
     deep = b'{"key": "' + good["key"].encode() + b'", "frames": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     return {"huge": json.dumps(huge).encode(), "mask-size": json.dumps(mask_only).encode(),
@@ -427,6 +426,6 @@ def test_a_good_manifest_record_passes_the_check(tmp_path: Path) -> None:
     item, _, good = _manifest_item(tmp_path)
     assert RecordCheck([item], classes=3)(json.loads(json.dumps(good))) is None
     decoded = decode_prediction(good["frames"][0]["prediction"])
-    assert decoded.masks.shape == (1, 12, 16)
+    assert decoded.detections.masks.shape == (1, 12, 16)
     assert not rle_fits({"size": [12, 16], "counts": "0"}, 12, 16)  # runs short of the mask
     assert rle_fits(good["frames"][0]["prediction"]["masks"][0], 12, 16)

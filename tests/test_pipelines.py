@@ -27,7 +27,8 @@ from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.io.preview import MJPEGServer, parse_host_port
 from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, count_video_frames, make_drawer
-from cvapps.structures import SegmentationMask
+from cvapps.io.sources import SourceOptions
+from cvapps.structures import Prediction, SegmentationMask
 from cvapps.tasks.base import Task
 from test_runner import ROOT, SAMPLE_VIDEO, _FakeModel, _write_video, classify_ckpt, fake_predictor  # noqa: F401
 
@@ -54,7 +55,7 @@ class _FakeSegmentTask(Task):
             h, w = meta.orig_hw
             mask = np.zeros((h, w), np.uint8)
             mask[h // 4: h // 2, w // 4: w // 2] = 1
-            out.append(SegmentationMask(mask, np.array([0.5, 0.9])))
+            out.append(Prediction(semantic=SegmentationMask(mask, np.array([0.5, 0.9]))))
         return out
 
 
@@ -134,7 +135,7 @@ def test_pipeline_refuses_a_model_of_another_kind(tmp_path: Path, classify_ckpt:
     folder = ROOT / "sample_data" / "shapes" / "images" / "val"
     assert mod.main([str(folder), "--model", str(classify_ckpt), "--out", str(tmp_path / "a.json"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "is a 'classify' model; this pipeline needs 'faster_rcnn'" in err
+    assert err.count("\n") == 0 and "is a 'classify' model; this needs a detector" in err
     assert not (tmp_path / "a.json").exists()
 
 
@@ -164,7 +165,8 @@ def test_http_stream_from_ffmpeg_then_server_killed(tmp_path: Path) -> None:
         killer.start()
         # reconnect_s also sets FFmpeg's read timeout: 5 s keeps a busy CI machine from ending the
         # stream early; after the kill the run ends within that window by itself
-        report = run_source(p, url, [video, lines], progress=False, reconnect_s=5, buffer=True)
+        report = run_source(p, url, [video, lines], progress=False,
+                            source_options=SourceOptions(reconnect_s=5, buffer=True))
         killer.join()
     finally:
         server.kill()

@@ -28,7 +28,7 @@ from cvapps.engine.ray_predict import MANIFEST, RayCluster, RayModel, run_ray
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
 from cvapps.io.sinks import CocoSink, JsonLinesSink, close_all
-from cvapps.io.sources import open_source
+from cvapps.io.sources import SourceOptions, open_source
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "sample_data" / "models" / "detect.pt"
@@ -193,30 +193,28 @@ def test_manifest_torn_line_and_other_run(tmp_path):
 
 
 def test_encoded_predictions_round_trip():
+    """Each part alone and several together come back equal (tests/test_prediction.py: every field)."""
     import numpy as np
+    import torch
 
-    from cvapps.structures import Classification, Detections, SegmentationMask
+    from cvapps.structures import (
+        Classification,
+        Detections,
+        Prediction,
+        Presence,
+        SegmentationMask,
+    )
 
     det = Detections(np.array([[1.123456, 2.5, 30.0001, 40.7]], np.float32), np.array([0.912345678], np.float32),
                      np.array([2]), np.ones((1, 4, 5), bool))
-    back = decode_prediction(json.loads(json.dumps(encode_prediction(det))))
-    assert back.boxes.equal(det.boxes) and back.scores.equal(det.scores) and back.labels.equal(det.labels)
-    assert back.masks.equal(det.masks)
     mask = SegmentationMask(np.array([[0, 1], [2, 255]], np.uint8), np.array([0.5, 0.25, 0.125], np.float32))
-    back = decode_prediction(json.loads(json.dumps(encode_prediction(mask))))
-    assert (back.mask == mask.mask).all() and back.mask.dtype == np.uint8 and (back.scores == mask.scores).all()
     cls = Classification(1, 0.75, [(1, 0.75), (0, 0.25)])
-    assert decode_prediction(json.loads(json.dumps(encode_prediction(cls)))) == cls
-    import torch
-
-    from cvapps.structures import MultiTaskPrediction
-
-    both = MultiTaskPrediction(det, mask, torch.tensor([0, 2]), np.array([0.9, 0.1, 0.8], np.float32))
-    back = decode_prediction(json.loads(json.dumps(encode_prediction(both))))
-    assert back.detections.boxes.equal(det.boxes) and (back.segmentation.mask == mask.mask).all()
-    assert back.labels.tolist() == [0, 2] and back.label_scores.tolist() == both.label_scores.tolist()
-    boxes_only = decode_prediction(json.loads(json.dumps(encode_prediction(MultiTaskPrediction(det)))))
-    assert boxes_only.segmentation is None and boxes_only.labels is None and boxes_only.detections.labels.equal(det.labels)
+    both = Prediction(det, mask, presence=Presence(torch.tensor([0, 2]), np.array([0.9, 0.1, 0.8], np.float32)))
+    for pred in (Prediction(det), Prediction(semantic=mask), Prediction(classification=cls), both):
+        back = decode_prediction(json.loads(json.dumps(encode_prediction(pred, ["a", "b", "c"]))))
+        assert back == pred and back.parts().keys() == pred.parts().keys()
+    assert back.detections.boxes.equal(det.boxes) and back.semantic.mask.dtype == np.uint8
+    assert back.presence.labels.tolist() == [0, 2] and back.classification is None
 
 
 def test_plan_refuses_streams_and_splits_videos(inputs):
@@ -246,7 +244,7 @@ def test_video_range_equals_the_video_source():
 
     from cvapps.engine.ray_read import video_frames
 
-    with open_source(str(VIDEO), vid_stride=3) as src:
+    with open_source(str(VIDEO), SourceOptions(vid_stride=3)) as src:
         want = [(f.source, f.index, f.timestamp, f.image) for f in src if 100 <= f.index < 160]
     got = list(video_frames(str(VIDEO), 100, 160, vid_stride=3))
     assert [g[:3] for g in got] == [w[:3] for w in want] and len(got) == 20

@@ -20,10 +20,11 @@ from torch import nn
 from cvapps.engine.predict import Predictor
 from cvapps.engine.runner import run_source
 from cvapps.errors import CvappsError
+from cvapps.formats.coco import ImageIndex
 from cvapps.io.sinks import (AnnotatedImages, CocoSink, JsonLinesSink, VideoWriterSink, count_video_frames,
                               make_drawer, prediction_to_json)
-from cvapps.io.sources import StreamSource, open_source, parse_shard
-from cvapps.structures import Detections, Frame
+from cvapps.io.sources import SourceOptions, StreamSource, open_source, parse_shard
+from cvapps.structures import Detections, Frame, Prediction
 from cvapps.tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ class _FakeDetectTask(Task):
         results = []
         for value, meta in zip(outputs.tolist(), metas):
             box = torch.tensor([[2.0, 3.0, 40.0, 30.0]])
-            results.append(Detections(box, torch.tensor([value]), torch.tensor([int(value * 10) % 3])))
+            results.append(Prediction(Detections(box, torch.tensor([value]), torch.tensor([int(value * 10) % 3]))))
         return results
 
 
@@ -130,7 +131,7 @@ def test_prefetch_and_inline_agree(small_video: Path) -> None:
     for prefetch in (0, 2):
         p = fake_predictor(batch=3, prefetch=prefetch)
         with open_source(small_video) as src:
-            out.append([(f.index, round(float(d.scores[0]), 6)) for f, d in p.predict(src)])
+            out.append([(f.index, round(float(d.detections.scores[0]), 6)) for f, d in p.predict(src)])
     assert out[0] == out[1] and len(out[0]) == 30
 
 
@@ -150,7 +151,7 @@ def test_shard_splits_without_overlap(small_video: Path, tmp_path: Path) -> None
     seen = []
     for i in range(3):
         sink = _Collect()
-        run_source(fake_predictor(), small_video, [sink], progress=False, shard=f"{i}/3")
+        run_source(fake_predictor(), small_video, [sink], progress=False, source_options=SourceOptions(shard=f"{i}/3"))
         seen.append([idx for _, idx in sink.items])
     assert sorted(sum(seen, [])) == list(range(30))
     assert seen[1] == list(range(1, 30, 3))
@@ -159,7 +160,7 @@ def test_shard_splits_without_overlap(small_video: Path, tmp_path: Path) -> None
         cv2.imwrite(str(tmp_path / f"{k}.png"), np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "3.png").write_bytes(b"broken")  # belongs to shard 1/2: must not be reported by 0/2
     sink = _Collect()
-    report = run_source(fake_predictor(), tmp_path, [sink], progress=False, shard=(0, 2))
+    report = run_source(fake_predictor(), tmp_path, [sink], progress=False, source_options=SourceOptions(shard=(0, 2)))
     assert [Path(s).name for s, _ in sink.items] == ["0.png", "2.png", "4.png"] and not report.skipped
     with pytest.raises(CvappsError, match="0-based"):
         parse_shard("3/3")
@@ -203,7 +204,7 @@ def test_live_source_drops_are_reported() -> None:
         def release(self):
             pass
 
-    src = StreamSource("rtsp://cam", capture_factory=lambda url: Cap(), reconnect_s=0.0)
+    src = StreamSource("rtsp://cam", SourceOptions(reconnect_s=0.0), capture_factory=lambda url: Cap())
     sink = _Collect()
     report = run_source(fake_predictor(batch=1, delay=0.02), src, [sink], progress=False)
     assert report.processed == len(sink.items) > 0
@@ -252,14 +253,15 @@ def test_annotated_images_and_segmentation_json(tmp_path: Path) -> None:
     mask = np.zeros((100, 120), np.uint8)
     mask[52:58, 63:69] = 2
     mask[10:12, 10:12] = 255
-    seg = SegmentationMask(mask, np.array([0.9, 0.0, 0.8]))
+    seg = Prediction(semantic=SegmentationMask(mask, np.array([0.9, 0.0, 0.8])))
     sink.write(Frame(image, str(img_dir / "a.png")), seg)
     written = cv2.imread(str(tmp_path / "out" / "sub" / "a.png"))
     assert written.shape == image.shape and written[55, 65].any() and not written[90, 110].any()
-    assert prediction_to_json(seg, names)["classes"] == {"background": 12000 - 36 - 4, "square": 36, "ignore": 4}
-    coco = CocoSink(tmp_path / "seg.json", names, [0, 1, 2], root=tmp_path / "in")
+    classes = prediction_to_json(seg, names)["classes"]  # every value but background, each as RLE
+    assert [(c["name"], c["pixels"], c["score"]) for c in classes] == [("square", 36, 0.800000011920929), ("ignore", 4, 1.0)]
+    coco = CocoSink(tmp_path / "seg.json", names, [0, 1, 2], index=ImageIndex(tmp_path / "in"))
     coco.write(Frame(image, str(img_dir / "a.png")), seg)
-    coco.write(Frame(image, str(img_dir / "b.png")), Classification(1, 0.7, [(1, 0.7)]))
+    coco.write(Frame(image, str(img_dir / "b.png")), Prediction(classification=Classification(1, 0.7, [(1, 0.7)])))
     coco.close()
     data = json.loads((tmp_path / "seg.json").read_text())
     assert [c["name"] for c in data["categories"]] == ["circle", "square"]
@@ -421,7 +423,7 @@ def test_memory_format_of_training_models_and_models_without_convolutions() -> N
     task.cpu_channels_last = True
     training = _LayoutModel()
     predictor = Predictor(task, training, ["a", "b", "c"], {"imgsz": 32}, device="cpu", channels_last=False,
-                          prefetch=0)
+                          fuse=False, prefetch=0)
     predictor(np.zeros((20, 20, 3), np.uint8))
     assert predictor.memory_format == torch.contiguous_format and training.seen == [False]
     from cvapps.engine.device import choose_memory_format

@@ -15,25 +15,25 @@ from pycocotools.coco import COCO
 
 from cvapps.backbones import available_backbones, build_backbone
 from cvapps.cli import main as cli_main
-from cvapps.data.synth import generate_shapes
-from cvapps.errors import CvappsError
+from cvapps.data.synth import SynthSpec, generate_shapes
+from cvapps.errors import CvappsError, DataError
 from cvapps.heads.fcn import FCN8sHead, bilinear_kernel, bilinear_upsampler, upsample_crop
-from cvapps.formats.coco import dumps, load_results, mask_to_results
+from cvapps.formats.coco import dumps, load_results
 from cvapps.formats.names import output_relpath
 from cvapps.metrics.segmentation import segmentation_metrics
+from cvapps.structures import Frame, SegmentationMask
 from cvapps.tasks.segment import FCN, TASK, SegmentConfig
 
 # pycocotools' decode trips a numpy-2 copy= DeprecationWarning; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_train=8, n_val=4, imgsz=64, n_crops_per_class=(1, 1), video_frames=3, video_size=(80, 64),
-             progress=False)
+SMALL = SynthSpec(n_train=8, n_val=4, imgsz=64, n_crops_per_class=(1, 1), video_frames=3, video_size=(80, 64))
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("seg") / "shapes", **SMALL)
+    return generate_shapes(tmp_path_factory.mktemp("seg") / "shapes", SMALL, progress=False)
 
 
 def _cfg(root: Path, out: Path, **extra) -> SegmentConfig:
@@ -213,6 +213,7 @@ def test_postprocess_maps_to_original_pixels() -> None:
     logits = torch.zeros(1, 3, 64, 64)
     logits[0, 2, :, 32:] = 5.0  # right half of the network input: class 2
     (pred,) = TASK.postprocess(logits, [meta])
+    pred = pred.semantic
     assert pred.mask.shape == (50, 100) and pred.mask.dtype == np.uint8
     assert (pred.mask[:, 52:] == 2).all() and (pred.mask[:, :48] == 0).all()
     assert pred.scores[2] > 0.9 and pred.scores[1] == 0.0
@@ -234,7 +235,7 @@ def test_coco_json_round_trips_through_pycocotools(tmp_path: Path) -> None:
     scores = np.array([0.9, 0.8, 0.7], np.float32)
     entries = []
     for i, m in enumerate(masks):
-        entries += mask_to_results(m, scores, i + 1, [0, 5, 9])
+        entries += SegmentationMask(m, scores).to_coco(i + 1, [0, 5, 9])
     assert len(entries) == 3  # image 1: classes 1, 2; image 2: class 2 only
     assert all(isinstance(e["segmentation"]["counts"], str) for e in entries)
     path = tmp_path / "predictions.json"
@@ -254,11 +255,12 @@ def test_nothing_predicted_still_loads_in_pycocotools(tmp_path: Path) -> None:
     from pycocotools.cocoeval import COCOeval
 
     from cvapps.io.sinks import CocoSink
-    from cvapps.structures import Frame, SegmentationMask
+    from cvapps.structures import Frame, Prediction
 
     path = tmp_path / "predictions.json"
     sink = CocoSink(tmp_path / "predictions_coco.json", ["background", "a", "b"], [0, 5, 9], results_path=path)
-    sink.write(Frame(np.zeros((8, 8, 3), np.uint8), "1.png", 0), SegmentationMask(np.zeros((8, 8), np.uint8)))
+    nothing = Prediction(semantic=SegmentationMask(np.zeros((8, 8), np.uint8)))
+    sink.write(Frame(np.zeros((8, 8, 3), np.uint8), "1.png", 0), nothing)
     sink.close()
     entries = json.loads(path.read_text())
     assert len(entries) == 1 and entries[0]["score"] == 0.0
@@ -281,8 +283,9 @@ def test_nothing_predicted_still_loads_in_pycocotools(tmp_path: Path) -> None:
 def test_output_names() -> None:
     assert output_relpath("/data/a/photo.JPG", None, ".png").as_posix() == "photo.png"
     assert output_relpath("/data/a/photo.JPG", "/data", ".png").as_posix() == "a/photo.png"
-    assert output_relpath("/v/clip.mp4#frame=000123", None, ".png").as_posix() == "clip_000123.png"
-    assert output_relpath("webcam0#frame=000007").as_posix() == "webcam0_000007.jpg"
+    pixels = np.zeros((1, 1, 3), np.uint8)
+    assert output_relpath(Frame.of_video(pixels, "/v/clip.mp4", 123, 0.0), None, ".png").as_posix() == "clip_000123.png"
+    assert output_relpath(Frame.of_video(pixels, "webcam0", 7, 0.0)).as_posix() == "webcam0_000007.jpg"
 
 
 # --------------------------------------------------------------------------------------- end to end
@@ -363,3 +366,11 @@ def test_summary_shows_transposed_convs(capsys) -> None:
     assert cli_main(["summary", str(ROOT / "configs" / "segment_shapes.yaml")]) == 0
     table = capsys.readouterr().out
     assert table.count("ConvTranspose2d") >= 3
+
+
+def test_a_num_classes_the_dataset_does_not_have_is_a_data_error(tmp_path: Path) -> None:
+    """The same error type and message as detection's (tests/test_detection_data.py)."""
+    cfg = _cfg(tmp_path, tmp_path / "out", model__num_classes=5)
+    with pytest.raises(DataError, match=r"^model\.num_classes is 5 but the dataset has 4 classes "
+                                        r"\['background', 'a', 'b', 'c'\]: set it to 4 or leave it out$"):
+        TASK.build_model(cfg, ["background", "a", "b", "c"])

@@ -15,7 +15,7 @@ from tiny_checkpoints import SHAPES, make_checkpoint
 
 from cvapps.cli import main as cli
 from cvapps.io.sinks import CocoSink, StagedSink, close_all
-from cvapps.structures import Detections, Frame
+from cvapps.structures import Detections, Frame, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ class _FailOnClose(StagedSink):
 def _coco_sinks(out: Path) -> list[CocoSink]:
     sinks = [CocoSink(out / "predictions_coco.json", SHAPES, results_path=out / "predictions.json"),
              CocoSink(out / "frames.json", SHAPES)]
-    det = Detections(np.array([[1.0, 1.0, 5.0, 5.0]], np.float32), np.array([0.5], np.float32), np.array([0]))
+    det = Prediction(Detections(np.array([[1.0, 1.0, 5.0, 5.0]], np.float32), np.array([0.5], np.float32), [0]))
     for s in sinks:
         s.write(Frame(np.zeros((8, 8, 3), np.uint8), "a.jpg", 0), det)
     return sinks
@@ -206,8 +206,8 @@ def test_cut_short_video_is_refused(tmp_path: Path) -> None:
     sink = VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=10)
     rng = np.random.default_rng(0)
     for k in range(10):
-        sink.write(Frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), f"v.mp4#frame={k:06d}", k),
-                   Detections.empty())
+        sink.write(Frame.of_video(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "v.mp4", k, 0.0),
+                   Prediction(Detections.empty()))
     sink.close()
     whole = (tmp_path / "v.mp4").read_bytes()
     assert _mp4_complete(tmp_path / "v.mp4")
@@ -218,11 +218,11 @@ def test_cut_short_video_is_refused(tmp_path: Path) -> None:
 def test_failed_run_writes_none_of_its_files(tmp_path: Path) -> None:
     from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, make_drawer
 
-    frame = Frame(np.zeros((48, 64, 3), np.uint8), "v.mp4#frame=000000", 0)
+    frame = Frame.of_video(np.zeros((48, 64, 3), np.uint8), "v.mp4", 0, 0.0)
     sinks = [VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=5), JsonLinesSink(tmp_path / "p.jsonl", SHAPES),
              *_coco_sinks(tmp_path)]
     for s in sinks[:2]:
-        s.write(frame, Detections.empty())
+        s.write(frame, Prediction(Detections.empty()))
     (line,) = close_all(sinks, commit=False)
     assert line.startswith("outputs not written (the run failed)") and "v.mp4" in line and "p.jsonl" in line
     assert list(tmp_path.iterdir()) == []

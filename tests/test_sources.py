@@ -15,6 +15,7 @@ import pytest
 from cvapps.errors import CvappsError
 from cvapps.io.sources import (
     ImageFilesSource,
+    SourceOptions,
     StreamSource,
     VideoSource,
     WebcamSource,
@@ -151,7 +152,7 @@ def test_source_not_found(tmp_path: Path) -> None:
     with pytest.raises(CvappsError, match="unsupported source"):
         open_source(tmp_path / "weights.bin")
     with pytest.raises(CvappsError, match="vid_stride"):
-        open_source(tmp_path, vid_stride=0)
+        open_source(tmp_path, SourceOptions(vid_stride=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def test_video_source(video: Path) -> None:
 
 
 def test_video_stride(video: Path) -> None:
-    with open_source(str(video), vid_stride=3) as src:
+    with open_source(str(video), SourceOptions(vid_stride=3)) as src:
         frames = list(src)
     assert [f.index for f in frames] == list(range(0, 30, 3))
     assert [f.source for f in frames][:2] == [f"{video}#frame=000000", f"{video}#frame=000003"]
@@ -183,7 +184,7 @@ def test_video_stride(video: Path) -> None:
 
 
 def test_video_never_drops_with_slow_consumer(video: Path) -> None:
-    with open_source(video, queue_size=2) as src:
+    with open_source(video, SourceOptions(queue_size=2)) as src:
         indices = []
         for f in src:
             time.sleep(0.005)
@@ -269,9 +270,8 @@ def test_buffer_true_keeps_every_frame() -> None:
     counter = [0]
     src = StreamSource(
         "rtsp://cam/live",
+        SourceOptions(buffer=True, reconnect_s=0.0),
         capture_factory=lambda _: FakeCapture(counter, period=0.0005, fail_after=40),
-        buffer=True,
-        reconnect_s=0.0,
     )
     with src:
         indices = []
@@ -285,10 +285,8 @@ def test_stride_on_live_source() -> None:
     counter = [0]
     src = StreamSource(
         "udp://0.0.0.0:1234",
+        SourceOptions(buffer=True, vid_stride=4, reconnect_s=0.0),
         capture_factory=lambda _: FakeCapture(counter, period=0.0, fail_after=20),
-        buffer=True,
-        vid_stride=4,
-        reconnect_s=0.0,
     )
     with src:
         assert [f.index for f in src] == [0, 4, 8, 12, 16]
@@ -303,7 +301,7 @@ def test_reconnect_then_finish_cleanly() -> None:
         # The first connection delivers 5 frames then dies; the camera never comes back.
         return FakeCapture(counter, fail_after=5, opened=len(opens) == 1)
 
-    src = StreamSource("rtsp://cam/live", capture_factory=factory, buffer=True, reconnect_s=1.2)
+    src = StreamSource("rtsp://cam/live", SourceOptions(buffer=True, reconnect_s=1.2), capture_factory=factory)
     t0 = time.monotonic()
     with src:
         frames = list(src)  # must end by itself, without an exception
@@ -324,7 +322,7 @@ def test_reconnect_resumes_after_outage() -> None:
         # connection 1: 3 frames; connection 2 refused; connection 3: 3 frames; then gone.
         return FakeCapture(counter, fail_after=3, opened=len(opens) in (1, 3))
 
-    with StreamSource("rtsp://c", capture_factory=factory, buffer=True, reconnect_s=0.6) as src:
+    with StreamSource("rtsp://c", SourceOptions(buffer=True, reconnect_s=0.6), capture_factory=factory) as src:
         indices = [f.index for f in src]
     assert indices == list(range(6))
 
@@ -339,7 +337,7 @@ def test_stream_cannot_open_at_start() -> None:
     t0 = time.monotonic()
     url = "rtsp://admin:secret@10.0.0.5:554/s"
     with pytest.raises(CvappsError, match=r"^cannot open stream URL: rtsp://admin:\*\*\*@10.0.0.5:554/s$"):
-        StreamSource(url, capture_factory=factory, reconnect_s=0.6)
+        StreamSource(url, SourceOptions(reconnect_s=0.6), capture_factory=factory)
     assert 0.5 < time.monotonic() - t0 < 1.5
     assert len(attempts) == 3  # at 0 s, after 0.5 s, and a last one at the 0.6 s deadline
 
@@ -354,7 +352,7 @@ def test_webcam_open_failure_message() -> None:
 def test_webcam_with_fake_capture() -> None:
     counter = [0]
     factory = lambda idx: FakeCapture(counter, fail_after=3)  # noqa: E731
-    src = WebcamSource(0, capture_factory=factory, reconnect_s=0.0)
+    src = WebcamSource(0, SourceOptions(reconnect_s=0.0), capture_factory=factory)
     with src:
         frames = list(src)
     assert src.name == "webcam0" and src.is_live and len(frames) >= 1
@@ -364,7 +362,7 @@ def test_webcam_with_fake_capture() -> None:
 def test_reader_exception_reaches_consumer() -> None:
     counter = [0]
     src = StreamSource(
-        "rtsp://c", capture_factory=lambda _: FakeCapture(counter, raise_after=2), buffer=True
+        "rtsp://c", SourceOptions(buffer=True), capture_factory=lambda _: FakeCapture(counter, raise_after=2)
     )
     with src, pytest.raises(CvappsError, match="camera firmware exploded"):
         for _ in src:
@@ -374,9 +372,9 @@ def test_reader_exception_reaches_consumer() -> None:
 
 def test_close_mid_iteration_is_prompt(video: Path, corpus: tuple[Path, dict[str, bool]]) -> None:
     counter = [0]
-    live = StreamSource("rtsp://c", capture_factory=lambda _: FakeCapture(counter), buffer=True)
+    live = StreamSource("rtsp://c", SourceOptions(buffer=True), capture_factory=lambda _: FakeCapture(counter))
     root, _ = corpus
-    for src in (live, open_source(root, queue_size=1), open_source(video, queue_size=1)):
+    for src in (live, open_source(root, SourceOptions(queue_size=1)), open_source(video, SourceOptions(queue_size=1))):
         it = iter(src)
         next(it)
         time.sleep(0.05)  # let the reader block on a full queue
@@ -415,8 +413,8 @@ def test_open_source_dispatch(video: Path, monkeypatch: pytest.MonkeyPatch) -> N
     made = []
 
     class Recorder(StreamSource):
-        def __init__(self, url: object, **kw: object) -> None:
-            made.append((url, kw["buffer"]))
+        def __init__(self, url: object, options: SourceOptions | None = None, **kw: object) -> None:
+            made.append((url, options.buffer if options is not None else None))
             raise CvappsError("recorded")
 
     monkeypatch.setattr("cvapps.io.sources.StreamSource", Recorder)
@@ -424,7 +422,7 @@ def test_open_source_dispatch(video: Path, monkeypatch: pytest.MonkeyPatch) -> N
             "http://h/cam.ts", "https://h/clip.mp4", "srt://h:9000"]  # any scheme://, any extension
     for url in urls:
         with pytest.raises(CvappsError, match="recorded"):
-            open_source(url, buffer=True)
+            open_source(url, SourceOptions(buffer=True))
     assert [u for u, _ in made] == urls
     assert all(b is True for _, b in made)
 
@@ -485,7 +483,7 @@ def test_fifo_as_single_source_is_skipped(tmp_path: Path) -> None:
 def test_stream_that_opens_but_never_decodes_is_an_error() -> None:
     """Issue 11: no decodable frame is an error naming the source, not an empty, successful run."""
     counter = [0]
-    src = StreamSource("rtsp://u:pw@cam/live", capture_factory=lambda _: FakeCapture(counter, fail_after=0),
-                       buffer=True, reconnect_s=0.3)
+    src = StreamSource("rtsp://u:pw@cam/live", SourceOptions(buffer=True, reconnect_s=0.3),
+                       capture_factory=lambda _: FakeCapture(counter, fail_after=0))
     with src, pytest.raises(CvappsError, match=r"^stream rtsp://u:\*\*\*@cam/live: no decodable video frame"):
         list(src)

@@ -23,7 +23,7 @@ import cvapps
 model = cvapps.load("sample_data/models/detect.pt", device="cpu")
 image = sorted(glob.glob("sample_data/shapes/images/val/*.jpg"))[0]
 results = list(model.predict(image))
-assert len(results) == 1 and len(results[0].prediction.boxes) > 0
+assert len(results) == 1 and len(results[0].prediction.detections.boxes) > 0
 print(" ".join(m for m in ("torchvision", "matplotlib", "albumentations") if m in sys.modules))
 """
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cvapps.errors import CvappsError
-from cvapps.io.sources import StreamSource, open_source
+from cvapps.io.sources import SourceOptions, StreamSource, open_source
 from cvapps.io.sources.live import ffmpeg_complaint
 
 GUARD_S = 90.0  # a hang guard only: the code's own deadlines end each case within seconds
@@ -141,7 +141,7 @@ def _bounded(fn, *args, **kwargs):
 
 
 def _read_all(url: str, reconnect_s: float, on_frame=None) -> tuple[StreamSource, list[int]]:
-    src = open_source(url, buffer=True, reconnect_s=reconnect_s)
+    src = open_source(url, SourceOptions(buffer=True, reconnect_s=reconnect_s))
     levels = []
     with src:
         for frame in src:
@@ -176,7 +176,7 @@ def test_frozen_server_gives_up_within_reconnect() -> None:
     server = Server("frozen", life_s=30)
     try:
         with pytest.raises(CvappsError) as info:
-            _bounded(open_source, f"{server.url}/cam.ts", reconnect_s=1.0)
+            _bounded(open_source, f"{server.url}/cam.ts", SourceOptions(reconnect_s=1.0))
     finally:
         server.stop()
     message = str(info.value)
@@ -199,7 +199,7 @@ def test_undecodable_stream_is_a_one_line_error() -> None:
     server = Server("garbage", life_s=30)
     try:
         with pytest.raises(CvappsError) as info:
-            src = _bounded(open_source, f"{server.url}/cam.ts", reconnect_s=1.0)
+            src = _bounded(open_source, f"{server.url}/cam.ts", SourceOptions(reconnect_s=1.0))
             with src:  # if FFmpeg accepted the bytes at open, no frame decodes from them
                 _bounded(list, src)
     finally:

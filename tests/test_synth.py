@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -10,19 +11,19 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from cvapps.data.synth import CLASS_NAMES, generate_shapes
+from cvapps.data.synth import CLASS_NAMES, SynthSpec, generate_shapes
 from cvapps.errors import CvappsError
 
 # pycocotools' decode trips a numpy-2 copy= DeprecationWarning; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-SMALL = dict(n_train=6, n_val=3, n_crops_per_class=(4, 2), video_frames=10, progress=False)
+SMALL = SynthSpec(n_train=6, n_val=3, n_crops_per_class=(4, 2), video_frames=10)
 SHIPPED = Path(__file__).resolve().parents[1] / "sample_data" / "shapes"
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("synth") / "shapes", **SMALL)
+    return generate_shapes(tmp_path_factory.mktemp("synth") / "shapes", SMALL, progress=False)
 
 
 def _files(root: Path, pattern: str) -> dict[str, bytes]:
@@ -30,8 +31,8 @@ def _files(root: Path, pattern: str) -> dict[str, bytes]:
 
 
 def test_deterministic(ds: Path, tmp_path: Path) -> None:
-    again = generate_shapes(tmp_path / "again", **SMALL)
-    other = generate_shapes(tmp_path / "other", seed=1, **SMALL)
+    again = generate_shapes(tmp_path / "again", SMALL, progress=False)
+    other = generate_shapes(tmp_path / "other", SMALL, seed=1, progress=False)
     for pattern in ("annotations/*.json", "masks/*/*.png", "labels/*/*.txt", "classify/*/*/*.png", "video/*.json"):
         assert _files(ds, pattern) == _files(again, pattern), pattern
     assert _files(ds, "annotations/*.json") != _files(other, "annotations/*.json")
@@ -39,16 +40,16 @@ def test_deterministic(ds: Path, tmp_path: Path) -> None:
 
 
 def test_rerun_overwrites_own_files_and_refuses_foreign(ds: Path, tmp_path: Path) -> None:
-    out = generate_shapes(tmp_path / "rerun", **SMALL)
-    generate_shapes(out, **{**SMALL, "n_train": 4})  # our own folder: overwritten, stale files pruned
+    out = generate_shapes(tmp_path / "rerun", SMALL, progress=False)
+    generate_shapes(out, replace(SMALL, n_train=4), progress=False)  # our own folder: overwritten, stale files pruned
     assert len(list((out / "images" / "train").iterdir())) == 4
     assert len(list((out / "masks" / "train").iterdir())) == 4
-    generate_shapes(out, **SMALL)
+    generate_shapes(out, SMALL, progress=False)
     assert _files(out, "annotations/*.json") == _files(ds, "annotations/*.json")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(CvappsError):
-        generate_shapes(tmp_path / "foreign", **SMALL)
+        generate_shapes(tmp_path / "foreign", SMALL, progress=False)
 
 
 @pytest.mark.parametrize("split,n", [("train", 6), ("val", 3)])

@@ -24,7 +24,7 @@ from cvapps.data.synth import generate_video
 from cvapps.errors import CvappsError, DataError
 from cvapps.formats.mot import MotRow, read_mot, write_mot
 from cvapps.io.draw import make_drawer
-from cvapps.structures import Detections, Frame
+from cvapps.structures import Detections, Frame, Prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTOR = ROOT / "sample_data" / "models" / "detect.pt"
@@ -142,10 +142,12 @@ def test_one_tracker_per_source_and_ids_survive_a_short_outage() -> None:
     for i in range(40):  # two cameras interleaved; an outage of 0.5 s (kept) at frame 15, of 5 s (reset) at 30
         t += 0.5 if i == 15 else 5.0 if i == 30 else 0.1
         for name, x0 in (("a.mp4", 10.0), ("b.mp4", 200.0)):
-            frame = Frame(np.zeros((240, 320, 3), np.uint8), f"{name}#frame={i:06d}", i, t)
+            frame = Frame.of_video(np.zeros((240, 320, 3), np.uint8), name, i, t)
             out = tracker.update(frame, _det((x0 + i, 50, x0 + 40 + i, 90)))
             ids[name] += out.track_ids.tolist()
-    assert source_key("a.mp4#frame=000003") == "a.mp4" and tracker.restarts == 2
+    assert source_key(Frame.of_video(np.zeros((1, 1, 3), np.uint8), "a.mp4", 3, 0.0)) == "a.mp4"
+    assert source_key(Frame(np.zeros((1, 1, 3), np.uint8), "/d/img1/000001.jpg")) == "/d/img1"  # a folder of frames
+    assert tracker.restarts == 2
     a, b = ids["a.mp4"], ids["b.mp4"]
     assert len(set(a[:29])) == 1 and len(set(b[:29])) == 1 and set(a[:29]) != set(b[:29])  # one id each, kept
     assert set(a[-5:]).isdisjoint(a[:29]) and set(b[-5:]).isdisjoint(b[:29])  # after the long outage: new ids
@@ -159,13 +161,13 @@ def test_drawn_track_ids_trails_and_counts() -> None:
     image = np.full((120, 320, 3), 90, np.uint8)
     plain = tracked_image = None
     for i in range(6):
-        frame = Frame(image, f"clip.mp4#frame={i:06d}", i, i / 10)
+        frame = Frame.of_video(image, "clip.mp4", i, i / 10)
         det = _det((10 + 20 * i, 20, 50 + 20 * i, 50))
-        plain = draw(image, det)
-        pred = analytics(frame, det)
+        plain = draw(image, Prediction(det))
+        pred = analytics(frame, Prediction(det))
         tracked_image = draw(image, pred)
-    assert pred.track_ids.tolist() == [1] and pred.counts is not None and pred.counts.lines[0].in_count == 0
-    assert len(draw.trails.update(pred)[1]) == 6  # one centre per frame (tracks of the first frame start at once)
+    assert pred.detections.track_ids.tolist() == [1] and pred.counts is not None and pred.counts.lines[0].in_count == 0
+    assert len(draw.trails.update(pred.detections)[1]) == 6  # one centre per frame (tracks of the first frame start at once)
     assert not np.array_equal(plain, tracked_image)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cvapps.data.synth import generate_shapes
+from cvapps.data.synth import SynthSpec, generate_shapes
 from cvapps.engine.loggers import EpochRun
 from cvapps.engine.train import train
 from cvapps.errors import ConfigError
@@ -20,8 +20,8 @@ CONFIG = ROOT / "configs" / "classify_shapes.yaml"
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    data = generate_shapes(tmp_path_factory.mktemp("shapes"), n_train=2, n_val=1, imgsz=48,
-                           n_crops_per_class=(8, 2), crop_size=32, video_frames=1, progress=False)
+    data = generate_shapes(tmp_path_factory.mktemp("shapes"), SynthSpec(n_train=2, n_val=1, imgsz=48,
+                           n_crops_per_class=(8, 2), crop_size=32, video_frames=1), progress=False)
     return data / "classify"
 
 

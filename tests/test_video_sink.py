@@ -11,7 +11,7 @@ import pytest
 
 from cvapps.io.sinks import VideoPerSource, VideoWriterSink, count_video_frames, make_drawer
 from cvapps.io.sinks import video as video_module
-from cvapps.structures import Detections, Frame
+from cvapps.structures import Detections, Frame, Prediction
 
 av = pytest.importorskip("av")  # the "video" extra (installed by the "test" extra)
 SHAPES = ["circle", "square", "triangle"]
@@ -30,8 +30,8 @@ def _probe(path: Path) -> dict:
 def _frames(n: int, size: tuple[int, int], name: str = "clip.mp4", times: list[float] | None = None) -> list[Frame]:
     rng = np.random.default_rng(0)
     w, h = size
-    return [Frame(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), f"{name}#frame={k:06d}", k,
-                  times[k] if times else k / 10) for k in range(n)]
+    return [Frame.of_video(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), name, k, times[k] if times else k / 10)
+            for k in range(n)]
 
 
 def _top_level_boxes(path: Path) -> list[bytes]:
@@ -45,7 +45,7 @@ def _top_level_boxes(path: Path) -> list[bytes]:
 def test_video_is_h264_mp4_with_the_index_first(tmp_path: Path) -> None:
     sink = VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=10)
     for frame in _frames(30, (96, 64)):
-        sink.write(frame, Detections.empty())
+        sink.write(frame, Prediction(Detections.empty()))
     sink.close()
     info = _probe(tmp_path / "v.mp4")
     assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p"
@@ -60,7 +60,7 @@ def test_video_is_h264_mp4_with_the_index_first(tmp_path: Path) -> None:
 def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
     sink = VideoWriterSink(tmp_path / "odd.mp4", make_drawer(SHAPES), fps=5)
     for frame in _frames(4, (65, 49)):
-        sink.write(frame, Detections.empty())
+        sink.write(frame, Prediction(Detections.empty()))
     sink.close()
     info = _probe(tmp_path / "odd.mp4")
     assert info["codec"] == "h264" and info["size"] == (66, 50) and info["frames"] == 4
@@ -72,7 +72,7 @@ def test_live_frames_keep_their_timestamps(tmp_path: Path) -> None:
     times = [0.0, 0.1, 0.2, 2.2, 2.3]
     sink = VideoWriterSink(tmp_path / "live.mp4", make_drawer(SHAPES), live=True)
     for frame in _frames(5, (64, 48), "tcp://cam", times):
-        sink.write(frame, Detections.empty())
+        sink.write(frame, Prediction(Detections.empty()))
     sink.close()
     info = _probe(tmp_path / "live.mp4")
     assert info["frames"] == 5 and info["codec"] == "h264"
@@ -86,7 +86,7 @@ def test_falls_back_to_mp4v_with_one_warning(tmp_path: Path, monkeypatch: pytest
     for name in ("a.mp4", "b.mp4"):
         sink = VideoWriterSink(tmp_path / name, make_drawer(SHAPES), fps=10)
         for frame in _frames(3, (64, 48)):
-            sink.write(frame, Detections.empty())
+            sink.write(frame, Prediction(Detections.empty()))
         sink.close()
         assert _probe(tmp_path / name)["codec"] == "mpeg4" and count_video_frames(tmp_path / name) == 3
     err = capsys.readouterr().err.strip().splitlines()
@@ -98,7 +98,7 @@ def test_one_video_per_stream(tmp_path: Path) -> None:
         stems = {"tcp://a:1": "a_1", "tcp://b:2": "b_2"}
 
         def stream_of(self, frame: Frame) -> str:
-            return frame.source.split("#frame=")[0]
+            return frame.stream
 
         def stream_fps(self, name: str) -> float:
             return 10.0
@@ -107,7 +107,7 @@ def test_one_video_per_stream(tmp_path: Path) -> None:
     sink.start(Streams())
     a, b = _frames(6, (64, 48), "tcp://a:1"), _frames(3, (80, 60), "tcp://b:2")
     for frame in [a[0], b[0], a[1], a[2], b[1], a[3], a[4], b[2], a[5]]:
-        sink.write(frame, Detections.empty())
+        sink.write(frame, Prediction(Detections.empty()))
     assert sorted(p.name for p in sink.targets) == ["a_1.mp4", "b_2.mp4"]
     sink.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_1.mp4", "b_2.mp4"]
@@ -122,12 +122,14 @@ def test_video_and_stream_sources_default_to_video_not_images(tmp_path: Path) ->
     streams.write_text("rtsp://10.0.0.5/live gate\n# a comment\n0\n")
     images = tmp_path / "images.txt"
     images.write_text("a.jpg\n")
+    clip = tmp_path / "clip.mp4"  # SOURCE is described once, up front: it must exist (a file, by its extension)
+    clip.write_bytes(b"")
 
     def outputs(source: str, **flags: bool) -> tuple[bool, bool, bool]:
         return frame_outputs(argparse.Namespace(source=source, **flags))
 
     # (per-frame images, annotated video, COCO JSON pair)
-    assert outputs("clip.mp4") == (False, True, True)
+    assert outputs(str(clip)) == (False, True, True)
     assert outputs("rtsp://cam/live") == (False, True, True)
     assert outputs("0") == (False, True, True)
     assert outputs(str(streams)) == (False, True, False)  # JSON lines instead (written as they come)
@@ -161,7 +163,7 @@ def test_headless_chromium_plays_the_video(tmp_path: Path) -> None:
 
     sink = VideoWriterSink(tmp_path / "v.mp4", make_drawer(SHAPES), fps=10)
     for frame in _frames(30, (96, 64)):
-        sink.write(frame, Detections.empty())
+        sink.write(frame, Prediction(Detections.empty()))
     sink.close()
     (tmp_path / "page.html").write_text(_PAGE)
     proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",

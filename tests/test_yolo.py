@@ -33,10 +33,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    from cvapps.data.synth import generate_shapes
+    from cvapps.data.synth import SynthSpec, generate_shapes
 
-    return generate_shapes(tmp_path_factory.mktemp("shapes") / "shapes", n_train=8, n_val=4, imgsz=64,
-                           n_crops_per_class=(1, 1), video_frames=1, progress=False)
+    return generate_shapes(tmp_path_factory.mktemp("shapes") / "shapes", SynthSpec(n_train=8, n_val=4, imgsz=64,
+                           n_crops_per_class=(1, 1), video_frames=1), progress=False)
 
 
 def _yolo_cfg(root: Path, **model) -> YoloConfig:
@@ -75,7 +75,7 @@ def test_head_and_loss_train_on_a_tiny_set(shapes):
     anchors = sum((64 // s) ** 2 for s in (8, 16, 32))
     assert raw.shape == (8, 4 + 3, anchors)
     dets = YOLO_TASK.postprocess(raw, [t["meta"] for t in targets], conf=0.0, iou=0.5, max_det=10)
-    assert len(dets) == 8 and all(isinstance(d, Detections) and len(d) <= 10 for d in dets)
+    assert len(dets) == 8 and all(isinstance(p.detections, Detections) and len(p.detections) <= 10 for p in dets)
 
 
 def test_empty_targets_give_finite_loss(shapes):
@@ -120,7 +120,7 @@ def test_letterbox_round_trip_on_non_square_images(hw):
     cx, cy, bw, bh = (in_net[0] + in_net[2]) / 2, (in_net[1] + in_net[3]) / 2, in_net[2] - in_net[0], in_net[3] - in_net[1]
     raw[0, :4, 17] = torch.stack([cx, cy, bw, bh])
     raw[0, 4 + 2, 17] = 0.9
-    det = YOLO_TASK.postprocess(raw, [meta], conf=0.25)[0]
+    det = YOLO_TASK.postprocess(raw, [meta], conf=0.25)[0].detections
     assert len(det) == 1 and int(det.labels[0]) == 2 and abs(float(det.scores[0]) - 0.9) < 1e-6
     assert torch.allclose(det.boxes, box, atol=1e-3), det.boxes
 
@@ -137,7 +137,7 @@ def test_native_yaml_model_gives_detections_in_original_pixels():
     predictor = load_model("yolov8n.yaml", device="cpu", batch=2, imgsz=128).predictor()
     assert predictor.class_names[:2] == ["0", "1"] and len(predictor.class_names) == 80
     image = (np.random.default_rng(0).random((90, 200, 3)) * 255).astype(np.uint8)
-    det = predictor(image, conf=0.0, iou=0.7, max_det=25)
+    det = predictor(image, conf=0.0, iou=0.7, max_det=25).detections
     assert isinstance(det, Detections) and len(det) == 25
     assert det.boxes[:, [0, 2]].max() <= 200 and det.boxes[:, [1, 3]].max() <= 90 and det.boxes.min() >= 0
 
@@ -159,7 +159,7 @@ def test_native_segmentation_model_returns_boxes_and_masks():
     from cvapps.engine.load import load_model
 
     predictor = load_model("yolov8n-seg.yaml", device="cpu", imgsz=64).predictor()
-    det = predictor(np.full((48, 64, 3), 100, np.uint8), conf=0.0, max_det=5)
+    det = predictor(np.full((48, 64, 3), 100, np.uint8), conf=0.0, max_det=5).detections
     assert isinstance(det, Detections) and len(det) == 5
     assert int(det.labels.max()) < 80  # mask coefficients were not taken for classes
     assert det.masks is not None and tuple(det.masks.shape) == (5, 48, 64)  # original pixels

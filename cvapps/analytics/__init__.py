@@ -2,7 +2,7 @@
 counting (:mod:`.counting`).
 
 :class:`Analytics` is one step applied to each ``(frame, prediction)`` in input order, after the
-predictor and before the sinks: track (ids on the Detections), then count (``Detections.counts``).
+predictor and before the sinks: track (ids on ``prediction.detections``), then count (``prediction.counts``).
 :class:`AnalyticsPredictor` wraps a :class:`~cvapps.engine.predict.Predictor` so the runner, the
 API and pipelines use it unchanged (it has the Predictor attributes they read)::
 
@@ -18,7 +18,7 @@ from typing import Any
 from cvapps.analytics.counting import Counter, CountsFile, parse_line, parse_zone
 from cvapps.analytics.tracking import DEFAULT_BUFFER, TRACKERS, Tracker, source_key
 from cvapps.errors import CvappsError, shorten
-from cvapps.structures import Detections, Frame
+from cvapps.structures import Frame, Prediction
 
 __all__ = [
     "TRACKERS",
@@ -101,23 +101,23 @@ def _specs(value: Any, what: str, is_one: Any) -> list[str]:
 
 
 class Analytics:
-    """``analytics(frame, prediction) -> prediction``: tracked Detections with ``counts`` set.
+    """``analytics(frame, prediction) -> prediction``: its detections tracked, its ``counts`` set.
 
-    tracker / counter: either may be None. Predictions that are not Detections pass through.
+    tracker / counter: either may be None. Predictions without detections pass through.
     """
 
     def __init__(self, tracker: Tracker | None = None, counter: Counter | None = None) -> None:
         self.tracker, self.counter = tracker, counter
         self.seconds = 0.0
 
-    def __call__(self, frame: Frame, prediction: Any) -> Any:
-        if not isinstance(prediction, Detections):
+    def __call__(self, frame: Frame, prediction: Prediction) -> Prediction:
+        if prediction.detections is None:
             return prediction
         t0 = time.perf_counter()
         if self.tracker is not None:
-            prediction = self.tracker.update(frame, prediction)
+            prediction.detections = self.tracker.update(frame, prediction.detections)
         if self.counter is not None:
-            prediction.counts = self.counter.update(frame, prediction)
+            prediction.counts = self.counter.update(frame, prediction.detections)
         self.seconds += time.perf_counter() - t0
         return prediction
 

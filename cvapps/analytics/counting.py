@@ -147,7 +147,7 @@ class Counter:
 
     def update(self, frame: Frame, det: Detections) -> Counts:
         """This frame's counts: each line's totals so far for the frame's source, each zone's occupancy now."""
-        key = source_key(frame.source)
+        key = source_key(frame)
         zs = self.sources.get(key)
         if zs is None:
             zs = self.sources[key] = _SourceZones(self.sv, self.lines, self.zones)

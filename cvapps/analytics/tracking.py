@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cvapps import ultralytics_parts  # cheap: parts load on first use
 from cvapps.errors import CvappsError
-from cvapps.formats.names import parse_frame_name
 from cvapps.nms import class_wise_nms
 from cvapps.structures import Detections, Frame
 
@@ -41,13 +41,12 @@ PRUNE_IDS = 1024  # tracker ids remembered per source before ended ones are forg
 DEDUPE_IOU = 0.7  # class-agnostic NMS before tracking (see the module doc)
 
 
-def source_key(source: str) -> str:
-    """The sequence a frame belongs to: ``"cam.mp4#frame=000012" -> "cam.mp4"`` (a URL stays whole);
-    a still image belongs to its folder (a folder of frames is one sequence, as MOT's ``img1/``)."""
-    parsed = parse_frame_name(source)
-    if parsed is not None:
-        return parsed[0]
-    return str(Path(source).parent) if "://" not in str(source) else str(source)
+def source_key(frame: Frame) -> str:
+    """The sequence a frame belongs to: a video or stream frame its ``stream`` (``"cam.mp4"``, a URL
+    whole); a still image its folder (a folder of frames is one sequence, as MOT's ``img1/``)."""
+    if frame.is_video or "://" in frame.stream:
+        return frame.stream
+    return str(Path(frame.stream).parent)
 
 
 def parse_track_buffer(spec: str | float) -> tuple[float, bool]:
@@ -70,17 +69,13 @@ def _tracker_classes() -> dict[str, Any]:
         import lap  # noqa: F401
     except ImportError:
         raise CvappsError('--track needs the lap package: pip install "cvapps[tracking]"') from None
-    from ultralytics.trackers import BOTSORT, BYTETracker
-
-    return {"bytetrack": BYTETracker, "botsort": BOTSORT}
+    return {"bytetrack": ultralytics_parts.BYTETracker, "botsort": ultralytics_parts.BOTSORT}  # loaded here
 
 
 def tracker_args(kind: str) -> Any:
     """The default tracker YAML shipped with ultralytics (``bytetrack.yaml`` / ``botsort.yaml``)."""
-    from ultralytics.utils import YAML, IterableSimpleNamespace
-    from ultralytics.utils.checks import check_yaml
-
-    return IterableSimpleNamespace(**YAML.load(check_yaml(f"{kind}.yaml")))
+    parts = ultralytics_parts
+    return parts.IterableSimpleNamespace(**parts.YAML.load(parts.check_yaml(f"{kind}.yaml")))
 
 
 class _Boxes:
@@ -141,7 +136,7 @@ class Tracker:
         return self._classes[self.kind](self.args)
 
     def _state(self, frame: Frame) -> _SourceState:
-        key = source_key(frame.source)
+        key = source_key(frame)
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = _SourceState(self._new_tracker(), frame.timestamp)
@@ -181,7 +176,7 @@ class Tracker:
         if len(state.ids) > PRUNE_IDS:  # forget ended tracks, so endless streams keep memory flat
             alive = {t.track_id for t in (*state.tracker.tracked_stracks, *state.tracker.lost_stracks)}
             state.ids = {k: v for k, v in state.ids.items() if k in alive}
-        out = det.filter(idx)
+        out = det[idx]
         out.track_ids = ids
         self.seconds += time.perf_counter() - t0
         return out

@@ -14,8 +14,6 @@ from typing import Any
 from cvapps.cli.analytics import add_analytics_args, apply_analytics
 from cvapps.cli.predict import add_common, add_json_args
 
-DETECTION_TASKS = ("faster_rcnn", "yolo", "ultralytics")
-
 
 def add_detect_args(p: argparse.ArgumentParser) -> None:
     """``--conf``, ``--iou``, ``--max-det`` (the box postprocess) and ``--no-images`` (detectors and
@@ -54,8 +52,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_detect_args(args)  # bad options fail before the model loads
-    model = load(args.model, tasks=(*DETECTION_TASKS, "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
-    return run_detect(args, model.part("detect"))  # a multitask model gives its boxes
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    return run_detect(args, model.part("detect"))  # a multitask model gives its boxes; another kind: an error
 
 
 def run_detect(args: argparse.Namespace, model: Any, masks: bool = False) -> int:
@@ -72,7 +70,7 @@ def run_detect(args: argparse.Namespace, model: Any, masks: bool = False) -> int
     predictor = model.predictor
     out = Path(args.out)
     predictor, analytics_sinks = apply_analytics(args, predictor, out)  # --track, --count-line, --zone
-    root = source_root(args.source)
+    root = source_root(args)
     images, video, save_json = frame_outputs(args)
     sinks: list[Any] = []
     image_sink = None
@@ -110,10 +108,7 @@ class _Counter:
         self.class_names, self.counts = class_names, {}
 
     def write(self, frame, prediction) -> None:
-        # imported here: cvapps.structures loads torch, which `cvapps --help` must not wait for
-        from cvapps.structures import Detections, part_of
-
-        boxes = part_of(prediction, Detections)  # a multitask model's boxes (its labels are the present classes)
+        boxes = prediction.detections  # a multitask model's boxes too (its other parts are not counted)
         if boxes is None:
             return
         for label in boxes.labels.tolist():

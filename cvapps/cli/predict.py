@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cvapps.errors import CvappsError
+
+if TYPE_CHECKING:  # annotations only: the sources package loads torch, which `cvapps --help` must not wait for
+    from cvapps.io.sources import SourceOptions, SourceSpec
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -93,19 +96,29 @@ def _source_stem(source: str) -> str:
     return name or "stream"
 
 
-def is_video_source(source: str) -> bool:
-    """A video file, webcam index, stream URL or streams file (anything whose frames are not image files)."""
-    from cvapps.io.images import VIDEO_EXTENSIONS
-    from cvapps.io.sources import is_streams_file
+def source_spec(args: argparse.Namespace) -> SourceSpec:
+    """What SOURCE is (:func:`cvapps.io.sources.describe_source`), decided once per command and kept
+    on ``args``: every output choice and the run itself read this one answer."""
+    from cvapps.io.sources import describe_source
 
-    text = str(source)
-    return ("://" in text or text.isdigit() or Path(text.split("?")[0]).suffix.lower() in VIDEO_EXTENSIONS
-            or is_streams_file(text))
+    spec = getattr(args, "source_spec", None)
+    if spec is None:
+        spec = args.source_spec = describe_source(args.source)
+    return spec
 
 
-def source_root(source: str) -> str | None:
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    """The common options as :class:`cvapps.io.sources.SourceOptions` (checked: a bad one is one line)."""
+    from cvapps.io.sources import SourceOptions
+
+    return SourceOptions(vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
+                         buffer=True if getattr(args, "buffer", False) else None,
+                         reconnect_s=getattr(args, "reconnect", 10.0), max_file_mb=getattr(args, "max_file_mb", None))
+
+
+def source_root(args: argparse.Namespace) -> str | None:
     """The folder outputs mirror (a folder source), else None."""
-    return source if isinstance(source, str) and Path(source).is_dir() else None
+    return source_spec(args).root
 
 
 def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool, bool]:
@@ -115,15 +128,14 @@ def frame_outputs(args: argparse.Namespace) -> tuple[bool, bool, bool]:
     ``--save-video`` / ``--save-json`` / ``--coco-gt`` add either, ``--no-images`` drops the images.
     A streams file (many cameras, open-ended) keeps its predictions in JSON lines instead (written
     as they come: :func:`common_sinks`), so the COCO pair is written only when asked for."""
-    from cvapps.io.sources import is_streams_file
-
     if getattr(args, "ray", None):  # Ray runs write data files only (see cvapps.engine.ray_predict)
         return False, False, True
-    video_source = is_video_source(args.source)
+    spec = source_spec(args)
+    video_source = spec.is_video  # a video file, webcam, stream URL or streams file
     images = (getattr(args, "save_images", False) or not video_source) and not getattr(args, "no_images", False)
     video = bool(getattr(args, "save_video", False) or video_source)
     json = bool(getattr(args, "save_json", False) or getattr(args, "coco_gt", None)
-                or (video_source and not is_streams_file(args.source)))
+                or (video_source and spec.kind != "streams"))
     return images, video, json
 
 
@@ -134,7 +146,6 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
     decide with :func:`frame_outputs` and write their own images). A streams file gets one video
     per stream (``OUT/<stream>.mp4``) and ``OUT/predictions.jsonl`` (with its gap events) by default."""
     from cvapps.io.sinks import AnnotatedImages, JsonLinesSink, VideoPerSource, VideoWriterSink, make_drawer
-    from cvapps.io.sources import is_streams_file
 
     if getattr(args, "ray", None):
         asked = [flag for flag, on in (("--save-video", getattr(args, "save_video", False)),
@@ -150,8 +161,8 @@ def common_sinks(args: argparse.Namespace, predictor: Any, draw: Callable | None
         video = images = False
     draw = draw or make_drawer(predictor.class_names)
     out = Path(args.out)
-    root = source_root(args.source)
-    streams = is_streams_file(args.source)
+    root = source_root(args)
+    streams = source_spec(args).kind == "streams"
     sinks: list[Any] = []
     if getattr(args, "save_video", False) if video is None else video:
         sinks.append(VideoPerSource(out, draw) if streams else VideoWriterSink(out / f"{_source_stem(args.source)}.mp4",
@@ -184,34 +195,30 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     """
     from cvapps.engine.runner import run_source
     from cvapps.io.guard import protected
-    from cvapps.io.images import file_size_cap
     from cvapps.io.sources import local_inputs
 
+    spec, read = source_spec(args), source_options(args)
     others = (getattr(args, "model", None), getattr(args, "coco_gt", None))
-    # no output may replace an input; files over the size cap are skipped unread
-    with protected(args.out, *local_inputs(args.source), others=others), \
-            file_size_cap(getattr(args, "max_file_mb", None)):
+    # no output may replace an input; files over the size cap are skipped unread (read.max_file_mb)
+    with protected(args.out, *local_inputs(spec), others=others):
         if getattr(args, "ray", None):
-            return _run_ray(args, predictor, sinks, options)
-        report = run_source(predictor, args.source, sinks, progress=not args.quiet, options=options,
-                            vid_stride=args.vid_stride, shard=getattr(args, "shard", None),
-                            buffer=True if getattr(args, "buffer", False) else None,
-                            reconnect_s=getattr(args, "reconnect", 10.0))
+            return _run_ray(args, predictor, sinks, options, read)
+        report = run_source(predictor, spec, sinks, progress=not args.quiet, options=options, source_options=read)
     if not args.quiet:
         print(report.timing_report(), file=sys.stderr)
     return report
 
 
-def _run_ray(args: argparse.Namespace, predictor: Any, sinks: list[Any], options: dict[str, Any] | None) -> Any:
+def _run_ray(args: argparse.Namespace, predictor: Any, sinks: list[Any], options: dict[str, Any] | None,
+             read: SourceOptions) -> Any:
     """``--ray``: the same sinks fed by :func:`cvapps.engine.ray_predict.run_ray`; the workers load the
     model file themselves (a multitask model's part, if the predictor runs one)."""
     from cvapps.engine.ray_predict import RayCluster, RayModel, run_ray
 
     model = RayModel(args.model, dict(options or {}), args.batch, args.device, args.trust_model,
-                     getattr(predictor.task, "part", None))
-    report = run_ray(model, args.source, sinks, args.out, RayCluster(args.ray, args.ray_actors),
-                     vid_stride=args.vid_stride, max_file_mb=getattr(args, "max_file_mb", None),
-                     progress=not args.quiet)
+                     predictor.task.part)
+    report = run_ray(model, source_spec(args), sinks, args.out, RayCluster(args.ray, args.ray_actors),
+                     options=read, progress=not args.quiet)
     if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
         raise KeyboardInterrupt
     if not args.quiet:
@@ -260,8 +267,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_classify_args(args)  # bad options fail before the model loads
-    return run_classify(args, load(args.model, tasks="classify", device=args.device, batch=args.batch,
-                                   trust=args.trust_model))
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    return run_classify(args, model.part("classify"))  # a model of another kind: a one-line error
 
 
 def run_classify(args: argparse.Namespace, model: Any) -> int:

@@ -15,21 +15,33 @@ from __future__ import annotations
 import argparse
 
 from cvapps.cli.analytics import add_analytics_args
-from cvapps.cli.detect import DETECTION_TASKS, add_detect_args, check_detect_args, run_detect
+from cvapps.cli.detect import add_detect_args, check_detect_args, run_detect
 from cvapps.cli.predict import add_classify_args, add_common, add_json_args, check_classify_args, run_classify
 from cvapps.cli.segment import add_segment_args, check_segment_args, run_segment
 from cvapps.errors import CvappsError
+from cvapps.tasks.base import Task
 
-BOXES = (*DETECTION_TASKS, "multitask")  # tasks whose predictions carry boxes
-#: option dest -> the tasks it applies to.
-TASK_OPTIONS: dict[str, tuple[str, ...]] = {
-    "topk": ("classify",),
-    **dict.fromkeys(("alpha", "no_overlay"), ("segment",)),
-    "no_masks": ("segment", "multitask"),
-    **dict.fromkeys(("conf", "iou", "max_det", "no_images"), BOXES),
-    **dict.fromkeys(("track", "track_buffer", "count_line", "zone"), DETECTION_TASKS),
-    **dict.fromkeys(("save_json", "coco_gt"), ("segment", *BOXES)),
-}
+#: The options (dests) only some models take; which, each model's task declares (see task_options).
+TASK_OPTIONS = ("topk", "alpha", "no_overlay", "no_masks", "conf", "iou", "max_det", "no_images", "track",
+                "track_buffer", "count_line", "zone", "save_json", "coco_gt")
+TRACK_OPTIONS = ("track", "track_buffer", "count_line", "zone")
+
+
+def task_options(task: Task) -> set[str]:
+    """The :data:`TASK_OPTIONS` a model of ``task`` takes: its postprocess options, those of the
+    outputs its prediction parts get (boxes: annotated images; masks: mask PNGs, and `cvapps
+    segment`'s overlays when there are no boxes to draw them with; both: COCO JSON) and, for a task
+    whose boxes are tracked, the tracking and counting options."""
+    taken = set(task.postprocess_options)
+    if "detections" in task.parts:
+        taken |= {"no_images", "save_json", "coco_gt"}
+    if "semantic" in task.parts:
+        taken |= {"no_masks", "save_json", "coco_gt"}
+        if "detections" not in task.parts:
+            taken |= {"alpha", "no_overlay"}
+    if task.tracks:
+        taken |= set(TRACK_OPTIONS)
+    return taken & set(TASK_OPTIONS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,13 +72,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_detect_args(args)
     check_classify_args(args)
     model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
-    wrong = ["--" + dest.replace("_", "-") for dest in given if model.task not in TASK_OPTIONS[dest]]
+    task = model.loaded.task
+    taken = task_options(task)
+    wrong = ["--" + dest.replace("_", "-") for dest in given if dest not in taken]
     if wrong:
         raise CvappsError(f"{', '.join(wrong)}: not an option for a {model.task} model ({args.model})")
-    if model.task == "classify":
-        return run_classify(args, model)
-    if model.task == "segment":
+    # the command whose outputs its predictions get: boxes (with a multitask model's masks), masks, labels
+    if "detections" in task.parts:
+        return run_detect(args, model, masks="semantic" in task.parts)
+    if "semantic" in task.parts:
         return run_segment(args, model)
-    if model.task in BOXES:
-        return run_detect(args, model, masks=model.task == "multitask")  # a multitask model whole: masks and boxes
+    if "classification" in task.parts:
+        return run_classify(args, model)
     raise CvappsError(f"cvapps predict does not run {model.task} models ({args.model})")

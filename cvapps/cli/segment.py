@@ -42,8 +42,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_segment_args(args)  # bad options fail before the model loads
-    model = load(args.model, tasks=("segment", "multitask"), device=args.device, batch=args.batch, trust=args.trust_model)
-    return run_segment(args, model.part("segment"))  # a multitask model gives its masks
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    return run_segment(args, model.part("segment"))  # a multitask model gives its masks; another kind: an error
 
 
 def run_segment(args: argparse.Namespace, model: Any) -> int:
@@ -54,7 +54,7 @@ def run_segment(args: argparse.Namespace, model: Any) -> int:
 
     check_segment_args(args)
     out = Path(args.out)
-    root = source_root(args.source)
+    root = source_root(args)
     images, video, save_json = frame_outputs(args)
     predictor = model.predictor
     sinks: list = []

@@ -1,4 +1,5 @@
-"""Detection datasets (COCO layout or YOLO txt layout) through the shared sample pipeline.
+"""Detection datasets (any layout of :data:`cvapps.data.check.LAYOUTS`: COCO, YOLO txt, Pascal VOC,
+CVAT for images, LabelMe) through the shared sample pipeline.
 
 Each item is ``(image, target)``:
 
@@ -36,7 +37,7 @@ class DetectionDataset(Dataset):
     @classmethod
     def from_root(cls, root: str | Path, split: str, imgsz: int, *, augment: list[dict] | None = None,
                   in_channels: int = 3, resize_mode: str = "letterbox", layout: str = "auto",
-                  class_names: list[str] | None = None) -> "DetectionDataset":
+                  class_names: list[str] | None = None) -> DetectionDataset:
         """Load and check ``split`` of ``root``; ``augment``: albumentations specs (training only)."""
         checked = load_detection_split(root, split, layout=layout, class_names=class_names)
         aug = build_augment(augment, boxes=True) if augment else None

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from cvapps.data.augment import SamplePipeline
@@ -32,20 +31,6 @@ def scan_class_folders(split_dir: Path, class_names: list[str] | None = None) ->
             raise DataError(f"{folder}: class folder has no images")
         samples += [(str(p), index) for p in files]
     return samples, names
-
-
-def stratified_split(samples: list[tuple[str, int]], fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out ``fraction`` of each class (at least one image per class when it has two or more)."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    labels = sorted({label for _, label in samples})
-    for label in labels:
-        items = [s for s in samples if s[1] == label]
-        order = rng.permutation(len(items))
-        n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if len(items) > 1 else 0
-        val += [items[i] for i in order[:n_val]]
-        train += [items[i] for i in order[n_val:]]
-    return train, val
 
 
 class ClassFolderDataset(Dataset):

@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline
 from cvapps.errors import DataError, ImageReadError
-from cvapps.formats.coco import read_coco_json, rle_to_mask
+from cvapps.formats.coco import read_coco_json
 from cvapps.formats.coco_checks import load_coco_split, read_categories
+from cvapps.formats.coco_encode import rle_to_mask
 from cvapps.formats.masks import check_mask, read_mask
 from cvapps.formats.names import check_class_names
 from cvapps.formats.report import CheckReport

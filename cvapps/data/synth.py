@@ -1,6 +1,7 @@
 """Deterministic synthetic "shapes" dataset: circles, squares and triangles on textured backgrounds.
 
-``generate_shapes(out)`` writes one folder that serves every task of cvapps::
+``generate_shapes(out)`` (sizes and counts: a :class:`SynthSpec`) writes one folder that serves every
+task of cvapps::
 
     out/
       images/{train,val}/shapes_000000.jpg   detection/segmentation images (imgsz x imgsz, BGR JPEG)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -286,28 +288,55 @@ def _prune(folder: Path, keep: set[str]) -> None:
                 os.unlink(name, dir_fd=fd)  # the name itself, whatever it is (never a folder here)
 
 
-def generate_shapes(out: str | Path, *, n_train: int = 120, n_val: int = 40, imgsz: int = 160,
-                    n_crops_per_class: tuple[int, int] = (200, 40), crop_size: int = 64,
-                    video_frames: int = 240, video_size: tuple[int, int] = (320, 240), fps: int = 24,
-                    seed: int = 0, progress: bool = True) -> Path:
-    """Write the shapes dataset (layout in the module docstring) under ``out`` and return it."""
+@dataclass(frozen=True)
+class SynthSpec:
+    """Sizes and counts of the shapes dataset :func:`generate_shapes` writes (the defaults are those
+    of ``cvapps data synth`` and of the shipped ``sample_data/shapes``).
+
+    n_train: detection/segmentation train images (>= 1).
+    n_val: val images (>= 0).
+    imgsz: side of each (square) detection/segmentation image, pixels (32..2048).
+    n_crops_per_class: ``(train, val)`` classification crops per class.
+    crop_size: side of each (square) classification crop, pixels (>= 16).
+    video_frames: frames of the sample video (>= 1).
+    video_size: ``(width, height)`` of the sample video, pixels (each 32..2048).
+    fps: frame rate written into the sample video.
+    """
+
+    n_train: int = 120
+    n_val: int = 40
+    imgsz: int = 160
+    n_crops_per_class: tuple[int, int] = (200, 40)
+    crop_size: int = 64
+    video_frames: int = 240
+    video_size: tuple[int, int] = (320, 240)
+    fps: int = 24
+
+
+def generate_shapes(out: str | Path, spec: SynthSpec = SynthSpec(), *, seed: int = 0,
+                    progress: bool = True) -> Path:
+    """Write the shapes dataset (layout in the module docstring, sizes and counts from ``spec``)
+    under ``out`` and return it."""
     out = Path(out)
-    if n_train < 1 or n_val < 0 or imgsz < 32 or crop_size < 16 or video_frames < 1 or min(video_size) < 32:
+    s = spec
+    if s.n_train < 1 or s.n_val < 0 or s.imgsz < 32 or s.crop_size < 16 or s.video_frames < 1 \
+            or min(s.video_size) < 32:
         raise CvappsError("generate_shapes: need n_train >= 1, n_val >= 0, imgsz >= 32, crop_size >= 16, "
                           "video_frames >= 1 and video sides >= 32")
-    _check_args(seed, {"imgsz": imgsz, "crop size": max(32, crop_size), "video width": video_size[0],
-                       "video height": video_size[1]},
-                {"train images": n_train, "val images": n_val, "crops per class": max(n_crops_per_class),
-                 "video frames": video_frames})
+    _check_args(seed, {"imgsz": s.imgsz, "crop size": max(32, s.crop_size), "video width": s.video_size[0],
+                       "video height": s.video_size[1]},
+                {"train images": s.n_train, "val images": s.n_val, "crops per class": max(s.n_crops_per_class),
+                 "video frames": s.video_frames})
     with output_root(out, ""):
         _check_out(out)
-        _shapes(out, n_train, n_val, imgsz, n_crops_per_class, crop_size, video_frames, video_size, fps, seed,
-                progress)
+        _shapes(out, spec, seed, progress)
     return out
 
 
-def _shapes(out: Path, n_train: int, n_val: int, imgsz: int, n_crops_per_class: tuple[int, int], crop_size: int,
-            video_frames: int, video_size: tuple[int, int], fps: int, seed: int, progress: bool) -> None:
+def _shapes(out: Path, spec: SynthSpec, seed: int, progress: bool) -> None:
+    n_train, n_val, imgsz = spec.n_train, spec.n_val, spec.imgsz
+    n_crops_per_class, crop_size = spec.n_crops_per_class, spec.crop_size
+    video_frames, video_size, fps = spec.video_frames, spec.video_size, spec.fps
     ensure_dir(out)
     counts = {"train": n_train, "val": n_val}
     total = n_train + n_val + len(CLASS_NAMES) * sum(n_crops_per_class) + video_frames

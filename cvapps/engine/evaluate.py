@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,13 +29,28 @@ from cvapps.structures import Frame
 from cvapps.tasks.base import DatasetSplits, Task
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate` runs and what it writes besides the metrics.
+
+    batch: images per forward pass (as ``--batch`` of the predict commands).
+    out_dir: where the metric's plots go; None: no plots.
+    category_ids: the model's COCO id of each class (None: class i is id i + 1), as the
+      :class:`~cvapps.engine.predict.Predictor` takes them.
+    """
+
+    batch: int = 8
+    out_dir: Path | None = None
+    category_ids: list[int] | None = None
+
+
 def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing: dict[str, Any],
-             device: torch.device, *, batch: int = 8, out_dir: Path | None = None,
-             category_ids: list[int] | None = None) -> dict[str, float]:
-    """Metrics of ``model`` on ``splits.val``; with ``out_dir`` also the metric's plots there.
+             device: torch.device, options: EvalOptions = EvalOptions()) -> dict[str, float]:
+    """Metrics of ``model`` on ``splits.val``; with ``options.out_dir`` also the metric's plots there.
 
     The model's train/eval mode is restored afterwards (training calls this every epoch).
     """
+    batch, out_dir, category_ids = options.batch, options.out_dir, options.category_ids
     metric = task.build_metric(splits)
     metric.reset()
     targets: dict[int, Any] = {}
@@ -47,12 +63,13 @@ def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing:
                 print(f"skipped {exc}", file=sys.stderr)
                 continue
             targets[index] = target
-            yield Frame(image, name, index)
+            yield Frame(image, name, index, stream=name)  # a still image of the val split
 
     was = model.training
-    # A model under training keeps its memory layout (the optimizer's state matches it).
+    # A model under training is run as it is: no folded copy, and its memory layout kept (the optimizer's
+    # state matches it).
     predictor = Predictor(task, model, splits.class_names, preprocessing, device, batch, category_ids=category_ids,
-                          channels_last=not was)
+                          channels_last=not was, fuse=not was)
     try:
         pending_preds, pending_targets = [], []
         for frame, prediction in predictor.predict(frames(), **task.eval_options):
@@ -98,8 +115,8 @@ def _evaluate_loaded(loaded: Any, cfg: Any, out_dir: Path | None, batch: int) ->
     if list(splits.class_names) != list(loaded.class_names):
         raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {loaded.class_names}")
     device = resolve_device(cfg.train.device)
-    metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device, batch=batch,
-                       out_dir=out_dir, category_ids=loaded.category_ids)
+    metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device,
+                       EvalOptions(batch=batch, out_dir=out_dir, category_ids=loaded.category_ids))
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "val_metrics.json", metrics_json(metrics, digits=None))
     return metrics

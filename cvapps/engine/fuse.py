@@ -10,7 +10,9 @@ arithmetic (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`), this module finds 
   ResNet stem of the torchvision backbones), which run their children in order;
 * ``convK`` / ``bnK`` of torchvision's ResNet ``BasicBlock`` / ``Bottleneck`` (their forward applies
   ``bnK`` right after ``convK``);
-* ultralytics' ``Conv`` / ``DWConv`` blocks (``conv``, ``bn`` and a ``forward_fuse`` without ``bn``).
+* ultralytics' ``Conv`` / ``DWConv`` blocks (``conv``, ``bn``; run as ``act(conv(x))`` afterwards): which
+  blocks, and how they are switched over, is ultralytics-internal and lives in
+  :mod:`cvapps.ultralytics_parts` (with its version check, and a fall-back to the blocks' own forward).
 
 The BatchNorm may be ``nn.BatchNorm2d`` or torchvision's ``FrozenBatchNorm2d`` (Faster R-CNN).
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from cvapps import ultralytics_parts
+
 RESNET_BLOCKS = ("BasicBlock", "Bottleneck")
 
 
@@ -33,15 +37,15 @@ class _Pair:
     parent: nn.Module
     conv_name: str
     bn_name: str
-    forward_fuse: bool = False  # ultralytics block: switch to its forward without bn, drop bn
+    ultralytics_block: bool = False  # parent is an ultralytics Conv block: ultralytics_parts folds it
 
     def fold(self) -> None:
         conv, bn = getattr(self.parent, self.conv_name), getattr(self.parent, self.bn_name)
-        setattr(self.parent, self.conv_name, fuse_conv_bn_eval(conv, bn))
-        if self.forward_fuse:
-            delattr(self.parent, self.bn_name)
-            self.parent.forward = self.parent.forward_fuse  # type: ignore[method-assign]
+        fused = fuse_conv_bn_eval(conv, bn)
+        if self.ultralytics_block:
+            ultralytics_parts.fold_block(self.parent, fused)
         else:
+            setattr(self.parent, self.conv_name, fused)
             setattr(self.parent, self.bn_name, nn.Identity())
 
 
@@ -75,9 +79,9 @@ def _pairs(model: nn.Module) -> list[_Pair]:
             pairs += [_Pair(module, f"conv{k}", f"bn{k}") for k in (1, 2, 3)
                       if type(getattr(module, f"conv{k}", None)) is nn.Conv2d
                       and _is_batchnorm(getattr(module, f"bn{k}", None))]
-        elif (type(getattr(module, "conv", None)) is nn.Conv2d and _is_batchnorm(getattr(module, "bn", None))
-              and callable(getattr(module, "forward_fuse", None))):
-            pairs.append(_Pair(module, "conv", "bn", forward_fuse=True))
+        elif (ultralytics_parts.foldable_block(module) and type(getattr(module, "conv", None)) is nn.Conv2d
+              and _is_batchnorm(getattr(module, "bn", None))):
+            pairs.append(_Pair(module, "conv", "bn", ultralytics_block=True))
     return pairs
 
 

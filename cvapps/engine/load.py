@@ -104,8 +104,7 @@ def load_model(path_or_name: str | os.PathLike, *, tasks: str | tuple[str, ...] 
         except ForeignCheckpoint:
             loaded = _load_native(spec, trust, imgsz)
     if wanted and loaded.task.name not in wanted:
-        what = "a native ultralytics detection" if loaded.task.name == "ultralytics" else f"a {loaded.task.name!r}"
-        raise CheckpointError(f"{spec} is {what} model; this command needs {' or '.join(map(repr, wanted))}")
+        raise CheckpointError(f"{spec} is {loaded.task.describe()}; this command needs {' or '.join(map(repr, wanted))}")
     loaded.device, loaded.batch, loaded.overrides = device, batch, list(overrides or [])
     return loaded
 
@@ -132,7 +131,9 @@ def _load_onnx(path: Path, device: str) -> LoadedModel:
     model = OnnxModel(path, resolve_device(device))
     meta = model.meta
     task = get_task(meta["task"])
-    return LoadedModel(task, model, list(meta["class_names"]), meta.get("category_ids"), dict(meta["preprocessing"]),
+    # Exports fix height and width (only the batch is dynamic), so no rect letterboxing.
+    preprocessing = {**meta["preprocessing"], "fixed_size": True}
+    return LoadedModel(task, model, list(meta["class_names"]), meta.get("category_ids"), preprocessing,
                        str(path), info=meta, raw_config=meta.get("config"))
 
 
@@ -148,7 +149,7 @@ def _load_native(spec: str, trust: bool, imgsz: int | None) -> LoadedModel:
     # For `cvapps val`: the dataset a `cvapps train` run of ultralytics used.
     root = trained_on(ckpt["train_args"]) if isinstance(ckpt.get("train_args"), dict) else None
     data = {"imgsz": size, **({"root": root} if root else {})}
-    raw = {"task": "ultralytics", "model": {"model": spec}, "data": data}
+    raw = {"task": task.name, "model": {"model": spec}, "data": data}
     info = {k: v for k, v in ckpt.items() if k in ("date", "version", "epoch", "train_metrics")}
     return LoadedModel(task, model, names, coco_category_ids(names),
                        {"imgsz": size, "resize": "letterbox", "in_channels": 3}, spec, info=info, raw_config=raw)

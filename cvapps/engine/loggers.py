@@ -11,6 +11,9 @@ A callback is a plain callable ``fn(run, metrics)`` or any object with
         tracker.log(metrics, step=run.epoch)
 
     train(cfg, callbacks=[to_my_tracker])
+
+The same list takes training hooks (every event, the trainer's state, stopping early): a callback
+here is the ``after_epoch`` of a hook, see :mod:`cvapps.engine.hooks`.
 """
 
 from __future__ import annotations

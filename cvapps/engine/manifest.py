@@ -18,8 +18,9 @@ is reported in one warning line and its item predicted again. A rerun with a dif
 :func:`cvapps.io.safe_write.open_append`: a symbolic or hard link planted at its name is refused,
 never written through.
 
-Predictions are stored losslessly (:func:`encode_prediction`: floats as JSON numbers round-trip
-float32 exactly, masks as pycocotools RLE), so outputs rebuilt from the manifest equal a run's own.
+Predictions are stored in their one JSON form (:func:`encode_prediction`, the JSON lines' form too),
+which is lossless (floats as JSON numbers round-trip float32 exactly, masks as pycocotools RLE, track
+ids and counts kept), so outputs rebuilt from the manifest equal a run's own.
 """
 
 from __future__ import annotations
@@ -30,16 +31,12 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
-import torch
+from typing import Any, Callable, Iterator, Sequence
 
 from cvapps.engine.manifest_check import MAX_LINE_BYTES, RecordCheck
 from cvapps.errors import CvappsError, DataError
-from cvapps.formats.coco import mask_to_rle, rle_to_mask
 from cvapps.io.safe_write import open_append
-from cvapps.structures import Classification, Detections, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Prediction
 
 try:  # POSIX only; elsewhere two drivers on one OUT are not prevented
     import fcntl
@@ -50,62 +47,15 @@ VERSION = 1
 FSYNC_EVERY_S = 2.0
 
 
-def encode_prediction(prediction: Any) -> dict[str, Any]:
-    """A prediction -> a JSON-ready dict that :func:`decode_prediction` turns back into an equal one."""
-    if isinstance(prediction, Detections):
-        out: dict[str, Any] = {"type": "detections", "boxes": prediction.boxes.tolist(),
-                               "scores": prediction.scores.tolist(), "labels": prediction.labels.tolist()}
-        if prediction.masks is not None:
-            out["masks"] = [mask_to_rle(m) for m in prediction.masks.numpy()]
-            out["mask_size"] = list(prediction.masks.shape[1:])
-        return out
-    if isinstance(prediction, SegmentationMask):
-        mask = np.asarray(prediction.mask)
-        classes = np.unique(mask).tolist()
-        return {"type": "mask", "size": list(mask.shape), "dtype": str(mask.dtype),
-                "classes": {str(c): mask_to_rle(mask == c) for c in classes},
-                "scores": None if prediction.scores is None else np.asarray(prediction.scores).tolist(),
-                "scores_dtype": None if prediction.scores is None else str(np.asarray(prediction.scores).dtype)}
-    if isinstance(prediction, Classification):
-        return {"type": "classification", "label": int(prediction.label), "score": float(prediction.score),
-                "topk": [[int(i), float(s)] for i, s in prediction.topk]}
-    if isinstance(prediction, MultiTaskPrediction):  # each head's part as that head's own kind
-        return {"type": "multitask",
-                "detections": None if prediction.detections is None else encode_prediction(prediction.detections),
-                "segmentation": None if prediction.segmentation is None else encode_prediction(prediction.segmentation),
-                "labels": None if prediction.labels is None else prediction.labels.tolist(),
-                "label_scores": None if prediction.label_scores is None else np.asarray(prediction.label_scores).tolist()}
-    raise TypeError(f"cannot store a {type(prediction).__name__} prediction")
+def encode_prediction(prediction: Prediction, names: Sequence[str] = ()) -> dict[str, Any]:
+    """A prediction -> its one JSON form (:meth:`~cvapps.structures.Prediction.to_json`, lossless),
+    which :func:`decode_prediction` turns back into an equal one; ``names`` name the labels."""
+    return prediction.to_json(names)
 
 
-def decode_prediction(data: dict[str, Any]) -> Any:
+def decode_prediction(data: dict[str, Any]) -> Prediction:
     """The inverse of :func:`encode_prediction`."""
-    kind = data["type"]
-    if kind == "detections":
-        masks = None
-        if "masks" in data:
-            h, w = data["mask_size"]
-            masks = np.stack([rle_to_mask(r, h, w) for r in data["masks"]]) if data["masks"] else np.zeros((0, h, w), bool)
-        return Detections(np.asarray(data["boxes"], np.float32), np.asarray(data["scores"], np.float32),
-                          np.asarray(data["labels"], np.int64), None if masks is None else masks)
-    if kind == "mask":
-        h, w = data["size"]
-        mask = np.zeros((h, w), np.dtype(data["dtype"]))
-        for value, rle in data["classes"].items():
-            mask[rle_to_mask(rle, h, w)] = int(value)
-        scores = None if data["scores"] is None else np.asarray(data["scores"], np.dtype(data["scores_dtype"]))
-        return SegmentationMask(mask, scores)
-    if kind == "classification":
-        return Classification(data["label"], data["score"], [(int(i), float(s)) for i, s in data["topk"]])
-    if kind == "multitask":
-        def part(name: str) -> Any:
-            return None if data[name] is None else decode_prediction(data[name])
-
-        return MultiTaskPrediction(
-            part("detections"), part("segmentation"),
-            None if data["labels"] is None else torch.as_tensor(data["labels"], dtype=torch.int64),
-            None if data["label_scores"] is None else np.asarray(data["label_scores"], np.float32))
-    raise DataError(f"unknown prediction type in the manifest: {kind!r}")
+    return Prediction.from_json(data)
 
 
 def _key_of(head: bytes) -> str | None:

@@ -5,13 +5,14 @@ A manifest is a file in OUT, so anyone who can write there can put anything in i
 (pycocotools' decoder does not check them: a heap overflow), ``"topk": 5`` or ``"frames": 7``
 (a TypeError deep in a sink), a label past the class list (an IndexError). :class:`RecordCheck`
 checks every stored record against the schema :func:`~cvapps.engine.manifest.encode_prediction`
-writes and against the frame it belongs to (the width and height of the planned image or video,
+writes (a prediction's one JSON form, :mod:`cvapps.structures.prediction`) and against the frame it belongs to (the width and height of the planned image or video,
 read from its header); a record that fails is reported and its item predicted again.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,6 @@ from cvapps.io.images import MAX_IMAGE_PIXELS, image_size
 
 MAX_LINE_BYTES = 64 << 20  # one record (one item) per line; anything longer is damaged
 MAX_ITEMS = 1_000_000  # entries of any list in a record (boxes, frames, top-k, classes)
-MASK_DTYPES = {"uint8", "int8", "uint16", "int16", "int32", "int64"}
-SCORE_DTYPES = {"float16", "float32", "float64"}
 
 
 class Bad(Exception):
@@ -93,52 +92,119 @@ def _label(v: Any, classes: int | None) -> int:
     return _int(v, 0, classes if classes is not None else 2 ** 31)
 
 
+def _str(v: Any) -> str:
+    _need(isinstance(v, str) and len(v) <= 4096, f"{str(v)[:20]!r} is not a name")
+    return v
+
+
+# A prediction's JSON form (cvapps.structures.prediction): each part's (required, optional) keys;
+# the first required key says the part is there.
+PART_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "detections": (("boxes", "scores", "labels", "names"), ("masks", "mask_size", "track_ids", "box_data")),
+    "semantic": (("size", "classes"), ("class_scores", "extra_background")),
+    "classification": (("label", "name", "score", "topk"), ()),
+    "presence": (("present", "presence"), ()),
+    "counts": (("counts",), ()),
+}
+BOX_DATA_DTYPE = re.compile(r"[<>|]?(b1|[iu][1248]|f[248]|U\d{1,4})")
+
+
+def _ranked(v: Any, classes: int | None, what: str) -> int:
+    """One ``{"label", "name", "score"}`` entry (top-k, present classes): its label."""
+    _keys(v, {"label", "name", "score"}, what=what)
+    _str(v["name"])
+    _num(v["score"])
+    return _label(v["label"], classes)
+
+
+def _check_detections(p: dict[str, Any], h: int, w: int, classes: int | None) -> None:
+    n = len(_list(p["boxes"], "boxes"))
+    for box in p["boxes"]:
+        [_num(v) for v in _list(box, "a box", 4)]
+    [_num(v) for v in _list(p["scores"], "scores", n)]
+    [_label(v, classes) for v in _list(p["labels"], "labels", n)]
+    [_str(v) for v in _list(p["names"], "names", n)]
+    if "masks" in p or "mask_size" in p:
+        _need(p.get("mask_size") == [h, w], f"mask size {str(p.get('mask_size'))[:30]} is not the frame's [{h}, {w}]")
+        _need(n * h * w <= 16 * MAX_IMAGE_PIXELS, f"{n} masks of {w} x {h} are too many to decode")
+        _need(all(rle_fits(r, h, w) for r in _list(p.get("masks"), "masks", n)), "a mask is not an RLE of the frame's size")
+    if "track_ids" in p:
+        [_int(v, 0, 2 ** 62) for v in _list(p["track_ids"], "track_ids", n)]
+    if "box_data" in p:
+        _need(isinstance(p["box_data"], dict) and len(p["box_data"]) <= 64, "box_data is not an object")
+        for key, column in p["box_data"].items():
+            _keys(column, {"dtype", "values"}, what=f"box_data {key[:20]!r}")
+            dtype = column["dtype"]
+            _need(isinstance(dtype, str) and BOX_DATA_DTYPE.fullmatch(dtype) is not None, "box_data dtype")
+            kind, width = dtype.lstrip("<>|")[0], int(dtype.lstrip("<>|")[1:])
+            for v in _list(column["values"], "box_data values", n):
+                if kind == "b":
+                    _need(isinstance(v, bool), "box_data value is not a bool")
+                elif kind == "U":
+                    _need(isinstance(v, str) and len(v) <= width, "box_data value is not its string")
+                elif kind in "iu":
+                    _int(v, 0 if kind == "u" else -(1 << (8 * width - 1)), 1 << (8 * width - (kind == "i")))
+                else:
+                    _num(v)
+
+
+def _check_semantic(p: dict[str, Any], h: int, w: int) -> None:
+    _need(p["size"] == [h, w], f"mask size {str(p['size'])[:30]} is not the frame's [{h}, {w}]")
+    seen = set()
+    for c in _list(p["classes"], "mask classes"):
+        _keys(c, {"label", "name", "pixels", "score", "rle"}, what="a mask class")
+        seen.add(_int(c["label"], 1, 256))
+        _str(c["name"])
+        _int(c["pixels"], 0, h * w + 1)
+        _num(c["score"])
+        _need(rle_fits(c["rle"], h, w), "a class mask is not an RLE of the frame's size")
+    _need(len(seen) == len(p["classes"]), "a mask class is there twice")
+    if "class_scores" in p:
+        [_num(v) for v in _list(p["class_scores"], "class_scores")]
+    _need(p.get("extra_background", True) is True, "extra_background is not true")
+
+
+def _check_counts(counts: Any) -> None:
+    _keys(counts, {"lines", "zones"}, what="counts")
+    for line in _list(counts["lines"], "count lines"):
+        _keys(line, {"line", "in", "out", "classes"}, what="a count line")
+        [_num(v) for v in _list(line["line"], "a line", 4)]
+        [_int(line[k]) for k in ("in", "out")]
+        _need(isinstance(line["classes"], dict), "line classes is not an object")
+        for name, io in line["classes"].items():
+            _keys(io, {"in", "out"}, what=f"line class {name[:20]!r}")
+            [_int(io[k]) for k in ("in", "out")]
+    for zone in _list(counts["zones"], "count zones"):
+        _keys(zone, {"zone", "count", "classes"}, what="a count zone")
+        [[_num(v) for v in _list(pt, "a zone point", 2)] for pt in _list(zone["zone"], "a zone")]
+        _int(zone["count"])
+        _need(isinstance(zone["classes"], dict), "zone classes is not an object")
+        [_int(v) for v in zone["classes"].values()]
+
+
 def check_prediction(p: Any, h: int, w: int, classes: int | None = None) -> None:
-    """Raise :class:`Bad` unless ``p`` is an encoded prediction for an ``h`` x ``w`` frame."""
+    """Raise :class:`Bad` unless ``p`` is a prediction's JSON form for an ``h`` x ``w`` frame."""
     _need(isinstance(p, dict), "prediction is not an object")
-    kind = p.get("type")
-    if kind == "detections":
-        _keys(p, {"type", "boxes", "scores", "labels"}, {"masks", "mask_size"}, "detections")
-        n = len(_list(p["boxes"], "boxes"))
-        for box in p["boxes"]:
-            [_num(v) for v in _list(box, "a box", 4)]
-        [_num(v) for v in _list(p["scores"], "scores", n)]
-        [_label(v, classes) for v in _list(p["labels"], "labels", n)]
-        if "masks" in p or "mask_size" in p:
-            _need(p.get("mask_size") == [h, w], f"mask size {str(p.get('mask_size'))[:30]} is not the frame's [{h}, {w}]")
-            _need(n * h * w <= 16 * MAX_IMAGE_PIXELS, f"{n} masks of {w} x {h} are too many to decode")
-            _need(all(rle_fits(r, h, w) for r in _list(p.get("masks"), "masks", n)), "a mask is not an RLE of the frame's size")
-    elif kind == "mask":
-        _keys(p, {"type", "size", "dtype", "classes", "scores", "scores_dtype"}, what="mask")
-        _need(p["size"] == [h, w], f"mask size {str(p['size'])[:30]} is not the frame's [{h}, {w}]")
-        _need(p["dtype"] in MASK_DTYPES, "mask dtype is not an integer type")
-        _need(isinstance(p["classes"], dict) and len(p["classes"]) <= 65536, "mask classes is not an object")
-        for value, rle in p["classes"].items():
-            _need(value.isdigit() and int(value) < 65536, f"mask value {value[:20]!r}")
-            _need(rle_fits(rle, h, w), "a class mask is not an RLE of the frame's size")
-        if p["scores"] is not None:
-            [_num(v) for v in _list(p["scores"], "scores")]
-            _need(p["scores_dtype"] in SCORE_DTYPES, "scores dtype is not a float type")
-    elif kind == "classification":
-        _keys(p, {"type", "label", "score", "topk"}, what="classification")
+    known = {k for required, optional in PART_KEYS.values() for k in (*required, *optional)}
+    _need(set(p) <= known, f"prediction has keys {sorted(p)[:8]}")
+    for part, (required, optional) in PART_KEYS.items():
+        if set(p) & {*required, *optional}:
+            _need(set(required) <= set(p), f"the {part} part lacks keys {sorted(set(required) - set(p))}")
+    if "boxes" in p:
+        _check_detections(p, h, w, classes)
+    if "size" in p:  # mask values are not class indices of a multitask model's names: not checked
+        _check_semantic(p, h, w)
+    if "label" in p:
         _label(p["label"], classes)
+        _str(p["name"])
         _num(p["score"])
-        for pair in _list(p["topk"], "topk"):
-            _list(pair, "a top-k entry", 2)
-            _label(pair[0], classes)
-            _num(pair[1])
-    elif kind == "multitask":
-        _keys(p, {"type", "detections", "segmentation", "labels", "label_scores"}, what="multitask")
-        for part, want in (("detections", "detections"), ("segmentation", "mask")):
-            if p[part] is not None:
-                _need(isinstance(p[part], dict) and p[part].get("type") == want, f"{part} is not {want}")
-                check_prediction(p[part], h, w, classes if part == "detections" else None)
-        if p["labels"] is not None:
-            [_label(v, classes) for v in _list(p["labels"], "labels")]
-        if p["label_scores"] is not None:
-            [_num(v) for v in _list(p["label_scores"], "label_scores")]
-    else:
-        raise Bad(f"unknown prediction type {str(kind)[:20]!r}")
+        [_ranked(t, classes, "a top-k entry") for t in _list(p["topk"], "topk")]
+    if "present" in p:
+        k = len([_num(v) for v in _list(p["presence"], "presence")])
+        [_ranked(t, min(k, classes) if classes is not None else k, "a present class")
+         for t in _list(p["present"], "present")]
+    if "counts" in p:
+        _check_counts(p["counts"])
 
 
 class RecordCheck:

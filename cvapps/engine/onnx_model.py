@@ -39,9 +39,6 @@ class OnnxModel(nn.Module):
     ``meta`` holds the decoded cvapps metadata: task, class_names, category_ids, preprocessing.
     """
 
-    # Exports fix height and width (only the batch is dynamic), so no rect letterboxing.
-    fixed_input_size = True
-
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
         super().__init__()
         ort = need_onnxruntime()

@@ -12,7 +12,8 @@ rounding (tests/test_packed_conv.py).
 
 Which activation may join the convolution before it (the model's numbers must not change):
 
-* ultralytics' ``Conv`` / ``DWConv`` running ``forward_fuse`` (``act(conv(x))``, BatchNorm folded);
+* ultralytics' ``Conv`` / ``DWConv`` computing ``act(conv(x))`` after their BatchNorm was folded (told
+  by :func:`cvapps.ultralytics_parts.runs_act_of_conv`, which holds that ultralytics-internal knowledge);
 * in a plain ``nn.Sequential`` (or torchvision's ``IntermediateLayerGetter``): a convolution, then
   only ``nn.Identity`` children (folded BatchNorms), then the activation; not when a layer in
   between is one whose output is returned.
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvapps.engine.fuse import runs_children_in_order
+from cvapps.ultralytics_parts import runs_act_of_conv
 
 MIN_TORCH = (2, 2)  # the oldest torch these private ops were tested on (pyproject's lower bound)
 _ops = getattr(torch.ops, "mkldnn", None)
@@ -120,13 +122,6 @@ def _packable(module: object) -> bool:
             and not isinstance(module.padding, str))
 
 
-def _is_ultralytics_conv_fused(module: nn.Module) -> bool:
-    """ultralytics' Conv/DWConv after folding: its forward is ``forward_fuse``, i.e. ``act(conv(x))``."""
-    cls = type(module)
-    return (cls.__name__ in ("Conv", "DWConv") and cls.__module__.startswith("ultralytics.")
-            and not hasattr(module, "bn") and getattr(module.forward, "__func__", None) is cls.forward_fuse)
-
-
 def packable(model: nn.Module) -> bool:
     """True when :func:`pack_convolutions` would pack at least one convolution here."""
     return AVAILABLE and any(_packable(m) for m in model.modules())
@@ -139,7 +134,7 @@ def pack_convolutions(model: nn.Module) -> int:
         return 0
     count = 0
     for module in list(model.modules()):
-        if _is_ultralytics_conv_fused(module) and _packable(module.conv) and _post_op(module.act):
+        if runs_act_of_conv(module) and _packable(module.conv) and _post_op(module.act):
             module.conv, module.act = PackedConv2d(module.conv, module.act), nn.Identity()
             count += 1
         elif runs_children_in_order(module):

@@ -79,13 +79,14 @@ class Predictor:
     """Runs a task model on frames.
 
     class_names: index -> name; category_ids: index -> COCO category id (None: index + 1).
-    preprocessing: {"imgsz", "resize", "in_channels"} as stored in the checkpoint.
+    preprocessing: {"imgsz", "resize", "in_channels"} as stored in the checkpoint (and "fixed_size": True
+    for a model that takes only imgsz x imgsz inputs).
     """
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                  device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
                  category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True,
-                 fuse: bool | None = None) -> None:
+                 fuse: bool = True) -> None:
         # names reach line-based files (tracks/labels.txt, CSV rows): one place refuses unsafe ones
         self.task, self.class_names = task, check_class_names(class_names)
         self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
@@ -95,13 +96,14 @@ class Predictor:
         self.device = resolve_device(device)
         self.batch = max(1, batch)
         self.half = self.device.type == "cuda" if half is None else half
-        # Rect letterbox (less padding) unless the model only takes its export-time input size.
-        self.rect = bool(task.rect_stride) and not getattr(model, "fixed_input_size", False)
-        # fuse (default: channels_last): run the model's inference form, a copy with BatchNorms folded and,
-        # on the CPU, convolutions packed for oneDNN (engine/inference_form.py); a model under training
-        # is run as it is.
+        # Rect letterbox (less padding) where the task's models take any multiple of rect_stride, unless
+        # this one only takes its export-time input size (preprocessing "fixed_size": an ONNX export).
+        self.rect = bool(task.rect_stride) and not preprocessing.get("fixed_size", False)
+        # fuse: run the model's inference form, a copy with BatchNorms folded and, on the CPU, convolutions
+        # packed for oneDNN (engine/inference_form.py); fuse=False runs the model as it is (one under
+        # training: evaluate.py). Independent of channels_last, the layout choice below.
         model = model.to(self.device).eval()
-        self.model = inference_form(model, self.device) if (channels_last if fuse is None else fuse) else model
+        self.model = inference_form(model, self.device) if fuse else model
         # channels_last=False leaves a model under training as it is (its optimizer state keeps the
         # layout) and feeds it NCHW; True converts it to the layout it runs fastest in.
         self.memory_format = (choose_memory_format(self.model, self.device, task.cpu_channels_last)

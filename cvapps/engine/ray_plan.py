@@ -12,15 +12,13 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 
 from cvapps.errors import CvappsError
 from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from cvapps.io.sources import is_streams_file, is_url
-from cvapps.io.sources.files import expand_paths, glob_images, iter_image_files, txt_lines
+from cvapps.io.sources import describe_source, source_paths
 
 
 @dataclass(frozen=True)
@@ -50,29 +48,18 @@ def _video_ranges(path: str, chunk: int) -> list[tuple[int, int]]:
 def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str, str]]]:
     """The work of ``source`` in its order, and ``(path, reason)`` of entries the walk left out.
 
-    source: a folder (recursive, sorted), a glob, an image, a video, a ``.txt`` list or a list of
-    paths (folders, images and videos mixed); paths are spelled as the single-process sources spell
-    them, so frame names and file names in the outputs agree. Live streams and webcams are refused.
+    source: a :class:`~cvapps.io.sources.SourceSpec` or anything
+    :func:`~cvapps.io.sources.describe_source` takes (decided by that one rule): a folder
+    (recursive, sorted), a glob, an image, a video, a ``.txt`` list or a list of paths (folders,
+    images and videos mixed); paths are spelled as the single-process sources spell them
+    (:func:`~cvapps.io.sources.source_paths`), so frame names and file names in the outputs agree.
+    Live streams, webcams and streams files are refused.
     """
+    spec = describe_source(source)
+    if spec.is_live:
+        raise CvappsError(f"--ray reads files (folders, globs, lists, videos), not live streams: {spec.text.strip()}")
     skipped: list[tuple[str, str]] = []
-    skip = lambda path, reason: skipped.append((path, reason))
-    if isinstance(source, (list, tuple)):
-        paths = expand_paths(iter([os.fspath(p) for p in source]), skip)
-    else:
-        text = os.fspath(source).strip()
-        local = os.path.expanduser(text)
-        if is_url(text) or (text.isdigit() and not os.path.exists(local)) or is_streams_file(local):
-            raise CvappsError(f"--ray reads files (folders, globs, lists, videos), not live streams: {text}")
-        if os.path.isdir(local):
-            paths = iter_image_files(local, skip)
-        elif os.path.isfile(local) and local.lower().endswith(".txt"):
-            paths = expand_paths(txt_lines(Path(local)), skip)
-        elif os.path.exists(local):
-            paths = iter([local])
-        elif re.search(r"[*?[]", text):
-            paths = glob_images(local)
-        else:
-            raise CvappsError(f"source not found: {text}")
+    paths = source_paths(spec, lambda path, reason: skipped.append((path, reason)))
     items: list[Item] = []
     seen: set[str] = set()
     for path in paths:
@@ -83,10 +70,10 @@ def plan_items(source: Any, chunk: int = 32) -> tuple[list[Item], list[tuple[str
         elif path not in seen:  # a file listed twice is predicted once
             items.append(Item(path, len(items), "image", path))
         elif suffix not in IMAGE_EXTENSIONS:
-            skip(path, "not an image or video file")
+            skipped.append((path, "not an image or video file"))
         seen.add(path)
     if not items and not skipped:
-        raise CvappsError(f"no images or videos in {source}")
+        raise CvappsError(f"no images or videos in {spec.text}")
     return items, skipped
 
 

@@ -46,7 +46,9 @@ from cvapps.formats.coco import ImageIndex
 from cvapps.io.guard import output_root
 from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
                               VideoWriterSink, close_all)
+from cvapps.io.sources import SourceOptions, describe_source
 from cvapps.structures import Frame
+from cvapps.tasks.base import Task
 
 MANIFEST = "ray_manifest.jsonl"
 INSTALL = 'pip install "cvapps[ray]"'
@@ -61,9 +63,9 @@ PIXEL_SINKS = (AnnotatedImages, OverlayImages, MaskImages, VideoWriterSink)
 @dataclass(frozen=True)
 class RayModel:
     """What every predictor actor runs: ``path`` (a model file, or a name the loader resolves) on
-    ``device``, ``batch`` frames per forward (``trust``: allow a full unpickle); ``part`` "detect" /
-    "segment" runs a multitask model as its detector or segmenter, as ``cvapps detect|segment`` do
-    (None: the whole model); ``options`` go to the task's postprocess (``conf``, ``iou``, ``topk``...)."""
+    ``device``, ``batch`` frames per forward (``trust``: allow a full unpickle); ``part``: the command
+    (detect, segment) whose part of a multitask model runs, as ``cvapps detect|segment`` do (None: the
+    whole model; see ``Task.part``); ``options`` go to the task's postprocess (``conf``, ``iou``, ``topk``...)."""
 
     path: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -137,8 +139,7 @@ def _model_bytes(model: str) -> tuple[bytes | None, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _dataset(ray: Any, todo: list[Item], weights: Any, model: RayModel, actors: int, *, vid_stride: int,
-             max_file_mb: float | None) -> Any:
+def _dataset(ray: Any, todo: list[Item], weights: Any, model: RayModel, actors: int, options: SourceOptions) -> Any:
     images = [it for it in todo if it.kind == "image"]
     videos = [it for it in todo if it.kind == "video"]
     parts = []
@@ -161,7 +162,7 @@ def _dataset(ray: Any, todo: list[Item], weights: Any, model: RayModel, actors: 
     spare = resources.get("CPU", 0) - actors
     read_cpus = READ_CPUS if spare >= READ_CPUS else 1
     ds = ds.map_batches(decode_items, batch_size=1, num_cpus=read_cpus,
-                        fn_kwargs={"vid_stride": vid_stride, "max_file_mb": max_file_mb})
+                        fn_kwargs={"vid_stride": options.vid_stride, "max_file_mb": options.max_file_mb})
     return ds.map_batches(
         PredictActor, batch_size=max(model.batch, CALL_FRAMES), compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"weights": None if weights is None else [weights], "model": model.path,
@@ -238,9 +239,12 @@ def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report:
             continue
         for f in record["frames"]:
             image = np.broadcast_to(pixel, (f["height"], f["width"], 3))  # the shape sinks read, no memory
-            index = f["index"] if item.kind == "video" else image_index
-            image_index += item.kind == "image"
-            frame = Frame(image, f["source"], index, f["timestamp"])
+            video = item.kind == "video"
+            index = f["index"] if video else image_index
+            image_index += not video
+            # the frame's stream: its video (the item's file), or the image's own path
+            frame = Frame(image, f["source"], index, f["timestamp"], stream=item.path if video else f["source"],
+                          frame_index=f["index"] if video else None)
             prediction = decode_prediction(f["prediction"])
             for sink in sinks:
                 sink.write(frame, prediction)
@@ -248,16 +252,19 @@ def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report:
 
 
 def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str | Path,
-            cluster: RayCluster | None = None, *, vid_stride: int = 1, max_file_mb: float | None = None,
-            chunk: int = 32, progress: bool = True) -> RayReport:
+            cluster: RayCluster | None = None, *, options: SourceOptions | None = None, chunk: int = 32,
+            progress: bool = True) -> RayReport:
     """Predict every frame of ``source`` on Ray and write the results to ``sinks``; resumable.
 
     model: a :class:`RayModel`, or a model file (or name) as :func:`~cvapps.engine.load.load_model`
     takes it, with the defaults; sinks: data sinks only (COCO, JSON lines, CSV); out: the output
     folder, where ``ray_manifest.jsonl`` records finished items (rerun the same call after a crash or
     Ctrl-C to do only what is missing); cluster: :class:`RayCluster` (default: a local instance, one
-    actor); chunk: video frames per read task. The sinks are written only when every item is done: a
-    run stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
+    actor); source: a :class:`~cvapps.io.sources.SourceSpec` or anything
+    :func:`~cvapps.io.sources.describe_source` takes (files only); options: its ``vid_stride`` and
+    ``max_file_mb`` apply (:class:`~cvapps.io.sources.SourceOptions`; Ray splits the work itself, so
+    no ``shard``); chunk: video frames per read task. The sinks are written only when every item is
+    done: a run stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
     """
     for sink in sinks:
         if isinstance(sink, PIXEL_SINKS):
@@ -265,17 +272,21 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
                               "(drop --save-images/--save-video, or run without --ray)")
     model = model if isinstance(model, RayModel) else RayModel(str(model))
     cluster = cluster or RayCluster()
-    if cluster.actors < 1 or model.batch < 1 or chunk < 1 or vid_stride < 1:
-        raise CvappsError("--ray-actors, --batch, the video chunk and --vid-stride must be >= 1")
+    options = options if options is not None else SourceOptions()
+    if cluster.actors < 1 or model.batch < 1 or chunk < 1:
+        raise CvappsError("--ray-actors, --batch and the video chunk must be >= 1")
+    if options.shard != (0, 1):
+        raise CvappsError("--ray splits the work itself: drop --shard")
+    spec = describe_source(source)  # the one decision of what the source is, as a local run makes it
     ray = import_ray()
     if not ray.is_initialized():  # a wrong address fails here in seconds, before anything is written
         check_ray_address(cluster.address)
     report = RayReport()
     t0 = time.perf_counter()
-    items, report.skipped = plan_items(source, chunk)
+    items, report.skipped = plan_items(spec, chunk)
     data, model_id = _model_bytes(model.path)
-    run = {"source": str(source) if not isinstance(source, (list, tuple)) else [os.fspath(p) for p in source],
-           "model": model_id, "options": dict(model.options), "vid_stride": vid_stride, "chunk": chunk}
+    run = {"source": list(spec.paths) if spec.kind == "paths" else spec.text,
+           "model": model_id, "options": dict(model.options), "vid_stride": options.vid_stride, "chunk": chunk}
     if model.part:  # a multitask model's boxes or masks only: not the same run as the whole model's
         run["part"] = model.part
     root = output_root(out)  # the manifest and every output: written inside OUT, through no link
@@ -294,7 +305,7 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
             collect = _Collect(manifest, bar)
             try:
                 if todo:
-                    _predict(ray, todo, collect, data, model, cluster, vid_stride=vid_stride, max_file_mb=max_file_mb)
+                    _predict(ray, todo, collect, data, model, cluster, options)
             except KeyboardInterrupt as exc:
                 report.interrupted = "SIGTERM" if str(exc) == "SIGTERM" else "SIGINT"
             finally:
@@ -322,7 +333,7 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
 
 
 def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, model: RayModel,
-             cluster: RayCluster, **kwargs: Any) -> None:
+             cluster: RayCluster, options: SourceOptions) -> None:
     started = _connect(ray, cluster.address, cluster.actors, cluster.num_cpus)
     try:
         context = ray.data.DataContext.get_current()
@@ -330,7 +341,7 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         weights = None if data is None else ray.put(data)  # stored once, fetched once per actor
-        ds = _dataset(ray, todo, weights, model, cluster.actors, **kwargs)
+        ds = _dataset(ray, todo, weights, model, cluster.actors, options)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             collect.add(batch)
     finally:
@@ -338,14 +349,15 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
             ray.shutdown()
 
 
-def predict_files(model: RayModel, task: str, class_names: list[str], category_ids: list[int], source: Any,
+def predict_files(model: RayModel, task: Task, class_names: list[str], category_ids: list[int], source: Any,
                   out: str | Path, *, save_jsonl: bool = False, **kwargs: Any) -> RayReport:
     """:func:`run_ray` into the files ``cvapps classify|segment|detect SOURCE --ray`` writes to ``out``:
     ``predictions.csv`` for classifiers (top-k from ``options["topk"]``, default 3), else
     ``predictions.json`` + ``predictions_coco.json``; ``predictions.jsonl`` too with save_jsonl."""
     out = Path(out)
-    root = os.fspath(source) if isinstance(source, (str, os.PathLike)) and os.path.isdir(source) else None
-    if task == "classify":
+    spec = describe_source(source)
+    root = spec.root
+    if "classification" in task.parts:  # a classifier: top-k rows
         topk = int(model.options.get("topk", 3))
         sinks: list[Any] = [ClassificationCSV(out / "predictions.csv", class_names, topk)]
     else:
@@ -353,4 +365,4 @@ def predict_files(model: RayModel, task: str, class_names: list[str], category_i
                           results_path=out / "predictions.json", index=ImageIndex(root, None))]
     if save_jsonl:
         sinks.append(JsonLinesSink(out / "predictions.jsonl", class_names, root=root))
-    return run_ray(model, source, sinks, out, **kwargs)
+    return run_ray(model, spec, sinks, out, **kwargs)

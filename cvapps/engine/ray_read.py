@@ -8,19 +8,21 @@ Rows that flow through the Ray Dataset (one column each; numpy batches):
 * decoded rows (:func:`decode_items`, one per frame): ``key``, ``order``, ``count`` (rows its item
   yields), ``status`` (``"frame"``; ``"skip"`` for an unreadable file, reason in ``source``;
   ``"empty"`` for a video range past the last frame), ``source`` (the frame's name, as the
-  single-process sources name it), ``index``, ``timestamp``, ``image`` (HxWx3 BGR uint8);
+  single-process sources name it), ``stream`` (the video, or the image's path), ``frame_index``
+  (the frame's number in its video; -1 for a still image), ``index``, ``timestamp``, ``image``
+  (HxWx3 BGR uint8);
 * predicted rows (:class:`cvapps.engine.ray_workers.PredictActor`): the same without ``image``, plus
   ``width``, ``height`` and ``prediction`` (JSON of :func:`cvapps.engine.manifest.encode_prediction`).
 
 Images are read with :func:`cvapps.io.images.read_image` (so bad files are skipped with the same
 reason as a single-process run) and videos with OpenCV, as :class:`~cvapps.io.sources.VideoSource`
-reads them, seeking to the range's first frame. This module imports neither torch nor the sources
-package (which does), so a read worker starts in a fraction of a second.
+reads them (the one decode loop, :func:`cvapps.io.video_frames.decode_frames`), seeking to the
+range's first frame. This module imports neither torch nor the sources package (which does), so a
+read worker starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -31,14 +33,13 @@ import numpy as np
 from cvapps.errors import ImageReadError
 from cvapps.formats.names import frame_name
 from cvapps.io.images import read_image, set_max_file_mb
+from cvapps.io.video_frames import decode_frames
 
 _NO_IMAGE = np.zeros((1, 1, 3), np.uint8)  # placeholder pixels of rows that carry no frame
 
 
-def _fps(cap: Any) -> float | None:
-    """The rule of :func:`cvapps.io.sources.video.fps_of` (not imported: its package imports torch)."""
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if math.isfinite(fps) and 0.0 < fps < 1000.0 else None
+# (source, stream, frame_index (-1: a still image), timestamp, image) of one decoded row
+_Decoded = tuple[str, str, int, float, np.ndarray]
 
 
 def video_frames(path: str, start: int, end: int,
@@ -50,35 +51,23 @@ def video_frames(path: str, start: int, end: int,
     try:
         if not cap.isOpened():
             raise ImageReadError(path, "cannot open video")
-        fps = _fps(cap)
-        if start > 0:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-        index = start
-        while end < 0 or index < end:
-            if index % vid_stride:
-                if not cap.grab():
-                    return
-                index += 1
-                continue
-            ok, image = cap.read()
-            if not ok or image is None:
-                return
-            ts = index / fps if fps else float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
+        for index, ts, image in decode_frames(cap, vid_stride=vid_stride, start=start, end=end):
             yield frame_name(path, index), index, ts, image
-            index += 1
     finally:
         cap.release()
 
 
-def _rows(key: str, order: int, status: str, frames: list[tuple[str, int, float, np.ndarray]]) -> dict[str, Any]:
+def _rows(key: str, order: int, status: str, frames: list[_Decoded]) -> dict[str, Any]:
     n = len(frames)
     images = np.empty(n, dtype=object)
-    images[:] = [f[3] for f in frames]
+    images[:] = [f[4] for f in frames]
+    index = np.array([max(f[2], 0) for f in frames], np.int64)  # a still image: 0 (its place comes later)
     return {"key": np.array([key] * n, dtype=object), "order": np.full(n, order, np.int64),
             "count": np.full(n, n, np.int64), "status": np.array([status] * n, dtype=object),
             "source": np.array([f[0] for f in frames], dtype=object),
-            "index": np.array([f[1] for f in frames], np.int64),
-            "timestamp": np.array([f[2] for f in frames], np.float64), "image": images}
+            "stream": np.array([f[1] for f in frames], dtype=object),
+            "frame_index": np.array([f[2] for f in frames], np.int64), "index": index,
+            "timestamp": np.array([f[3] for f in frames], np.float64), "image": images}
 
 
 def decode_items(batch: dict[str, np.ndarray], vid_stride: int = 1,
@@ -91,13 +80,15 @@ def decode_items(batch: dict[str, np.ndarray], vid_stride: int = 1,
         key, path, order = str(key), str(path), int(order)
         try:
             if kind == "image":
-                frames = [(path, 0, 0.0, read_image(path))]
+                frames = [(path, path, -1, 0.0, read_image(path))]
             else:
-                frames = list(video_frames(path, int(start), int(end), vid_stride))
+                frames = [(name, path, index, ts, image)  # a video frame's stream: its video
+                          for name, index, ts, image in video_frames(path, int(start), int(end), vid_stride)]
         except ImageReadError as exc:
-            yield _rows(key, order, "skip", [(exc.reason, 0, 0.0, _NO_IMAGE)])
+            yield _rows(key, order, "skip", [(exc.reason, "", -1, 0.0, _NO_IMAGE)])
             continue
-        yield _rows(key, order, "frame", frames) if frames else _rows(key, order, "empty", [("", 0, 0.0, _NO_IMAGE)])
+        status = "frame" if frames else "empty"  # empty: a video range past the last frame
+        yield _rows(key, order, status, frames or [("", "", -1, 0.0, _NO_IMAGE)])
 
 
 def item_rows(items: list[Any]) -> list[dict[str, Any]]:

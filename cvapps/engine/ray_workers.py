@@ -13,7 +13,6 @@ from cvapps.engine.load import load_model
 from cvapps.engine.manifest import encode_prediction
 from cvapps.io.safe_write import write_bytes
 from cvapps.structures import Frame
-from cvapps.tasks.multitask import select_part
 
 
 class PredictActor:
@@ -33,25 +32,33 @@ class PredictActor:
             model = str(local)
         loaded = load_model(model, device=device, batch=batch, trust=trust)
         # part: a multitask model seen as its detector or segmenter (`cvapps detect|segment --ray`)
-        self.predictor = (select_part(loaded, part) if part else loaded).predictor()
+        self.predictor = (loaded.task.as_part(loaded, part) if part else loaded).predictor()
         self.predictor.prefetch = 0  # Ray Data already overlaps reading with this actor's work
         self.options = dict(options or {})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["key"])
         is_frame = [batch["status"][i] == "frame" for i in range(n)]
-        frames = [Frame(np.asarray(batch["image"][i]), str(batch["source"][i]), int(batch["index"][i]),
-                        float(batch["timestamp"][i])) for i in range(n) if is_frame[i]]
+        frames = [_frame(batch, i) for i in range(n) if is_frame[i]]
         predictions = iter(p for _, p in self.predictor.predict(frames, **self.options))
         width, height, encoded = np.zeros(n, np.int64), np.zeros(n, np.int64), np.empty(n, dtype=object)
         for i in range(n):
             encoded[i] = ""
             if is_frame[i]:
                 height[i], width[i] = np.asarray(batch["image"][i]).shape[:2]
-                encoded[i] = json.dumps(encode_prediction(next(predictions)))
-        out = {k: batch[k] for k in ("key", "order", "count", "status", "source", "index", "timestamp")}
+                encoded[i] = json.dumps(encode_prediction(next(predictions), self.predictor.class_names))
+        out = {k: batch[k] for k in ("key", "order", "count", "status", "source", "stream", "frame_index", "index",
+                                     "timestamp")}
         return {**out, "width": width, "height": height, "prediction": encoded}
 
     def __del__(self) -> None:
         if getattr(self, "_tmp", None) is not None:
             self._tmp.cleanup()
+
+
+def _frame(batch: dict[str, np.ndarray], i: int) -> Frame:
+    """Row ``i`` of a decoded batch as the Frame a single-process source would have made."""
+    frame_index = int(batch["frame_index"][i])
+    return Frame(np.asarray(batch["image"][i]), str(batch["source"][i]), int(batch["index"][i]),
+                 float(batch["timestamp"][i]), stream=str(batch["stream"][i]),
+                 frame_index=frame_index if frame_index >= 0 else None)  # -1: a still image

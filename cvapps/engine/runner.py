@@ -30,11 +30,13 @@ from tqdm import tqdm
 from cvapps.engine.device import progress_interval
 from cvapps.engine.predict import Predictor
 from cvapps.errors import CvappsError
+from cvapps.io.images import file_size_cap
 from cvapps.io.sinks import Sink, close_all
-from cvapps.io.sources import Source, open_source
+from cvapps.io.sources import Source, SourceOptions, open_source
 from cvapps.threads import QUEUE_BYTES, Consumer
 
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
+WRITE_QUEUE = 32  # frames waiting for the writer thread at most
 
 
 @dataclass
@@ -151,24 +153,31 @@ class _StopOnSignal:
 
 
 def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, progress: bool = True,
-               options: dict[str, Any] | None = None, vid_stride: int = 1,
-               shard: tuple[int, int] | str | None = None, buffer: bool | None = None,
-               reconnect_s: float = 10.0, write_queue: int = 32, handle_signals: bool = True) -> RunReport:
+               options: dict[str, Any] | None = None, source_options: SourceOptions | None = None,
+               handle_signals: bool = True) -> RunReport:
     """Predict every frame of ``source`` and hand each result to every sink; sinks are always closed.
 
-    source: anything :func:`~cvapps.io.sources.open_source` takes, or an open :class:`Source`.
-    options: passed to the task's postprocess (``conf``, ``topk``...). shard ``(i, n)`` / ``"i/n"``,
-    buffer (live sources keep every frame), reconnect_s: see ``open_source``. write_queue: frames
-    waiting for the writer thread at most. handle_signals: catch Ctrl-C/SIGTERM for a clean stop.
+    source: a :class:`~cvapps.io.sources.SourceSpec`, anything
+    :func:`~cvapps.io.sources.describe_source` takes, or an open :class:`Source`. options: passed
+    to the task's postprocess (``conf``, ``topk``...). source_options: stride, shard, buffering,
+    reconnection and the file-size cap (:class:`~cvapps.io.sources.SourceOptions`; an open Source
+    keeps the options it was opened with, only ``max_file_mb`` applies). handle_signals: catch
+    Ctrl-C/SIGTERM for a clean stop.
     """
+    source_options = source_options if source_options is not None else SourceOptions()
+    with file_size_cap(source_options.max_file_mb):  # files over the cap are skipped unread
+        return _run(predictor, source, sinks, progress, options, source_options, handle_signals)
+
+
+def _run(predictor: Predictor, source: Any, sinks: Sequence[Sink], progress: bool, options: dict[str, Any] | None,
+         source_options: SourceOptions, handle_signals: bool) -> RunReport:
     report = RunReport()
     before = dict(predictor.timings)
     t_start = time.perf_counter()
     writer: _Writer | None = None
     completed = False
     try:
-        src = source if isinstance(source, Source) else open_source(
-            source, vid_stride=vid_stride, shard=shard, buffer=buffer, reconnect_s=reconnect_s)
+        src = source if isinstance(source, Source) else open_source(source, source_options)
         with src, _StopOnSignal(src, handle_signals) as stopper:
             for sink in sinks:
                 start = getattr(sink, "start", None)
@@ -176,7 +185,7 @@ def run_source(predictor: Predictor, source: Any, sinks: Sequence[Sink], *, prog
                     start(src)
             bar = tqdm(total=src.expected_frames if not src.is_live else None, desc="predict", unit="img",
                        disable=not progress, dynamic_ncols=True, mininterval=progress_interval())
-            writer = _Writer(sinks, write_queue, bar)
+            writer = _Writer(sinks, WRITE_QUEUE, bar)
             try:
                 for frame, prediction in predictor.predict(src, **(options or {})):
                     writer.put((frame, prediction))

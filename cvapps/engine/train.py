@@ -2,6 +2,9 @@
 evaluates, and writes ``last.pt``/``best.pt``/plots into ``cfg.out``; each epoch's metrics go to
 the loggers ``train.log`` names and the caller's callbacks (:mod:`cvapps.engine.loggers`).
 
+:class:`Trainer` owns the state and runs the steps; everything around them (evaluation,
+checkpoints, loggers, plots, the caller's hooks) is a hook of :mod:`cvapps.engine.hooks`.
+
 Nothing here knows which task it trains: datasets, model, collate and metrics come from the
 :class:`~cvapps.tasks.base.Task`, so classification, FCN, Faster R-CNN and YOLO share this code.
 """
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NoReturn
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -20,19 +24,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cvapps.backbones.weights import load_state, read_state_dict
-from cvapps.checkpoint import ForeignCheckpoint, load_checkpoint, save_checkpoint
+from cvapps.checkpoint import ForeignCheckpoint, load_checkpoint
 from cvapps.config import TaskConfig, TrainConfig
 from cvapps.engine import distributed as dist
 from cvapps.engine.device import images_to_device, progress_interval, resolve_device
-from cvapps.engine.evaluate import evaluate
+from cvapps.engine.hooks import HookBase, default_hooks
 from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
 from cvapps.errors import CvappsError, DataError
 from cvapps.formats.names import check_class_names
 from cvapps.io.guard import protected
 from cvapps.io.safe_write import ensure_dir, ensure_writable_folder
-from cvapps.metrics.plots import plot_history
 from cvapps.tasks import get_task
-from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.tasks.base import Task
 
 
 @dataclass
@@ -90,12 +93,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] = print,
-          trust: bool = False, callbacks: Iterable[CallbackLike] = ()) -> TrainResult:
+          trust: bool = False, callbacks: Iterable[HookBase | CallbackLike] = ()) -> TrainResult:
     """Train ``cfg``'s task end to end; returns where the checkpoints are and the metric history.
 
     trust: allow a full unpickle of model files that need one (native ultralytics models only).
-    callbacks: callables ``fn(run, metrics)`` or objects with ``on_epoch_end(run, metrics)``, called
-    after every epoch on rank 0 with that epoch's metrics.csv row (see :mod:`cvapps.engine.loggers`).
+    callbacks: training hooks (:class:`~cvapps.engine.hooks.HookBase`: ``before_train``, ``before_epoch``,
+    ``after_step``, ``after_epoch``, ``after_train``, with the trainer's state), or plain callables
+    ``fn(run, metrics)`` / objects with ``on_epoch_end(run, metrics)``, called after every epoch on
+    rank 0 with that epoch's metrics.csv row (see :mod:`cvapps.engine.loggers`).
     """
     task = get_task(cfg.task)
     # OUT is an output root (every file written inside it through no link) that may not lie in the
@@ -115,155 +120,202 @@ def _start_files(cfg: TaskConfig) -> list[str]:
 
 
 def _train(task: Task, cfg: TaskConfig, *, progress: bool, log: Callable[[str], None], trust: bool,
-           callbacks: Iterable[CallbackLike]) -> TrainResult:
+           callbacks: Iterable[HookBase | CallbackLike]) -> TrainResult:
+    callbacks = list(callbacks)
+    if task.trains_externally:  # e.g. native ultralytics models train with their own trainer
+        return _train_external(task, cfg, progress=progress, log=log, trust=trust, callbacks=callbacks)
+    hooks = default_hooks(cfg.train.log, callbacks)  # a missing tensorboard fails here, before training
+    trainer = Trainer(task, cfg, progress=progress, log=log)
+    trainer.register_hooks(hooks)
+    return trainer.train()
+
+
+def _train_external(task: Task, cfg: TaskConfig, *, progress: bool, log: Callable[[str], None], trust: bool,
+                    callbacks: list[HookBase | CallbackLike]) -> TrainResult:
+    hooks = [cb for cb in callbacks if isinstance(cb, HookBase)]
+    if hooks:
+        raise CvappsError(f"callbacks: {hooks[0]!r} is a training hook, but {task.name} models train with their "
+                          "own trainer, which calls none; pass fn(run, metrics) callbacks instead")
     loggers = EpochLoggers(cfg.train.log, callbacks)  # a missing tensorboard fails here, before training
-    if hasattr(task, "train_external"):  # e.g. native ultralytics models train with their own trainer
-        best, history = task.train_external(cfg, resolve_device(cfg.train.device), progress=progress,
-                                            trust=trust, log=log)
-        out = Path(cfg.out).resolve()
-        # Their trainer has no per-epoch hook of ours: replay its history once it is done.
-        for i, row in enumerate(history):
-            loggers.on_epoch_end(EpochRun(out, int(row.get("epoch", i + 1)), cfg.train.epochs, history[: i + 1]), row)
-        loggers.close()
-        return TrainResult(out, best, history)
-    ctx = dist.setup(cfg.train.device)
-    device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
-    log = log if ctx.is_main else (lambda msg: None)
-    torch.manual_seed(cfg.train.seed + ctx.rank)
-    out = Path(cfg.out)
-
-    splits = task.build_datasets(cfg)
-    check_class_names(splits.class_names, str(cfg.data.root))  # before an epoch is spent: names reach files
-    _require_labels(splits.train, cfg.data.root)
-    model = task.build_model(cfg, splits.class_names).to(device)
-    if cfg.model.weights and not cfg.train.resume:
-        init_from_checkpoint(model, cfg.model.weights, log)
-    train_sampler = dist.train_sampler(splits.train, ctx, cfg.train.seed)
-    train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device, sampler=train_sampler)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, cfg.train.epochs * max(1, len(train_loader)))
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    start_epoch, best, history = 0, -math.inf, []
-    if cfg.train.resume:
-        start_epoch, best, history = _resume(out / "last.pt", cfg, model, optimizer, scheduler, scaler, log)
-    if ctx.is_main:
-        ensure_dir(out)
-        log(f"{task.name}: {len(splits.train)} train / {len(splits.val)} val images, "
-            f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
-            + (f", {ctx.world_size} processes" if ctx.enabled else ""))
-    ddp_model = dist.wrap(model, ctx)
-    norm_buffers = _norm_buffers(model)
-
-    bad_steps = 0
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        elif train_loader.generator is not None:
-            # The shuffle order depends on the epoch only, so a resumed run sees the same order.
-            train_loader.generator.manual_seed(cfg.train.seed + epoch)
-        ddp_model.train()
-        sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and ctx.is_main),
-                   leave=True, dynamic_ncols=True, mininterval=progress_interval())
-        for step, (images, targets) in enumerate(bar):
-            if len(images) == 0:
-                continue
-            x = images_to_device(images, device)
-            y = task.targets_to(targets, device)
-            # BatchNorm updates its running statistics in the forward pass, before the loss is known
-            # to be finite: keep a copy, so a skipped step leaves them (and the checkpoint) finite.
-            saved = [b.clone() for b in norm_buffers]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = ddp_model(x, y)
-            loss = sum(losses.values())
-            # Every rank must take the same branch (dist.all_finite), or DDP's all-reduce hangs.
-            if not dist.all_finite(loss, ctx):
-                _restore(norm_buffers, saved)
-                bad_steps = _bad_step(bad_steps, "loss", epoch, step, cfg, out, optimizer, ctx, log)
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                # Under AMP the scaler skips inf gradients itself (routine while it calibrates);
-                # in fp32 they would write NaN into the weights. Gradients are already all-reduced,
-                # so every rank sees the same norm.
-                if not use_amp and not torch.isfinite(norm):
-                    _restore(norm_buffers, saved)
-                    bad_steps = _bad_step(bad_steps, "gradient", epoch, step, cfg, out, optimizer, ctx, log)
-                    continue
-            bad_steps = 0
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(images)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(images)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
-        dist.average_buffers(model, ctx)  # BatchNorm statistics: same on every rank before eval/save
-        row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                                 "time_s": round(time.perf_counter() - t0, 2)}
-        row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
-        last_epoch = epoch + 1 == cfg.train.epochs
-        if ctx.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
-            metrics = evaluate(task, model, splits, task.preprocessing(cfg), device, batch=cfg.train.batch,
-                               category_ids=_category_ids(splits))
-            row.update({f"val/{k}": v for k, v in metrics.items()})
-        history.append(row)
-        score = row.get(f"val/{task.primary_metric}")
-        improved = score is not None and score > best
-        if improved:
-            best = score
-        _require_finite(model, epoch, out, ctx)  # every rank holds the same weights: same branch
-        if ctx.is_main:
-            state = _checkpoint(cfg, task, model, splits, epoch + 1, row,
-                                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "scaler": scaler.state_dict(), "best": best, "history": history})
-            save_checkpoint(out / "last.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", {**state, "train_state": None})
-            loggers.on_epoch_end(EpochRun(out, epoch + 1, cfg.train.epochs, history), row)
-            plot_history(history, out)
-            shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("val/") and
-                              isinstance(v, float) and "/" not in k.split("/", 1)[1])
-            log(f"epoch {epoch + 1}: loss {row.get('train/loss', float('nan')):.4f}" + (f", {shown}" if shown else ""))
-        dist.barrier(ctx)
-    if ctx.is_main and not (out / "best.pt").exists() and (out / "last.pt").exists():
-        # No evaluation ran an improvement (e.g. every epoch resumed); keep the contract: best.pt exists.
-        save_checkpoint(out / "best.pt", {**load_checkpoint(out / "last.pt"), "train_state": None})
+    best, history = task.train_external(cfg, resolve_device(cfg.train.device), progress=progress,
+                                        trust=trust, log=log)
+    out = Path(cfg.out).resolve()
+    # Their trainer has no per-epoch hook of ours: replay its history once it is done.
+    for i, row in enumerate(history):
+        loggers.on_epoch_end(EpochRun(out, int(row.get("epoch", i + 1)), cfg.train.epochs, history[: i + 1]), row)
     loggers.close()
-    dist.dump_rank_weights(unwrap(ddp_model), ctx)
-    dist.cleanup(ctx)
-    if ctx.is_main:
-        log(f"done: best {task.primary_metric} {best:.4f}; checkpoints in {out}")
     return TrainResult(out, best, history)
 
 
-def _bad_step(bad_steps: int, what: str, epoch: int, step: int, cfg: TaskConfig, out: Path,
-              optimizer: torch.optim.Optimizer, ctx, log: Callable[[str], None]) -> int:
-    """Count one skipped step (non-finite loss or gradient); too many in a row stop training."""
-    bad_steps += 1
-    optimizer.zero_grad(set_to_none=True)
-    log(f"warning: non-finite {what} at epoch {epoch + 1} step {step + 1}; step skipped "
-        f"({bad_steps}/{cfg.train.max_bad_steps} in a row)")
-    if bad_steps >= cfg.train.max_bad_steps:
-        _stop_training(ctx, out, f"{bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch "
-                                 f"{epoch + 1} (try a lower train.lr or check the data)")
-    return bad_steps
+class Trainer:
+    """Owns the training state and runs the loop: per epoch the steps (:meth:`run_step`), then each
+    hook's events in order (:mod:`cvapps.engine.hooks` lists the hooks and what they may read).
+
+    Building it sets up DDP (under torchrun), the datasets, the model (``model.weights``; or
+    OUT/last.pt with ``train.resume``), the optimizer, the scheduler and the AMP scaler.
+    """
+
+    def __init__(self, task: Task, cfg: TaskConfig, *, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.task, self.cfg, self.progress = task, cfg, progress
+        self.ctx = ctx = dist.setup(cfg.train.device)
+        self.device = device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
+        self.log = log if ctx.is_main else _quiet
+        torch.manual_seed(cfg.train.seed + ctx.rank)
+        self.out = out = Path(cfg.out)
+        self.splits = splits = task.build_datasets(cfg)
+        check_class_names(splits.class_names, str(cfg.data.root))  # before an epoch is spent: names reach files
+        _require_labels(splits.train, cfg.data.root)
+        self.model = model = task.build_model(cfg, splits.class_names).to(device)
+        if cfg.model.weights and not cfg.train.resume:
+            init_from_checkpoint(model, cfg.model.weights, self.log)
+        self.train_sampler = dist.train_sampler(splits.train, ctx, cfg.train.seed)
+        self.train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device, sampler=self.train_sampler)
+        self.optimizer = build_optimizer(model, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, cfg.train.epochs * max(1, len(self.train_loader)))
+        self.use_amp = cfg.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.start_epoch, self.best, self.history = 0, -math.inf, []
+        if cfg.train.resume:
+            self.start_epoch, self.best, self.history = _resume(out / "last.pt", cfg, model, self.optimizer,
+                                                                self.scheduler, self.scaler, self.log)
+        if ctx.is_main:
+            ensure_dir(out)
+            self.log(f"{task.name}: {len(splits.train)} train / {len(splits.val)} val images, "
+                     f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
+                     + (f", {ctx.world_size} processes" if ctx.enabled else ""))
+        self.ddp_model = dist.wrap(model, ctx)
+        self.hooks: list[HookBase] = []
+        self.epoch, self.step, self.stop, self.improved = self.start_epoch, 0, False, False
+        self.losses: dict[str, torch.Tensor] = {}  # the last step's loss dict; `loss` is their sum
+        self.loss: torch.Tensor | None = None
+        self.row: dict[str, float] = {}
+        self._norm_buffers = _norm_buffers(model)
+        self._bad_steps = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (always, without DDP): the process that evaluates and writes files."""
+        return self.ctx.is_main
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        for hook in hooks:
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"{hook!r} is not a HookBase")
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def _call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)()
+
+    def train(self) -> TrainResult:
+        """Run the epochs from ``start_epoch`` (or until a hook sets ``stop``); then ``after_train``."""
+        self._call("before_train")
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            self.epoch = epoch
+            self._call("before_epoch")
+            self.run_epoch()
+            self._call("after_epoch")
+            dist.barrier(self.ctx)
+            # Any rank may ask (rank 0 alone sees val metrics); all must leave the loop together.
+            self.stop = not dist.all_true(not self.stop, self.ctx)
+            if self.stop:
+                if self.epoch + 1 < self.cfg.train.epochs:
+                    self.log(f"training stopped after epoch {self.epoch + 1} of {self.cfg.train.epochs}")
+                break
+        self._call("after_train")
+        dist.dump_rank_weights(unwrap(self.ddp_model), self.ctx)
+        dist.cleanup(self.ctx)
+        self.log(f"done: best {self.task.primary_metric} {self.best:.4f}; checkpoints in {self.out}")
+        return TrainResult(self.out, self.best, self.history)
+
+    def run_epoch(self) -> None:
+        """One pass over the train split; its ``row`` (lr, time, mean losses) is appended to ``history``."""
+        cfg, ctx = self.cfg, self.ctx
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(self.epoch)
+        elif self.train_loader.generator is not None:
+            # The shuffle order depends on the epoch only, so a resumed run sees the same order.
+            self.train_loader.generator.manual_seed(cfg.train.seed + self.epoch)
+        self.ddp_model.train()
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                   disable=not (self.progress and ctx.is_main), leave=True, dynamic_ncols=True,
+                   mininterval=progress_interval())
+        for step, (images, targets) in enumerate(bar):
+            self.step = step
+            if len(images) == 0 or not self.run_step(images, targets):
+                continue
+            seen += len(images)
+            for k, v in self.losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
+            sums["loss"] = sums.get("loss", 0.0) + float(self.loss.detach()) * len(images)
+            self._call("after_step")
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", refresh=False,
+                            img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+        dist.average_buffers(self.model, ctx)  # BatchNorm statistics: same on every rank before eval/save
+        self.row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                    "time_s": round(time.perf_counter() - t0, 2)}
+        self.row.update({f"train/{k}": v / max(1, seen) for k, v in sums.items()})
+        self.history.append(self.row)  # the hooks add to it (val metrics)
+
+    def run_step(self, images: Any, targets: Any) -> bool:
+        """One optimizer step on a batch (``self.losses``, ``self.loss``); False when it was skipped
+        because the loss or a gradient was not finite."""
+        x = images_to_device(images, self.device)
+        y = self.task.targets_to(targets, self.device)
+        # BatchNorm updates its running statistics in the forward pass, before the loss is known
+        # to be finite: keep a copy, so a skipped step leaves them (and the checkpoint) finite.
+        saved = [b.clone() for b in self._norm_buffers]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            losses = self.ddp_model(x, y)
+        loss = sum(losses.values())
+        # Every rank must take the same branch (dist.all_finite), or DDP's all-reduce hangs.
+        if not dist.all_finite(loss, self.ctx):
+            return self._skip_step("loss", saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            # Under AMP the scaler skips inf gradients itself (routine while it calibrates);
+            # in fp32 they would write NaN into the weights. Gradients are already all-reduced,
+            # so every rank sees the same norm.
+            if not self.use_amp and not torch.isfinite(norm):
+                return self._skip_step("gradient", saved)
+        self._bad_steps = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.losses, self.loss = losses, loss
+        return True
+
+    def _skip_step(self, what: str, saved: list[torch.Tensor]) -> bool:
+        """Undo one non-finite step (loss or gradient); too many in a row stop training."""
+        _restore(self._norm_buffers, saved)
+        self._bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        max_bad = self.cfg.train.max_bad_steps
+        self.log(f"warning: non-finite {what} at epoch {self.epoch + 1} step {self.step + 1}; step skipped "
+                 f"({self._bad_steps}/{max_bad} in a row)")
+        if self._bad_steps >= max_bad:
+            self.fail(f"{self._bad_steps} non-finite {what}{'es' if what == 'loss' else 's'} in a row at epoch "
+                      f"{self.epoch + 1} (try a lower train.lr or check the data)")
+        return False
+
+    def fail(self, reason: str) -> NoReturn:
+        """End training with one line that says why and which checkpoint is the last good one."""
+        last = self.out / "last.pt"
+        where = (f"the last good checkpoint is {last} (resume with train.resume=true)" if last.exists()
+                 else "no checkpoint was written yet")
+        dist.cleanup(self.ctx)
+        raise CvappsError(f"training stopped: {reason}; {where}")
 
 
-def _stop_training(ctx, out: Path, reason: str) -> NoReturn:
-    """End training with one line that says why and which checkpoint is the last good one."""
-    last = out / "last.pt"
-    where = (f"the last good checkpoint is {last} (resume with train.resume=true)" if last.exists()
-             else "no checkpoint was written yet")
-    dist.cleanup(ctx)
-    raise CvappsError(f"training stopped: {reason}; {where}")
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0: only rank 0 speaks."""
 
 
 def _require_labels(dataset: Any, root: str) -> None:
@@ -291,35 +343,8 @@ def _restore(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
         buf.copy_(copy)
 
 
-def _require_finite(model: nn.Module, epoch: int, out: Path, ctx) -> None:
-    """Never save non-finite weights as last/best: stop with the last good checkpoint instead."""
-    bad = [k for k, v in unwrap(model).state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        _stop_training(ctx, out, f"{len(bad)} tensors of the model are not finite after epoch {epoch + 1} "
-                                 f"(e.g. {bad[0]}), so they were not saved")
-
-
 def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _checkpoint(cfg: TaskConfig, task: Task, model: nn.Module, splits: DatasetSplits, epoch: int,
-                metrics: dict[str, Any], train_state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "task": task.name,
-        "config": cfg.model_dump(mode="json"),
-        "class_names": list(splits.class_names),
-        "category_ids": _category_ids(splits),
-        "preprocessing": task.preprocessing(cfg),
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-        "epoch": epoch,
-        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        "train_state": train_state,
-    }
-
-
-def _category_ids(splits: DatasetSplits) -> list[int] | None:
-    return getattr(splits, "category_ids", None) or getattr(splits.val_extra, "category_ids", None)
 
 
 def _resume(path: Path, cfg: TaskConfig, model, optimizer, scheduler, scaler, log) -> tuple[int, float, list]:

@@ -11,8 +11,9 @@ Formats (https://cocodataset.org/#format-data and #format-results):
 One rule for each of these, used by every writer:
 
 * boxes: xyxy -> ``[x, y, w, h]`` rounded to 0.01 px, negative sizes clamped to 0, score to 1e-5
-  (:func:`box_to_coco`);
-* masks: ``mask_to_rle`` / ``rle_to_mask`` (pycocotools compressed RLE, ``counts`` as ``str``);
+  (:func:`box_to_coco`); masks: ``mask_to_rle`` / ``rle_to_mask`` (pycocotools compressed RLE,
+  ``counts`` as ``str``): both in :mod:`cvapps.formats.coco_encode`;
+* a prediction's results entries: each part's ``to_coco`` (:mod:`cvapps.structures.prediction`);
 * empty results: pycocotools' ``loadRes`` rejects ``[]`` (it reads ``anns[0]``), so a run that
   found nothing writes one placeholder (:func:`empty_results`): a score-0 entry with a zero-size box
   and an empty mask, which loads as a bbox or a segm result and cannot change any AP;
@@ -41,12 +42,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from cvapps.errors import DataError
-from cvapps.formats.masks import IGNORE_INDEX
+from cvapps.formats.coco_encode import compressed_rle, mask_to_rle
 from cvapps.formats.names import (
+    FrameRef,
     frame_file_name,
     output_relpath,
-    parse_frame_name,
     safe_name,
+    video_of,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -109,79 +111,9 @@ def dumps(obj: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # boxes and masks
 
-def box_to_coco(xyxy: Sequence[float]) -> list[float]:
-    """``[x1, y1, x2, y2]`` -> ``[x, y, w, h]`` rounded to 0.01 px (negative sizes become 0)."""
-    x1, y1, x2, y2 = (float(v) for v in xyxy)
-    return [round(x1, 2), round(y1, 2), round(max(0.0, x2 - x1), 2), round(max(0.0, y2 - y1), 2)]
-
-
-def round_score(score: float) -> float:
-    return round(float(score), 5)
-
-
-def detections_to_results(det: Any, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """One image's Detections (boxes (N, 4) xyxy original pixels, scores (N,), 0-based labels (N,),
-    optional masks (N, H, W) bool) -> COCO result dicts ``{"image_id", "category_id", "bbox",
-    "score"}``, plus ``"segmentation"`` (compressed RLE) per instance when there are masks, so the
-    same list serves ``bbox`` and ``segm`` evaluation."""
-    out = [{"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box_to_coco(box),
-            "score": round_score(score)}
-           for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())]
-    track_ids = getattr(det, "track_ids", None)
-    if track_ids is not None:  # tracked: each box's track id (see VideoIndex for the layout)
-        for result, track_id in zip(out, track_ids.tolist()):
-            result["track_id"] = int(track_id)
-    masks = getattr(det, "masks", None)
-    if masks is not None:
-        for result, mask in zip(out, masks):
-            result["segmentation"] = mask_to_rle(np.asarray(mask))
-    return out
-
-
-def mask_to_rle(binary: np.ndarray) -> dict[str, Any]:
-    """HxW bool/uint8 -> compressed RLE ``{"size": [H, W], "counts": str}``."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(binary).astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def _to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
-    """Polygons, uncompressed or compressed RLE -> compressed RLE as pycocotools takes it."""
-    if isinstance(segm, list):
-        if not segm:
-            return mask_utils.encode(np.zeros((height, width), np.uint8, order="F"))
-        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    if isinstance(segm.get("counts"), list):
-        return mask_utils.frPyObjects(segm, height, width)
-    counts = segm["counts"]
-    return {"size": segm["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def rle_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
-    """COCO segmentation (polygons, uncompressed or compressed RLE) -> HxW bool mask."""
-    return mask_utils.decode(_to_rle(segm, height, width)).astype(bool)
-
-
 def segmentation_bbox(segm: Any, height: int, width: int) -> list[float]:
     """``[x, y, w, h]`` bounding box of a COCO segmentation (zero size when it is empty)."""
-    return [float(v) for v in mask_utils.toBbox(_to_rle(segm, height, width))]
-
-
-def mask_to_results(mask: np.ndarray, scores: np.ndarray | None, image_id: int,
-                    category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """A class-index mask (HxW, 0 background, 255 ignore) -> one segm result per class present:
-    ``{"image_id", "category_id", "segmentation" (RLE), "score"}``. ``category_ids[c]`` is the COCO
-    id of class index c; ``scores[c]`` its score (1.0 without scores). No ``bbox`` key: pycocotools'
-    ``loadRes`` would then read the list as box results."""
-    mask = np.asarray(mask)
-    out = []
-    for c in np.unique(mask).tolist():
-        if c == 0 or c == IGNORE_INDEX or c >= len(category_ids):
-            continue
-        score = float(scores[c]) if scores is not None and c < len(scores) else 1.0
-        out.append({"image_id": int(image_id), "category_id": int(category_ids[c]),
-                    "segmentation": mask_to_rle(mask == c), "score": round_score(score)})
-    return out
+    return [float(v) for v in mask_utils.toBbox(compressed_rle(segm, height, width))]
 
 
 def empty_results(image_id: int, category_id: int, height: int, width: int) -> list[dict[str, Any]]:
@@ -263,16 +195,18 @@ class ImageIndex:
         # keeps memory flat on endless streams.
         self._by_source: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
-    def file_name(self, source: str) -> str:
-        """``file_name`` of ``source``; undecodable file-name bytes stay lone surrogates, which
-        :func:`dumps` writes as ``\\udcXX`` escapes (see :data:`FILE_NAME_RULE`)."""
-        if self.image_dir is not None and parse_frame_name(source) is not None:
-            rel = output_relpath(source, self.root, self.image_ext)
+    def file_name(self, frame: FrameRef | str) -> str:
+        """``file_name`` of ``frame`` (or a still image's path); undecodable file-name bytes stay lone
+        surrogates, which :func:`dumps` writes as ``\\udcXX`` escapes (see :data:`FILE_NAME_RULE`)."""
+        if self.image_dir is not None and video_of(frame) is not None:
+            rel = output_relpath(frame, self.root, self.image_ext)
             return (PurePosixPath(self.image_dir) / rel).as_posix()
-        return frame_file_name(source, self.root, escape=False)
+        return frame_file_name(frame, self.root, escape=False)
 
-    def lookup(self, source: str, width: int, height: int, **extra: Any) -> dict[str, Any] | None:
-        """The ``images`` entry of ``source`` (created on first sight), or None if not in ``gt``."""
+    def lookup(self, frame: FrameRef | str, width: int, height: int, **extra: Any) -> dict[str, Any] | None:
+        """The ``images`` entry of ``frame`` (created on first sight; a plain string is a still
+        image's path), or None if not in ``gt``."""
+        source = frame if isinstance(frame, str) else frame.source
         if source in self._by_source:
             self._by_source.move_to_end(source)
             return self._by_source[source]
@@ -288,7 +222,7 @@ class ImageIndex:
                          "height": int(height), **extra}
         else:
             self.count += 1
-            entry = {"id": self.count, "file_name": self.file_name(source), "width": int(width),
+            entry = {"id": self.count, "file_name": self.file_name(frame), "width": int(width),
                      "height": int(height), **extra}
         self._by_source[source] = entry
         if len(self._by_source) > self.REMEMBER:
@@ -298,15 +232,15 @@ class ImageIndex:
 
 class VideoIndex:
     """The ``videos`` of a COCO file (TAO / CocoVID layout, see the module doc): ids 1..N in the order
-    videos (or streams) are first seen; ``lookup(frame source, width, height)`` gives the frame's
+    videos (or streams) are first seen; ``lookup(frame, width, height)`` gives the frame's
     ``{"video_id", "frame_id"}`` keys (None for a still image)."""
 
     def __init__(self) -> None:
         self.videos: list[dict[str, Any]] = []
         self._ids: dict[str, int] = {}
 
-    def lookup(self, source: str, width: int, height: int) -> dict[str, int] | None:
-        parsed = parse_frame_name(source)
+    def lookup(self, frame: FrameRef | str, width: int, height: int) -> dict[str, int] | None:
+        parsed = video_of(frame)
         if parsed is None:
             return None
         video, index = parsed

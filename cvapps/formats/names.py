@@ -1,7 +1,8 @@
 """Names of images and video frames in every output: one rule for each, used by all writers.
 
-* A video or stream frame is named ``<source>#frame=<index, 6 digits>`` (:func:`frame_name`,
-  :func:`parse_frame_name`); in output files a video file's frame keeps only the file name
+* A video or stream frame is named ``<stream>#frame=<index, 6 digits>`` (:func:`frame_name`): a
+  display name only, never parsed back (a frame carries its ``stream`` and ``frame_index``, see
+  :class:`FrameRef`); in output files a video file's frame keeps only the file name
   (``clip.mp4#frame=000123``), a stream URL is kept whole.
 * A per-frame output file (annotated image, overlay, mask) goes to ``<relative path>`` for images
   under the source folder (the input tree is mirrored), ``<file name>`` for other images and
@@ -21,12 +22,26 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from cvapps.errors import DataError, shorten
 
 FRAME_TAG = "#frame="
-_FRAME = re.compile(r"^(?P<video>.*)#frame=(?P<index>\d+)$", re.DOTALL)
+
+
+class FrameRef(Protocol):
+    """What names a frame (:class:`~cvapps.structures.Frame`, :class:`~cvapps.results.Result`): its
+    display name (``source``), the video/stream it comes from and its number there (None: a still image)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def frame_index(self) -> int | None: ...
 
 
 def frame_name(video: str, index: int) -> str:
@@ -34,10 +49,16 @@ def frame_name(video: str, index: int) -> str:
     return f"{video}{FRAME_TAG}{int(index):06d}"
 
 
-def parse_frame_name(source: str) -> tuple[str, int] | None:
-    """``"a/clip.mp4#frame=000123" -> ("a/clip.mp4", 123)``; None for a still image's path."""
-    m = _FRAME.match(str(source))
-    return (m["video"], int(m["index"])) if m else None
+def video_of(frame: FrameRef | str) -> tuple[str, int] | None:
+    """``(stream, frame index)`` of a video or stream frame; None for a still image (a plain string
+    is a still image's path)."""
+    if isinstance(frame, str) or frame.frame_index is None:
+        return None
+    return frame.stream, int(frame.frame_index)
+
+
+def _path_of(frame: FrameRef | str) -> str:
+    return frame if isinstance(frame, str) else frame.source
 
 
 def safe_name(name: str) -> str:
@@ -99,30 +120,34 @@ def _under(path: str, root: str | Path | None) -> PurePosixPath | None:
     return None if rel.parts[:1] == ("..",) else PurePosixPath(rel.as_posix())
 
 
-def frame_file_name(source: str, root: str | Path | None = None, escape: bool = True) -> str:
-    """The name a frame has in JSON outputs when no image of it is written: a video file's frame
-    ``clip.mp4#frame=000123``, a stream frame its URL with the tag, an image under ``root`` its
-    path relative to ``root``, any other image its file name. escape: undecodable bytes as
-    :func:`safe_name` writes them; False keeps them as lone surrogates (COCO's reversible rule)."""
-    parsed = parse_frame_name(source)
-    if parsed is not None:
-        video, index = parsed
-        name = frame_name(video if "://" in video else Path(video).name, index)
+def frame_file_name(frame: FrameRef | str, root: str | Path | None = None, escape: bool = True) -> str:
+    """The name a frame (or a still image's path) has in JSON outputs when no image of it is
+    written: a video file's frame ``clip.mp4#frame=000123``, a stream frame its URL with the tag,
+    an image under ``root`` its path relative to ``root``, any other image its file name. escape:
+    undecodable bytes as :func:`safe_name` writes them; False keeps them as lone surrogates (COCO's
+    reversible rule)."""
+    video = video_of(frame)
+    if video is not None:
+        stream, index = video
+        name = frame_name(stream if "://" in stream else Path(stream).name, index)
     else:
+        source = _path_of(frame)
         rel = _under(source, root)
         name = rel.as_posix() if rel is not None else Path(source).name
     return safe_name(name) if escape else name
 
 
-def output_relpath(source: str, root: str | Path | None = None, ext: str | None = None) -> PurePosixPath:
-    """Where a per-frame output file of ``source`` goes, relative to its output folder.
+def output_relpath(frame: FrameRef | str, root: str | Path | None = None, ext: str | None = None) -> PurePosixPath:
+    """Where a per-frame output file of ``frame`` (or a still image's path) goes, relative to its
+    output folder.
 
     ext: replace the suffix (``".png"`` for masks); video frames always get one (default ``.jpg``).
     """
-    parsed = parse_frame_name(source)
-    if parsed is not None:
-        video, index = parsed
-        stem = stream_stem(video) if "://" in video else (re.sub(r"[^\w.\-]+", "_", Path(video).stem) or "video")
+    video = video_of(frame)
+    if video is not None:
+        stream, index = video
+        stem = stream_stem(stream) if "://" in stream else (re.sub(r"[^\w.\-]+", "_", Path(stream).stem) or "video")
         return PurePosixPath(f"{stem}_{index:06d}{ext or '.jpg'}")
+    source = _path_of(frame)
     rel = _under(source, root) or PurePosixPath(Path(source).name)
     return rel.with_suffix(ext) if ext else rel

@@ -1,9 +1,10 @@
-"""ALL glue to ultralytics internals lives here: the anchor-free ``Detect`` head, the v8 detection
-loss (task-aligned assigner + CIoU/DFL box loss + BCE class loss) and NMS.
+"""The YOLO head, loss and NMS: ultralytics' anchor-free ``Detect`` head, v8 detection loss
+(task-aligned assigner + CIoU/DFL box loss + BCE class loss) and NMS behind cvapps' formats.
 
-These are internal ultralytics APIs (checked against ultralytics 8.4.x); they are wrapped in this
-one file and tested in ``tests/test_yolo.py`` so an upgrade that changes them fails loudly there
-instead of silently inside a training run.
+These are internal ultralytics APIs, imported (with the supported-version check) from
+:mod:`cvapps.ultralytics_parts`, the one module that imports ultralytics; their use is wrapped here
+and tested in ``tests/test_yolo.py`` so an upgrade that changes them fails loudly there instead of
+silently inside a training run.
 
 Formats:
 - head training output: ``{"boxes": (B, 4 * reg_max, A), "scores": (B, nc, A), "feats": [maps]}``
@@ -21,13 +22,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import Detect
-from ultralytics.utils.loss import v8DetectionLoss
-from ultralytics.utils.nms import non_max_suppression
 
-# The same ultralytics.nn.modules.Detect class runs our head and native models; re-exported so
-# callers never import ultralytics internals themselves.
-__all__ = ["Detect", "YoloHead", "build_detect", "YoloLoss", "targets_to_ultralytics", "yolo_nms"]
+from cvapps.ultralytics_parts import Detect, non_max_suppression, v8DetectionLoss
+
+# The same ultralytics Detect class runs our head and native models (head_of finds either).
+__all__ = ["YoloHead", "YoloLoss", "build_detect", "head_of", "targets_to_ultralytics", "yolo_nms"]
 
 
 class YoloHead(Detect):

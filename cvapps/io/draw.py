@@ -14,8 +14,10 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from cvapps.formats.masks import IGNORE_INDEX
 from cvapps.io.overlay import overlay_mask
-from cvapps.structures import Classification, Counts, Detections, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Counts, Detections, Prediction
+from cvapps.structures.prediction import class_name
 
 Draw = Callable[[np.ndarray, Any], np.ndarray]
 
@@ -28,6 +30,7 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 MASK_ALPHA = 0.5  # weight of the class colour where an instance mask is drawn
 TRAIL = 30  # box centres kept per track for its trail
+DRAW_ORDER = ("semantic", "detections", "classification", "presence")  # prediction parts, bottom to top
 
 
 def color(label: int) -> tuple[int, int, int]:
@@ -35,14 +38,14 @@ def color(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequence[str],
-                    thickness: int | None = None, trails: dict[int, Sequence[tuple[float, float]]] | None = None
-                    ) -> np.ndarray:
+                    thickness: int | None = None, trails: dict[int, Sequence[tuple[float, float]]] | None = None,
+                    counts: Counts | None = None) -> np.ndarray:
     """A copy of ``image_bgr`` (H, W, 3 uint8) with each box (xyxy original pixels) outlined and
     labelled ``name score`` (``#id name score`` in the track's colour when ``det.track_ids`` is
     set); the label sits above the box, or inside it at the top edge. Instance masks
     (``det.masks`` (N, H, W) bool, original pixels) are blended at 50 % in the class colour under
     the boxes. trails: track id -> recent box centres, drawn as a fading polyline;
-    ``det.counts``: lines and zones with their counts (:func:`draw_counts`)."""
+    counts: the frame's lines and zones with their counts (:func:`draw_counts`)."""
     out = np.ascontiguousarray(image_bgr.copy())
     h, w = out.shape[:2]
     if det.masks is not None and det.masks.shape[1:] == (h, w):
@@ -51,8 +54,8 @@ def draw_detections(image_bgr: np.ndarray, det: Detections, class_names: Sequenc
     t = thickness or max(1, round(0.002 * (h + w)))
     scale = max(0.35, t / 3)
     ids = det.track_ids.tolist() if det.track_ids is not None else [None] * len(det)
-    if det.counts is not None:
-        draw_counts(out, det.counts, t)
+    if counts is not None:
+        draw_counts(out, counts, t)
     for tid in ids:
         points = (trails or {}).get(tid) if tid is not None else None
         if points is not None and len(points) > 1:
@@ -121,37 +124,34 @@ def _label(image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int,
     cv2.putText(image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def draw_prediction(image: np.ndarray, prediction: Any, class_names: Sequence[str],
+def draw_prediction(image: np.ndarray, prediction: Prediction, class_names: Sequence[str],
                     trails: dict[int, Sequence[tuple[float, float]]] | None = None) -> np.ndarray:
-    """A copy of ``image`` (HxWx3 BGR uint8) with ``prediction`` drawn on it.
+    """A copy of ``image`` (HxWx3 BGR uint8) with each part of ``prediction`` drawn on it, in one
+    pass over the parts: the class mask (blended at 50 % with a legend, :func:`cvapps.io.overlay.overlay_mask`;
+    mask value -> name by :meth:`~cvapps.structures.SegmentationMask.names_for`), then the boxes on top
+    ("name score", with the frame's counts, :func:`draw_detections`), then the classification's
+    "name score" top left and the classes found present bottom left."""
+    steps: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+        "semantic": lambda out, seg: overlay_mask(out, np.where(seg.mask == IGNORE_INDEX, 0, seg.mask).astype(np.uint8),
+                                                  class_names=seg.names_for(class_names)),
+        "detections": lambda out, det: draw_detections(out, det, class_names, trails=trails, counts=prediction.counts),
+        "classification": lambda out, c: _labelled(out, f"{class_name(class_names, c.label)} {c.score:.2f}", 4, 4,
+                                                   color(c.label)),
+        "presence": lambda out, p: _labelled(out, " ".join(class_name(class_names, k) for k in p.labels.tolist()),
+                                             4, out.shape[0] - 4, (255, 255, 255)) if len(p.labels) else out,
+    }
+    out = image
+    for name in DRAW_ORDER:  # masks under boxes under text
+        part = getattr(prediction, name)
+        if part is not None:
+            out = steps[name](out, part)
+    return image.copy() if out is image else out
 
-    Detections: boxes (xyxy, original pixels) with "name score" (:func:`draw_detections`);
-    SegmentationMask: classes blended at 50 % with a legend (:func:`cvapps.io.overlay.overlay_mask`;
-    class index = mask value, background 0 first in ``class_names``); Classification: "name score"
-    top left; MultiTaskPrediction (``class_names`` without background): its mask, then its boxes on
-    top, then the classes it says are present, top left.
-    """
-    if isinstance(prediction, MultiTaskPrediction):
-        out = image
-        if prediction.segmentation is not None:
-            out = draw_prediction(out, prediction.segmentation, ["background", *class_names])
-        if prediction.detections is not None:
-            out = draw_detections(out, prediction.detections, class_names)
-        out = out.copy() if out is image else out
-        if prediction.labels is not None and len(prediction.labels):
-            text = " ".join(class_names[i] if 0 <= i < len(class_names) else str(i) for i in prediction.labels.tolist())
-            _label(out, text, 4, out.shape[0] - 4, (255, 255, 255))
-        return out
-    if isinstance(prediction, Detections):
-        return draw_detections(image, prediction, class_names, trails=trails)
-    if isinstance(prediction, SegmentationMask):
-        mask = np.asarray(prediction.mask)
-        return overlay_mask(image, np.where(mask == 255, 0, mask).astype(np.uint8), class_names=list(class_names))
+
+def _labelled(image: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> np.ndarray:
+    """A copy of ``image`` with ``text`` on a ``colour`` box at (x, y) (:func:`_label`)."""
     out = image.copy()
-    if isinstance(prediction, Classification):
-        label = prediction.label
-        name = class_names[label] if 0 <= label < len(class_names) else str(label)
-        _label(out, f"{name} {prediction.score:.2f}", 4, 4, color(label))
+    _label(out, text, x, y, colour)
     return out
 
 
@@ -163,10 +163,10 @@ class Drawer:
         self.names = list(class_names)
         self.trails = Trails()
 
-    def __call__(self, image: np.ndarray, prediction: Any) -> np.ndarray:
+    def __call__(self, image: np.ndarray, prediction: Prediction) -> np.ndarray:
         trails = None
-        if isinstance(prediction, Detections) and prediction.track_ids is not None:
-            trails = self.trails.update(prediction)
+        if prediction.detections is not None and prediction.detections.track_ids is not None:
+            trails = self.trails.update(prediction.detections)
         return draw_prediction(image, prediction, self.names, trails)
 
 

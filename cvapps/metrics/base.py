@@ -13,9 +13,9 @@ from cvapps.metrics.plots import plot_confusion_matrix
 class Metric(Protocol):
     """Accumulates predictions of one evaluation pass.
 
-    process: ``predictions`` are the task's postprocessed outputs (Classification,
-    SegmentationMask or Detections, in original image pixels); ``targets`` the matching ground
-    truth (class index, class-index mask HxW, or COCO image id).
+    process: ``predictions`` are the task's postprocessed outputs (one
+    :class:`~cvapps.structures.Prediction` per image, in original image pixels; each metric reads its
+    part); ``targets`` the matching ground truth (class index, class-index mask HxW, or COCO image id).
     """
 
     def reset(self) -> None: ...

@@ -21,11 +21,11 @@ def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[s
 
 
 class ClassificationMetric(ConfusionMatrixMetric):
-    """predictions: Classification (``label``); targets: class indices."""
+    """predictions: Predictions, their ``classification.label``; targets: class indices."""
 
     def process(self, predictions: Sequence[Any], targets: Sequence[int]) -> None:
         for pred, label in zip(predictions, targets):
-            self.matrix[int(label), int(pred.label)] += 1
+            self.matrix[int(label), pred.classification.label] += 1
 
     def summarize(self) -> dict[str, float]:
         return classification_metrics(self.matrix, self.class_names)

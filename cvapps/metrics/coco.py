@@ -1,7 +1,7 @@
 """COCO box mAP through pycocotools' COCOeval: the one place mAP is computed (val and training).
 
 :class:`CocoDetectionMetric` gets Detections in original image pixels and turns them into COCO
-results with the same writer as ``cvapps detect --save-json``, so ``cvapps val`` equals a COCOeval
+results with their one COCO form (``Detections.to_coco``), as ``cvapps detect --save-json`` does, so ``cvapps val`` equals a COCOeval
 of ``predictions.json`` run by anyone else.
 """
 
@@ -14,13 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cvapps.formats.coco import detections_to_results
 from cvapps.metrics.plots import new_figure, save_figure
 
 
 class CocoDetectionMetric:
-    """predictions: Detections (xyxy original pixels, 0-based labels); targets: COCO image ids of
-    ``gt`` (a COCO dataset dict); class index ``i`` is category ``category_ids[i]``."""
+    """predictions: Predictions, their ``detections`` (xyxy original pixels, 0-based labels);
+    targets: COCO image ids of ``gt`` (a COCO dataset dict); class index ``i`` is category ``category_ids[i]``."""
 
     def __init__(self, gt: dict[str, Any], class_names: list[str], category_ids: list[int]) -> None:
         self.gt, self.class_names, self.category_ids = gt, list(class_names), list(category_ids)
@@ -32,9 +31,9 @@ class CocoDetectionMetric:
         self.last_eval: Any = None
 
     def process(self, predictions: Sequence[Any], targets: Sequence[int]) -> None:
-        for det, image_id in zip(predictions, targets):
+        for pred, image_id in zip(predictions, targets):
             self.seen.append(int(image_id))
-            self.results += detections_to_results(det, int(image_id), self.category_ids)
+            self.results += pred.detections.to_coco(int(image_id), self.category_ids)
 
     def summarize(self) -> dict[str, float]:
         """``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``ap/<class>`` over the images processed."""

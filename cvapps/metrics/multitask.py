@@ -26,7 +26,7 @@ MAIN_METRIC = {"detect": "map", "segment": "miou", "classify": "presence_f1"}
 
 
 class PresenceMetric:
-    """Multi-label presence: predictions hold ``labels`` (classes said present); targets the
+    """Multi-label presence: predictions' ``presence.labels`` (classes said present); targets the
     sorted present classes (None: unknown, left out)."""
 
     def __init__(self, num_classes: int) -> None:
@@ -39,11 +39,11 @@ class PresenceMetric:
 
     def process(self, predictions: Sequence[Any], targets: Sequence[Any]) -> None:
         for pred, labels in zip(predictions, targets):
-            if labels is None or pred.labels is None:
+            if labels is None or pred.presence is None:
                 continue
             truth, said = np.zeros(self.num_classes, bool), np.zeros(self.num_classes, bool)
             truth[list(labels)] = True
-            said[np.asarray(pred.labels, dtype=np.int64)] = True
+            said[pred.presence.labels] = True
             self.truth.append(truth)
             self.said.append(said)
 
@@ -61,8 +61,8 @@ class PresenceMetric:
 
 
 class MultiTaskMetric:
-    """predictions: :class:`~cvapps.structures.MultiTaskPrediction`; targets: dicts ``{"image_id"
-    (None: no box labels), "mask" (HxW or None), "labels" (present classes or None)}``."""
+    """predictions: :class:`~cvapps.structures.Prediction` (each head's metric reads its part);
+    targets: dicts ``{"image_id" (None: no box labels), "mask" (HxW or None), "labels" (present classes or None)}``."""
 
     def __init__(self, heads: Sequence[str], gt: dict[str, Any] | None, class_names: list[str],
                  category_ids: list[int]) -> None:
@@ -82,10 +82,10 @@ class MultiTaskMetric:
     def process(self, predictions: Sequence[Any], targets: Sequence[dict[str, Any]]) -> None:
         pairs = list(zip(predictions, targets))
         if "detect" in self.parts:
-            kept = [(p.detections, t["image_id"]) for p, t in pairs if t["image_id"] is not None]
+            kept = [(p, t["image_id"]) for p, t in pairs if t["image_id"] is not None]
             self.parts["detect"].process([d for d, _ in kept], [i for _, i in kept])
         if "segment" in self.parts:
-            kept = [(p.segmentation, t["mask"]) for p, t in pairs if t["mask"] is not None]
+            kept = [(p, t["mask"]) for p, t in pairs if t["mask"] is not None]
             self.parts["segment"].process([s for s, _ in kept], [m for _, m in kept])
         if "classify" in self.parts:
             self.parts["classify"].process([p for p, _ in pairs], [t["labels"] for _, t in pairs])

@@ -30,15 +30,15 @@ def segmentation_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str
 
 
 class SegmentationMetric(ConfusionMatrixMetric):
-    """predictions: SegmentationMask (``mask`` HxW class indices, original pixels); targets: the
-    ground-truth class-index masks HxW of the same images (255 = ignore)."""
+    """predictions: Predictions, their ``semantic`` mask (HxW class indices, original pixels);
+    targets: the ground-truth class-index masks HxW of the same images (255 = ignore)."""
 
     def process(self, predictions: Sequence[Any], targets: Sequence[np.ndarray]) -> None:
         k = len(self.class_names)
         for pred, mask in zip(predictions, targets):
             truth = np.asarray(mask).astype(np.int64)
             valid = truth != IGNORE_INDEX
-            counts = np.bincount(truth[valid] * k + pred.mask.astype(np.int64)[valid], minlength=k * k)
+            counts = np.bincount(truth[valid] * k + pred.semantic.mask.astype(np.int64)[valid], minlength=k * k)
             self.matrix += counts[: k * k].reshape(k, k)
 
     def summarize(self) -> dict[str, float]:

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2f, Conv
+
+from cvapps.ultralytics_parts import C2f, Conv
 
 
 class PAN(nn.Module):

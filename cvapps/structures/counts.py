@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def _round(v: Any, ndigits: int | None) -> float:
+    return float(v) if ndigits is None else round(float(v), ndigits)
 
 
 @dataclass
@@ -16,9 +21,15 @@ class LineCount:
     out_count: int = 0
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        return {"line": [round(float(v), 2) for v in self.points], "in": self.in_count, "out": self.out_count,
+    def to_json(self, ndigits: int | None = 2) -> dict:
+        """``{"line", "in", "out", "classes"}``; ``ndigits=None`` keeps the points unrounded (lossless)."""
+        return {"line": [_round(v, ndigits) for v in self.points], "in": self.in_count, "out": self.out_count,
                 "classes": {k: dict(v) for k, v in self.classes.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LineCount:
+        return cls(tuple(float(v) for v in d["line"]), int(d["in"]), int(d["out"]),  # type: ignore[arg-type]
+                   {k: {"in": int(v["in"]), "out": int(v["out"])} for k, v in d["classes"].items()})
 
 
 @dataclass
@@ -30,9 +41,15 @@ class ZoneCount:
     count: int = 0
     classes: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        return {"zone": [[round(float(x), 2), round(float(y), 2)] for x, y in self.polygon], "count": self.count,
+    def to_json(self, ndigits: int | None = 2) -> dict:
+        """``{"zone", "count", "classes"}``; ``ndigits=None`` keeps the polygon unrounded (lossless)."""
+        return {"zone": [[_round(x, ndigits), _round(y, ndigits)] for x, y in self.polygon], "count": self.count,
                 "classes": dict(self.classes)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ZoneCount:
+        return cls([(float(x), float(y)) for x, y in d["zone"]], int(d["count"]),
+                   {k: int(v) for k, v in d["classes"].items()})
 
 
 @dataclass
@@ -42,5 +59,12 @@ class Counts:
     lines: list[LineCount] = field(default_factory=list)
     zones: list[ZoneCount] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return {"lines": [c.to_json() for c in self.lines], "zones": [z.to_json() for z in self.zones]}
+    def to_json(self, ndigits: int | None = 2) -> dict:
+        """``{"lines": [...], "zones": [...]}``: rounded to ``ndigits`` as ``counts.json`` and the
+        preview show it; a prediction's JSON form (:mod:`cvapps.structures.prediction`) passes None."""
+        return {"lines": [c.to_json(ndigits) for c in self.lines], "zones": [z.to_json(ndigits) for z in self.zones]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Counts:
+        """The inverse of ``to_json(None)``."""
+        return cls([LineCount.from_json(c) for c in d["lines"]], [ZoneCount.from_json(z) for z in d["zones"]])

@@ -1,39 +1,23 @@
-"""The task modules (classify, segment, faster_rcnn, yolo, multitask; plus native ultralytics models), looked up by the config's ``task`` key."""
+"""The task modules (classify, segment, faster_rcnn, yolo, multitask; plus native ultralytics models), looked up by the
+config's ``task`` key in the registry (:mod:`cvapps.tasks.registry`), where each registers itself."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from cvapps.config import TaskConfig, deep_merge, parse_overrides, read_yaml, validate
-from cvapps.errors import ConfigError, shorten
-from cvapps.tasks.base import DatasetSplits, Task
-
-# task name -> module that defines TASK; imported lazily so `cvapps classify` never loads YOLO code.
-TASK_MODULES = {
-    "classify": "cvapps.tasks.classify",
-    "segment": "cvapps.tasks.segment",
-    "faster_rcnn": "cvapps.tasks.faster_rcnn",
-    "yolo": "cvapps.tasks.yolo",
-    "ultralytics": "cvapps.tasks.ultralytics_native",
-    "multitask": "cvapps.tasks.multitask",
-}
-
-
-def get_task(name: object) -> Task:
-    if name is None:
-        raise ConfigError(f"config error: task: required key is missing (one of: {', '.join(TASK_MODULES)})")
-    if not isinstance(name, str) or name not in TASK_MODULES:
-        what = "unknown task" if isinstance(name, str) else "should be a task name, got"
-        raise ConfigError(f"config error: task: {what} {shorten(name)} (one of: {', '.join(TASK_MODULES)})")
-    try:
-        module = importlib.import_module(TASK_MODULES[str(name)])
-    except ModuleNotFoundError as exc:
-        if exc.name == TASK_MODULES[str(name)]:
-            raise ConfigError(f"config error: task {name!r} is not available in this version of cvapps") from None
-        raise
-    return module.TASK
+from cvapps.tasks.base import DatasetSplits, OnnxExport, Task
+from cvapps.tasks.registry import (
+    COMMANDS,
+    TASK_MODULES,
+    TASKS,
+    all_tasks,
+    get_task,
+    register_task,
+    tasks_predicting,
+    tasks_serving,
+)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
@@ -48,4 +32,5 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     return validate(get_task(raw.get("task")).config_class, raw)
 
 
-__all__ = ["DatasetSplits", "Task", "TASK_MODULES", "config_from_dict", "get_task", "load_config"]
+__all__ = ["COMMANDS", "TASKS", "TASK_MODULES", "DatasetSplits", "OnnxExport", "Task", "all_tasks", "config_from_dict",
+           "get_task", "load_config", "register_task", "tasks_predicting", "tasks_serving"]

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from cvapps.config import TaskConfig
 from cvapps.data.letterbox import LetterboxMeta, letterbox
+from cvapps.errors import CheckpointError
 from cvapps.metrics.base import Metric
 
 
@@ -33,8 +34,18 @@ class DatasetSplits:
     val_extra: Any = None
 
 
+@dataclass(frozen=True)
+class OnnxExport:
+    """How a task's model exports to ONNX: each graph output's (name, description) and the absolute
+    tolerance of the onnxruntime-vs-PyTorch parity check (see :mod:`cvapps.export`)."""
+
+    outputs: tuple[tuple[str, str], ...]
+    parity_atol: float
+
+
 class Task:
-    """Base class of the four task modules (one instance each, no state)."""
+    """Base class of the task modules (one registered instance each, no state; see
+    :mod:`cvapps.tasks.registry`). A task declares what it can do as class variables."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[TaskConfig]]
@@ -47,6 +58,28 @@ class Task:
     cpu_channels_last: ClassVar[bool] = False
     # postprocess options of evaluation (e.g. COCO's protocol keeps nearly every detection)
     eval_options: ClassVar[dict[str, Any]] = {}
+
+    # --- what it can do: declared by each task, read by the registry, CLI, API and exporter -----------
+    # Parts its predictions can carry (names of cvapps.structures.prediction.PARTS); a model's own
+    # parts may be fewer (a multitask model's heads): parts_of().
+    parts: ClassVar[frozenset[str]]
+    # CLI commands that run its models ("classify", "segment", "detect": cvapps.tasks.registry.COMMANDS);
+    # a multitask model serves detect and segment as one of its parts (as_part()).
+    commands: ClassVar[frozenset[str]]
+    # Keyword options its postprocess takes (Predictor.predict / Model.predict pass them through).
+    postprocess_options: ClassVar[frozenset[str]] = frozenset()
+    # The command whose part this task gives of a bigger model (a multitask model as its detector);
+    # None: the model's whole prediction.
+    part: ClassVar[str | None] = None
+    # Its boxes can be tracked and counted (cvapps.analytics; `--track`, `--count-line`, `--zone`).
+    tracks: ClassVar[bool] = False
+    # Trained by train_external() (the framework's own trainer), not by cvapps' training loop.
+    trains_externally: ClassVar[bool] = False
+    # How `cvapps export` writes it to ONNX; None: not exported (onnx_refusal says why, when known).
+    onnx: ClassVar[OnnxExport | None] = None
+    onnx_refusal: ClassVar[str] = ""
+    # How messages name its models ("" -> "a 'NAME' model").
+    label: ClassVar[str] = ""
 
     # --- building ---------------------------------------------------------------------------
     def build_model(self, cfg: TaskConfig, class_names: list[str]) -> nn.Module:
@@ -103,3 +136,36 @@ class Task:
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], **options: Any) -> list[Any]:
         """Raw eval outputs of a batch -> one prediction per image, in original image pixels."""
         raise NotImplementedError
+
+    # --- what a model of it is ---------------------------------------------------------------
+    def describe(self) -> str:
+        """How messages name its models: "a 'yolo' model"."""
+        return f"{self.label or f'a {self.name!r}'} model"
+
+    def parts_of(self, raw_config: dict[str, Any] | None) -> frozenset[str]:
+        """The parts the predictions of a model with this stored config carry (default: :attr:`parts`)."""
+        return self.parts
+
+    def as_part(self, loaded: Any, part: str) -> Any:
+        """``loaded`` (a :class:`cvapps.engine.load.LoadedModel` of this task) as the model of the
+        command ``part`` ("detect", "segment", "classify"); a CheckpointError when it serves none such."""
+        from cvapps.tasks.registry import COMMANDS, tasks_serving
+
+        if part not in COMMANDS:
+            raise ValueError(f"part must be one of {tuple(COMMANDS)}, got {part!r}")
+        if part not in self.commands:
+            raise CheckpointError(f"{loaded.source} is {self.describe()}; this needs a {COMMANDS[part]} (a model of "
+                                  f"task {' or '.join(map(repr, tasks_serving(part)))})")
+        return loaded
+
+    def onnx_outputs(self, model: nn.Module) -> list[tuple[str, str]]:
+        """(name, description) of each output of ``model``'s exported graph (see :attr:`onnx`)."""
+        if self.onnx is None:
+            raise CheckpointError(f"{self.describe()} is not exported to ONNX")
+        return list(self.onnx.outputs)
+
+    def train_external(self, cfg: TaskConfig, device: torch.device, *, progress: bool = True,
+                       trust: bool = False, log: Callable[[str], None] = print) -> tuple[float, list[dict[str, float]]]:
+        """Train with the framework's own trainer (tasks with :attr:`trains_externally`); returns
+        (best primary metric, history rows)."""
+        raise NotImplementedError(f"task {self.name!r} trains with cvapps' training loop")

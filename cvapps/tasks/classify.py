@@ -15,15 +15,17 @@ from torch import nn
 
 from cvapps.config import ModelConfig, TaskConfig
 from cvapps.data.augment import SamplePipeline, build_augment
-from cvapps.data.folders import ClassFolderDataset, scan_class_folders, stratified_split
+from cvapps.data.folders import ClassFolderDataset, scan_class_folders
+from cvapps.data.holdout import split_off
 from cvapps.data.letterbox import LetterboxMeta
 from cvapps.errors import DataError
 from cvapps.heads.classifier import ClassifierHead
 from cvapps.io.images import read_image
 from cvapps.metrics.classification import ClassificationMetric
-from cvapps.structures import Classification
-from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.structures import Classification, Prediction
+from cvapps.tasks.base import DatasetSplits, OnnxExport, Task
 from cvapps.tasks.common import Normalize, backbone_from_config
+from cvapps.tasks.registry import TASKS, register_task
 
 
 class ClassifyModelConfig(ModelConfig):
@@ -58,12 +60,18 @@ class Classifier(nn.Module):
         return logits
 
 
+@register_task
 class ClassifyTask(Task):
     name = "classify"
     config_class = ClassifyConfig
     primary_metric = "accuracy"
     resize_mode = "stretch"
     rect_stride = None
+    parts = frozenset({"classification"})
+    commands = frozenset({"classify"})
+    postprocess_options = frozenset({"topk"})
+    # logits are O(10): 1e-4 is ~1e-5 relative
+    onnx = OnnxExport((("logits", "float32 (B, K) class logits"),), parity_atol=1e-4)
     # measured with the packed convolutions (engine/packed_conv.py), 2 cores, batch 8: channels_last 1.05x
     # NCHW for the tiny classifier at 64 px, 1.02x resnet18, 1.00x the MNIST convnet (plain nn.Conv2d: 0.65x)
     cpu_channels_last = True
@@ -96,7 +104,8 @@ class ClassifyTask(Task):
         if (root / "val").is_dir():
             val_samples, _ = scan_class_folders(root / "val", names)
         else:
-            train_samples, val_samples = stratified_split(train_samples, cfg.data.val_fraction, cfg.train.seed)
+            train_samples, val_samples = split_off(train_samples, cfg.data.val_fraction, cfg.train.seed,
+                                                   groups=[label for _, label in train_samples])  # per class
         train = ClassFolderDataset(train_samples, SamplePipeline(**fit, augment=build_augment(cfg.augment.train)))
         val = ClassFolderDataset(val_samples, SamplePipeline(**fit))
         return DatasetSplits(train, val, names)
@@ -112,11 +121,12 @@ class ClassifyTask(Task):
         for path, label in dataset.samples:
             yield str(path), (lambda p=path, y=label: (read_image(p), y))
 
-    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], topk: int = 3, **_) -> list[Classification]:
+    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], topk: int = 3, **_) -> list[Prediction]:
         probs = outputs.float().softmax(1).cpu()
         k = min(topk, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
-        return [Classification(int(i[0]), float(v[0]), list(zip(i.tolist(), v.tolist()))) for v, i in zip(values, indices)]
+        return [Prediction(classification=Classification(int(i[0]), float(v[0]), list(zip(i.tolist(), v.tolist()))))
+                for v, i in zip(values, indices)]
 
 
-TASK = ClassifyTask()
+TASK = TASKS[ClassifyTask.name]

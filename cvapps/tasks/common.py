@@ -1,4 +1,5 @@
-"""Pieces every task model shares: input normalisation and the backbone built from config."""
+"""Pieces every task model shares: input normalisation, the backbone built from config and the check
+of ``model.num_classes`` against the dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from cvapps.backbones import Backbone, build_backbone
 from cvapps.config import ModelConfig
+from cvapps.errors import DataError, shorten
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,3 +38,15 @@ class Normalize(nn.Module):
 def backbone_from_config(mc: ModelConfig, check_size: int = 64, **kwargs) -> Backbone:
     return build_backbone(mc.backbone, in_channels=mc.in_channels, weights=mc.backbone_weights,
                           pretrained=mc.pretrained, freeze=mc.freeze, check_size=check_size, **kwargs)
+
+
+def check_num_classes(mc: ModelConfig, class_names: list[str]) -> None:
+    """``model.num_classes``, when set, must be the dataset's class count (``class_names``: the
+    dataset's classes, or ``data.names`` / a checkpoint's classes already matched against it).
+
+    A DataError, as every other disagreement between the classes a model is given and a dataset
+    (``data.names`` vs the annotation files): the key is well formed, the data decides what is right."""
+    num = getattr(mc, "num_classes", None)
+    if num is not None and num != len(class_names):
+        raise DataError(f"model.num_classes is {num} but the dataset has {len(class_names)} classes "
+                        f"{shorten(class_names)}: set it to {len(class_names)} or leave it out")

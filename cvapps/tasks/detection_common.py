@@ -8,9 +8,8 @@ NMS, ``max_det`` and the mapping back to original pixels happen here, once, for 
 
 from __future__ import annotations
 
-import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,13 +19,15 @@ from cvapps.config import TaskConfig
 from cvapps.data.augment import SamplePipeline, build_augment
 from cvapps.data.check import DetectionSplit, detect_layout, load_detection_split
 from cvapps.data.detection import DetectionDataset
+from cvapps.data.holdout import held_out
 from cvapps.data.letterbox import LetterboxMeta
-from cvapps.errors import ConfigError, DataError
+from cvapps.errors import DataError
 from cvapps.io.images import read_image
 from cvapps.metrics.coco import CocoDetectionMetric
 from cvapps.nms import class_wise_nms
-from cvapps.structures import Detections
+from cvapps.structures import Detections, Prediction
 from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.tasks.common import check_num_classes
 
 RawDetections = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -49,15 +50,16 @@ class DetectionTask(Task):
     resize_mode = "letterbox"
     # COCO evaluation keeps nearly every detection (conf 0.001, 100 per image), as COCO's protocol.
     eval_options = {"conf": 0.001, "iou": 0.5, "max_det": 100}
+    parts = frozenset({"detections"})
+    commands = frozenset({"detect"})
+    postprocess_options = frozenset({"conf", "iou", "max_det"})
+    tracks = True
 
     # --- data ---------------------------------------------------------------------------------
     @staticmethod
     def check_num_classes(cfg: TaskConfig, class_names: list[str]) -> None:
-        """``model.num_classes``, when set, must agree with the dataset's classes."""
-        num = getattr(cfg.model, "num_classes", None)
-        if num is not None and num != len(class_names):
-            raise ConfigError(f"config error: model.num_classes: {num} but the dataset has "
-                              f"{len(class_names)} classes {class_names}")
+        """``model.num_classes``, when set, must agree with the dataset's classes (DataError)."""
+        check_num_classes(cfg.model, class_names)
 
     def build_datasets(self, cfg: TaskConfig, val_only: bool = False) -> DatasetSplits:
         """Train/val DetectionDatasets (COCO or YOLO layout, detected from ``data.root``).
@@ -115,8 +117,8 @@ class DetectionTask(Task):
         raise NotImplementedError
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], conf: float = 0.25, iou: float = 0.5,
-                    max_det: int = 300, **_: Any) -> list[Detections]:
-        """Raw outputs -> one :class:`Detections` per image (xyxy in original pixels): scores
+                    max_det: int = 300, **_: Any) -> list[Prediction]:
+        """Raw outputs -> one Prediction per image, its :class:`Detections` (xyxy in original pixels): scores
         >= ``conf``, class-wise NMS at ``iou``, the best ``max_det``."""
         out = []
         for (boxes, scores, labels), meta in zip(self.raw_detections(outputs, conf=conf, iou=iou), metas):
@@ -124,7 +126,7 @@ class DetectionTask(Task):
             keep = scores >= conf
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = class_wise_nms(boxes, scores, labels, iou)[:max_det]  # sorted by score
-            out.append(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep]))
+            out.append(Prediction(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep])))
         return out
 
 
@@ -135,18 +137,13 @@ def _has_split(root: Path, split: str) -> bool:
 
 def _hold_out(split: DetectionSplit, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:
     """Split one checked split into train and val parts (``fraction`` of the images, seeded)."""
-    from dataclasses import replace
-
-    order = list(range(len(split.records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(order) * fraction)) if len(order) > 1 else 0
-    val_idx = set(order[:n_val])
+    val_idx = set(held_out(len(split.records), fraction, seed))
     val_ids = {split.records[i].image_id for i in val_idx}
     gt = dict(split.gt)
     gt["images"] = [im for im in split.gt["images"] if im["id"] in val_ids]
     gt["annotations"] = [a for a in split.gt["annotations"] if a["image_id"] in val_ids]
-    print(f"no val split in {split.root}: holding out {n_val} of {len(order)} train images (data.val_fraction)",
-          file=sys.stderr)
+    print(f"no val split in {split.root}: holding out {len(val_idx)} of {len(split.records)} train images "
+          "(data.val_fraction)", file=sys.stderr)
     train = replace(split, records=[r for i, r in enumerate(split.records) if i not in val_idx])
     val = replace(split, split="val", records=[split.records[i] for i in sorted(val_idx)], gt=gt)
     return train, val

@@ -31,6 +31,7 @@ from cvapps.errors import ConfigError
 from cvapps.necks.fpn import BackboneWithFPN
 from cvapps.tasks.common import IMAGENET_MEAN, IMAGENET_STD, backbone_from_config
 from cvapps.tasks.detection_common import DetectionTask, RawDetections
+from cvapps.tasks.registry import TASKS, register_task
 
 # Keys of torchvision's predictor, the only layers whose shape depends on the number of classes.
 CLASS_DEPENDENT = ("roi_heads.box_predictor.",)
@@ -160,9 +161,13 @@ def load_detector_weights(model: nn.Module, path: str, log=print) -> None:
             f"({', '.join(report.reinit)}); everything else is pretrained")
 
 
+@register_task
 class FasterRCNNTask(DetectionTask):
     name = "faster_rcnn"
     config_class = FasterRCNNConfig
+    # (why: the module doc of cvapps.export)
+    onnx_refusal = ("export: Faster R-CNN is not exported to ONNX: torchvision's export traces a fixed number of "
+                    "images, so the model would not take a dynamic batch; run the .pt checkpoint instead")
 
     def build_model(self, cfg: FasterRCNNConfig, class_names: list[str]) -> nn.Module:
         mc = cfg.model
@@ -178,4 +183,4 @@ class FasterRCNNTask(DetectionTask):
         return [(o["boxes"], o["scores"], o["labels"] - 1) for o in outputs]
 
 
-TASK = FasterRCNNTask()
+TASK = TASKS[FasterRCNNTask.name]

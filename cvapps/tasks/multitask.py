@@ -12,7 +12,7 @@ postprocessing are the single-task ones too (YOLO's v8 loss + NMS, FCN's masked 
 mask mapping), so a multi-task model scores exactly as its parts would. ``K`` = the detection
 classes; the segmentation classes are ``["background", *class_names]`` (mask value c = class c - 1).
 
-``model.heads`` picks the heads (config: :class:`cvapps.config.HeadsConfig`); in training the model
+``model.heads`` picks the heads (config: :class:`cvapps.tasks.multitask_config.HeadsConfig`); in training the model
 returns each head's losses times ``model.heads.<name>.loss_weight``; images without boxes
 (``has_boxes=False``) add no detection/presence loss and pixels without a mask (255) no pixel loss.
 ``best.pt`` is chosen by ``score`` = mean of mAP50-95, mIoU and presence F1 over the heads that
@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvapps.config import HeadsConfig, MultiTaskConfig
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta
 from cvapps.data.multitask import MultiTaskDataset, combine, find_masks
 from cvapps.errors import CheckpointError, ConfigError, DataError
@@ -41,16 +39,25 @@ from cvapps.heads.fcn import FCN8sHead, pad_to_multiple
 from cvapps.heads.yolo import YoloLoss, build_detect
 from cvapps.metrics.multitask import MultiTaskMetric
 from cvapps.necks.pan import PAN
-from cvapps.structures import MultiTaskPrediction
-from cvapps.tasks.base import DatasetSplits, Task
+from cvapps.structures import Prediction, Presence
+from cvapps.tasks.base import DatasetSplits, OnnxExport, Task
 from cvapps.tasks.common import Normalize, backbone_from_config
 from cvapps.tasks.detection_common import DetectionGT
+from cvapps.tasks.multitask_config import HeadsConfig, MultiTaskConfig
+from cvapps.tasks.registry import TASKS, register_task
 from cvapps.tasks.segment import TASK as SEGMENT
 from cvapps.tasks.segment import _cross_entropy as masked_cross_entropy  # the one masked CE (255 ignored)
-from cvapps.tasks.yolo import STRIDES
+from cvapps.tasks.yolo import PREDICTIONS_DOC, STRIDES
 from cvapps.tasks.yolo import TASK as YOLO
 
 PARTS = ("detect", "segment")  # what `cvapps detect` / `cvapps segment` take from a multi-task model
+HEAD_PARTS = {"detect": "detections", "segment": "semantic", "classify": "presence"}  # head -> prediction part
+#: The exported graph: one output per head that is on, named after the head.
+HEAD_OUTPUTS: dict[str, tuple[str, str]] = {
+    "detect": ("detect", PREDICTIONS_DOC),
+    "segment": ("segment", "float32 (B, 1 + K, S, S) per-pixel logits, class 0 = background"),
+    "classify": ("classify", "float32 (B, K) presence logits (sigmoid: probability that the class is in the image)"),
+}
 
 
 class MultiTaskModel(nn.Module):
@@ -160,6 +167,7 @@ def split_outputs(outputs: Any) -> dict[str, torch.Tensor]:
     return {by_rank[o.ndim]: o for o in outs}
 
 
+@register_task
 class MultiTask(Task):
     cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
     name = "multitask"
@@ -168,6 +176,22 @@ class MultiTask(Task):
     resize_mode = "letterbox"
     # COCO's protocol for the boxes (as the detection tasks); masks take the argmax anyway.
     eval_options = {"conf": 0.001, "iou": 0.5, "max_det": 100}
+    parts = frozenset(HEAD_PARTS.values())  # those of the heads that are on: parts_of()
+    commands = frozenset(PARTS)  # as its detector or segmenter: as_part()
+    postprocess_options = frozenset({"conf", "iou", "max_det", "presence_conf"})
+    onnx = OnnxExport(tuple(HEAD_OUTPUTS.values()), parity_atol=1e-3)  # the detect output's pixels, as yolo's
+
+    def parts_of(self, raw_config: dict[str, Any] | None) -> frozenset[str]:
+        if self.part is not None or not raw_config:
+            return self.parts
+        return frozenset(HEAD_PARTS[head] for head in heads_of(raw_config))
+
+    def as_part(self, loaded: Any, part: str) -> Any:
+        super().as_part(loaded, part)  # a part it serves
+        return select_part(loaded, part)
+
+    def onnx_outputs(self, model: nn.Module) -> list[tuple[str, str]]:
+        return [HEAD_OUTPUTS[name] for name in model.heads]  # in the model's head order, as it returns them
 
     def build_model(self, cfg: MultiTaskConfig, class_names: list[str]) -> nn.Module:
         mc = cfg.model
@@ -213,36 +237,56 @@ class MultiTask(Task):
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], conf: float = 0.25, iou: float = 0.5,
                     max_det: int = 300, presence_conf: float = 0.5, part: str | None = None,
-                    **_: Any) -> list[Any]:
-        """Raw outputs -> per image a :class:`MultiTaskPrediction` (original pixels): boxes by the
-        YOLO task's postprocess (``conf``, ``iou``, ``max_det``), the mask by the segment task's,
-        and the classes whose presence probability >= ``presence_conf``. ``part``: "detect" or
-        "segment" returns just that part (Detections / SegmentationMask), as a single-task model."""
+                    **_: Any) -> list[Prediction]:
+        """Raw outputs -> per image a :class:`Prediction` (original pixels) with a part per head:
+        ``detections`` by the YOLO task's postprocess (``conf``, ``iou``, ``max_det``), ``semantic``
+        by the segment task's (its values named ``["background", *names]``: ``extra_background``),
+        ``presence``: the classes whose probability >= ``presence_conf``. ``part``: "detect" or
+        "segment" returns just that part, as a single-task model's prediction."""
         outs = split_outputs(outputs)
         n = len(metas)
-        dets = (YOLO.postprocess(outs["detect"], metas, conf=conf, iou=iou, max_det=max_det)
-                if "detect" in outs and part in (None, "detect") else [None] * n)
-        segs = SEGMENT.postprocess(outs["segment"], metas) if "segment" in outs and part in (None, "segment") else [None] * n
-        if part == "detect":
-            return dets
-        if part == "segment":
-            return segs
+        if part == "detect" or part == "segment":
+            head, task = ("detect", YOLO) if part == "detect" else ("segment", SEGMENT)
+            options = {"conf": conf, "iou": iou, "max_det": max_det} if part == "detect" else {}
+            return task.postprocess(outs[head], metas, **options) if head in outs else [Prediction() for _ in metas]
+        dets = ([p.detections for p in YOLO.postprocess(outs["detect"], metas, conf=conf, iou=iou, max_det=max_det)]
+                if "detect" in outs else [None] * n)
+        segs = [None] * n
+        if "segment" in outs:  # mask value v is class v - 1 of the names (0: background)
+            segs = [dataclasses.replace(p.semantic, extra_background=True)
+                    for p in SEGMENT.postprocess(outs["segment"], metas)]
+        presence: list[Presence | None] = [None] * n
         if "classify" in outs:
             probs = outs["classify"].float().sigmoid().cpu()
-            presence = [(torch.nonzero(p >= presence_conf).flatten(), p.numpy().astype(np.float32)) for p in probs]
-        else:
-            presence = [(None, None)] * n
-        return [MultiTaskPrediction(d, s, labels, scores) for d, s, (labels, scores) in zip(dets, segs, presence)]
+            presence = [Presence(torch.nonzero(p >= presence_conf).flatten(), p.numpy()) for p in probs]
+        return [Prediction(detections=d, semantic=s, presence=pr) for d, s, pr in zip(dets, segs, presence)]
 
 
 class MultiTaskPart(MultiTask):
-    """A multi-task model seen as one of its parts (``cvapps detect`` / ``cvapps segment``)."""
+    """A multi-task model seen as one of its parts (``cvapps detect`` / ``cvapps segment``); each
+    subclass declares that part alone."""
 
-    def __init__(self, part: str) -> None:
-        self.part = part
+    def as_part(self, loaded: Any, part: str) -> Any:
+        return Task.as_part(self, loaded, part)  # already the part (or a refusal)
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], **options: Any) -> list[Any]:
         return super().postprocess(outputs, metas, **{**options, "part": self.part})
+
+
+class MultiTaskBoxes(MultiTaskPart):
+    part = "detect"
+    parts = frozenset({"detections"})
+    commands = frozenset({"detect"})
+    tracks = True  # as `cvapps detect --track` tracks them
+
+
+class MultiTaskMasks(MultiTaskPart):
+    part = "segment"
+    parts = frozenset({"semantic"})
+    commands = frozenset({"segment"})
+
+
+PART_TASKS: dict[str, MultiTaskPart] = {"detect": MultiTaskBoxes(), "segment": MultiTaskMasks()}
 
 
 def heads_of(raw_config: dict[str, Any] | None) -> list[str]:
@@ -265,7 +309,7 @@ def select_part(loaded: Any, part: str) -> Any:
     if part == "segment":
         ids = [0, *(ids or range(1, len(names) + 1))]
         names = ["background", *names]
-    return dataclasses.replace(loaded, task=MultiTaskPart(part), class_names=names, category_ids=ids)
+    return dataclasses.replace(loaded, task=PART_TASKS[part], class_names=names, category_ids=ids)
 
 
-TASK = MultiTask()
+TASK = TASKS[MultiTask.name]

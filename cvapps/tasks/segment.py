@@ -15,7 +15,6 @@ than 255 is reported (file name and reason) and skipped when the dataset is buil
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -29,14 +28,16 @@ from torch import nn
 
 from cvapps.config import ModelConfig, TaskConfig
 from cvapps.data.augment import IGNORE_INDEX, SamplePipeline, build_augment
+from cvapps.data.holdout import split_off
 from cvapps.data.letterbox import PAD_VALUE, LetterboxMeta
 from cvapps.errors import DataError, ImageReadError
 from cvapps.data.segmentation import SegmentationDataset, SegmentExtra, class_names_for, scan_split
 from cvapps.heads.fcn import AuxHead, FCN8sHead, pad_to_multiple
 from cvapps.metrics.segmentation import SegmentationMetric
-from cvapps.structures import SegmentationMask
-from cvapps.tasks.base import DatasetSplits, Task
-from cvapps.tasks.common import Normalize, backbone_from_config
+from cvapps.structures import Prediction, SegmentationMask
+from cvapps.tasks.base import DatasetSplits, OnnxExport, Task
+from cvapps.tasks.common import Normalize, backbone_from_config, check_num_classes
+from cvapps.tasks.registry import TASKS, register_task
 
 
 class SegmentModelConfig(ModelConfig):
@@ -95,18 +96,22 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- task
+@register_task
 class SegmentTask(Task):
     cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
     name = "segment"
     config_class = SegmentConfig
     primary_metric = "miou"
     resize_mode = "letterbox"
+    parts = frozenset({"semantic"})
+    commands = frozenset({"segment"})
+    # logits are O(10): 1e-4 is ~1e-5 relative
+    onnx = OnnxExport((("logits", "float32 (B, K, S, S) per-pixel class logits (letterboxed input pixels)"),),
+                      parity_atol=1e-4)
 
     def build_model(self, cfg: SegmentConfig, class_names: list[str]) -> nn.Module:
         mc = cfg.model
-        if mc.num_classes is not None and mc.num_classes != len(class_names):
-            raise DataError(f"model.num_classes is {mc.num_classes} but the data has {len(class_names)} "
-                            f"classes ({', '.join(class_names)})")
+        check_num_classes(mc, class_names)
         backbone = backbone_from_config(mc)
         return FCN(backbone, len(class_names), mc.in_channels, mc.hidden, mc.aux, mc.aux_weight)
 
@@ -128,12 +133,7 @@ class SegmentTask(Task):
         if (root / "images" / "val").is_dir():
             val = scan_split(root, "val", len(names), category_ids, skipped, names)
         else:
-            order = list(range(len(train)))
-            random.Random(cfg.train.seed).shuffle(order)
-            n_val = min(len(train) - 1, max(1, round(len(train) * cfg.data.val_fraction)))
-            held = set(order[:n_val])
-            val = [s for i, s in enumerate(train) if i in held]
-            train = [s for i, s in enumerate(train) if i not in held]
+            train, val = split_off(train, cfg.data.val_fraction, cfg.train.seed)
         for path, reason in skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if not train:
@@ -169,8 +169,9 @@ class SegmentTask(Task):
         for i, sample in enumerate(dataset.samples):
             yield str(sample.image), (lambda i=i: load(i))
 
-    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[SegmentationMask]:
-        """logits (B, K, S, S) -> per image ``SegmentationMask(mask HxW uint8, scores (K,))`` in
+    def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], **_: Any) -> list[Prediction]:
+        """logits (B, K, S, S) -> per image a Prediction whose ``semantic`` part is
+        ``SegmentationMask(mask HxW uint8, scores (K,))`` in
         ORIGINAL pixels; ``scores[c]`` is the mean probability of class ``c`` over its pixels.
 
         Softmax and argmax run at network resolution on the unpadded part; only the uint8 index
@@ -189,8 +190,8 @@ class SegmentTask(Task):
             small = label.to(torch.uint8).cpu().numpy()
             (h, w) = meta.orig_hw
             mask = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-            results.append(SegmentationMask(mask, scores))
+            results.append(Prediction(semantic=SegmentationMask(mask, scores)))
         return results
 
 
-TASK = SegmentTask()
+TASK = TASKS[SegmentTask.name]

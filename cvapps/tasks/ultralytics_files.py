@@ -14,7 +14,8 @@ word "ultralytics" in its bytes.
 
 A bare published name (``yolov8n.pt``) not on disk is fetched by ultralytics' downloader (the
 :data:`download` hook) and then read the same safe way; offline or with ``CVAPPS_OFFLINE=1`` it is
-a one-line error saying where to put the file.
+a one-line error saying where to put the file. ultralytics itself is reached through
+:mod:`cvapps.ultralytics_parts` (which checks its version).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvapps import ultralytics_parts
 from cvapps.checkpoint import first_nonfinite
 from cvapps.errors import CheckpointError
 from cvapps.io.archive import NotATorchArchive, check_torch_archive
@@ -62,6 +64,7 @@ def load_pickled_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
     unpickled when ``trust``. Raises CheckpointError (the refusal message, which names the trust
     switch, for a file outside what plain ultralytics files hold)."""
     path = Path(path)
+    ultralytics_parts.check_version()  # first: the one-line error, never a refusal caused by a wrong ultralytics
     try:
         archive = check_torch_archive(path)  # sizes first, trusted or not: bounded memory either way
     except NotATorchArchive:
@@ -114,12 +117,9 @@ def _net(ckpt: dict[str, Any]) -> Any:
 
 def model_from_yaml(spec: str | Path) -> nn.Module:
     """A randomly initialised ultralytics model from a model YAML (a file or a built-in name)."""
-    from ultralytics import (
-        YOLO,  # heavy optional import: only for native ultralytics models
-    )
-
+    yolo = ultralytics_parts.YOLO
     try:
-        return YOLO(str(spec)).model  # a YAML builds layers; nothing is unpickled
+        return yolo(str(spec)).model  # a YAML builds layers; nothing is unpickled
     except Exception as exc:  # noqa: BLE001 - ultralytics raises many kinds for a bad YAML
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{spec}: cannot build an ultralytics model from it ({first})") from None
@@ -128,21 +128,15 @@ def model_from_yaml(spec: str | Path) -> nn.Module:
 def weights_dir() -> Path | None:
     """ultralytics' weights folder from its settings (None when unreadable)."""
     try:
-        from ultralytics.utils import SETTINGS  # heavy optional import
-
-        return Path(SETTINGS["weights_dir"])
-    except Exception:  # settings unreadable: only the given path counts
+        return Path(ultralytics_parts.SETTINGS["weights_dir"])
+    except Exception:  # noqa: BLE001 - settings unreadable: only the given path counts
         return None
 
 
 def ultralytics_download(name: str, dest: Path) -> Path:
     """Fetch the published ultralytics file ``name`` (GitHub release assets) to ``dest`` with
     ultralytics' own downloader; returns the file's path."""
-    from ultralytics.utils.downloads import (
-        attempt_download_asset,  # heavy optional import: only when a published name is fetched
-    )
-
-    return Path(attempt_download_asset(dest))
+    return Path(ultralytics_parts.attempt_download_asset(dest))
 
 
 #: The downloader ``download(name, dest) -> path`` used for published names; a module-level hook
@@ -157,12 +151,9 @@ def online() -> bool:
     if os.environ.get(OFFLINE_ENV, "") == "1" or os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true"):
         return False
     try:
-        from ultralytics.utils import (
-            ONLINE,  # heavy optional import (already loaded by the native task)
-        )
+        return bool(ultralytics_parts.ONLINE)  # loaded already by the native task
     except Exception:  # noqa: BLE001 - ultralytics unusable: offline, the message says where to put the file
         return False
-    return bool(ONLINE)
 
 
 def resolve_weights(spec: str | os.PathLike) -> Path | str:

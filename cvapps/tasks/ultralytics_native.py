@@ -35,9 +35,6 @@ import torch
 import yaml
 from pydantic import Field
 from torch import nn
-from ultralytics import YOLO
-from ultralytics.nn.tasks import guess_model_task
-from ultralytics.utils import ops
 
 from cvapps.checkpoint import atomic_write, atomic_write_text
 from cvapps.config import ModelConfig, TaskConfig
@@ -47,9 +44,17 @@ from cvapps.errors import ConfigError, CvappsError, DataError
 from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 from cvapps.heads.yolo import yolo_nms
 from cvapps.io.safe_write import check_tree, copy_file, ensure_dir, fresh_dir, open_dir
-from cvapps.structures import Detections
+from cvapps.structures import Detections, Prediction
 from cvapps.tasks.detection_common import DetectionTask
+from cvapps.tasks.registry import TASKS, register_task
 from cvapps.tasks.ultralytics_files import YAML_SUFFIXES, load_native, refusal, trusted
+from cvapps.ultralytics_parts import (
+    YOLO,
+    coco80_to_coco91_class,
+    coco_class_names,
+    guess_model_task,
+    ops,
+)
 
 # --- config ---------------------------------------------------------------------------------------
 # Key of the mirrored data.yaml naming the user's dataset (ultralytics ignores it).
@@ -137,19 +142,16 @@ def coco_category_ids(names: list[str]) -> list[int] | None:
     """COCO's 91-id scheme for models trained on COCO's 80 classes (so predictions_coco.json
     matches instances_val2017.json); None (index + 1) for anything else."""
     try:
-        import ultralytics
-        from ultralytics.data.converter import coco80_to_coco91_class
-
-        coco_yaml = Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml"
-        coco = yaml.safe_load(coco_yaml.read_text(encoding="utf-8"))["names"]
-    except Exception:  # layout of the ultralytics package changed: fall back to index + 1
+        coco = coco_class_names()
+    except Exception:  # noqa: BLE001 - layout of the ultralytics package changed: fall back to index + 1
         return None
-    if len(names) == 80 and names == [coco[i] for i in range(80)]:
+    if len(names) == 80 and names == coco[:80]:
         return list(coco80_to_coco91_class())
     return None
 
 
 # --- the task -------------------------------------------------------------------------------------
+@register_task
 class UltralyticsTask(DetectionTask):
     """``task: ultralytics``: predict and evaluate native models (datasets and COCO metric are the
     detection tasks'); train with ultralytics' trainer."""
@@ -160,6 +162,9 @@ class UltralyticsTask(DetectionTask):
     primary_metric = "map50"
     resize_mode = "letterbox"
     eval_options = {"conf": 0.001, "iou": 0.7, "max_det": 100}  # ultralytics' val NMS IoU
+    postprocess_options = frozenset({"conf", "iou", "max_det", "agnostic"})
+    trains_externally = True  # with ultralytics' trainer: train_external()
+    label = "a native ultralytics detection"
 
     def __init__(self, num_classes: int | None = None, end2end: bool = False) -> None:
         # Set per model by the loader: segmentation outputs carry 32 mask coefficients
@@ -171,13 +176,13 @@ class UltralyticsTask(DetectionTask):
         return model
 
     def postprocess(self, outputs: torch.Tensor, metas: list[LetterboxMeta], conf: float = 0.25,
-                    iou: float = 0.7, max_det: int = 300, agnostic: bool = False, **_: Any) -> list[Detections]:
-        """Raw head output (see :class:`NativeDetector`) -> one Detections per image, original pixels
-        (with ``masks`` (N, H, W) bool for segmentation models)."""
+                    iou: float = 0.7, max_det: int = 300, agnostic: bool = False, **_: Any) -> list[Prediction]:
+        """Raw head output (see :class:`NativeDetector`) -> one Prediction per image, its Detections in
+        original pixels (with ``masks`` (N, H, W) bool for segmentation models)."""
         protos = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) == 2 else None
         rows = yolo_nms(outputs, conf, iou, num_classes=self.num_classes or 0, max_det=max_det,
                         agnostic=agnostic, end2end=self.end2end)
-        return [rows_to_detections(r, m, None if protos is None else protos[i])
+        return [Prediction(rows_to_detections(r, m, None if protos is None else protos[i]))
                 for i, (r, m) in enumerate(zip(rows, metas))]
 
     # --- training through ultralytics ---------------------------------------------------------------
@@ -260,9 +265,8 @@ def rows_to_detections(rows: torch.Tensor, meta: LetterboxMeta, proto: torch.Ten
     in original pixels; with ``proto`` (nm, H/4, W/4) also the instance masks."""
     if rows is None or len(rows) == 0:
         empty = Detections.empty()
-        if proto is not None:
-            empty.masks = torch.zeros((0, *meta.orig_hw), dtype=torch.bool)
-        return empty
+        masks = None if proto is None else torch.zeros((0, *meta.orig_hw), dtype=torch.bool)
+        return Detections(empty.boxes, empty.scores, empty.labels, masks)
     masks = instance_masks(proto, rows[:, 6:], rows[:, :4], meta) if proto is not None else None
     rows = rows.float().cpu()
     return Detections(meta.boxes_to_original(rows[:, :4]), rows[:, 4], rows[:, 5].round().long(), masks)
@@ -347,4 +351,4 @@ def read_results_csv(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-TASK = UltralyticsTask()
+TASK = TASKS[UltralyticsTask.name]

@@ -8,7 +8,8 @@ download and unpickle files), the layers it describes are sized on the meta devi
 with the file's tensors, and only then is the model built for real by ultralytics from that yaml
 and given the file's weights (strict). Before that, every class the file names must be one a plain
 torch/ultralytics file names (:func:`check_names`). Names and training arguments are copied as plain data.
-This module and :mod:`cvapps.tasks.ultralytics_files` are where ultralytics' internals are used.
+ultralytics' internals used here (``parse_model``, its model classes, ``LOGGER``) come from
+:mod:`cvapps.ultralytics_parts`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from cvapps import ultralytics_parts
 from cvapps.checkpoint import first_nonfinite
 from cvapps.errors import CheckpointError, shorten
 from cvapps.tasks.ultralytics_unpickle import (
@@ -187,27 +189,20 @@ def _arg(a: Any) -> bool:
 @contextlib.contextmanager
 def _quiet_ultralytics() -> Iterator[None]:
     """ultralytics logs a layer table and summary while building; a load should say nothing."""
-    from ultralytics.utils import (
-        LOGGER,  # heavy optional import: only for native models
-    )
-
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
+    logger = ultralytics_parts.LOGGER
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        LOGGER.setLevel(level)
+        logger.setLevel(level)
 
 
 def _meta_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter and buffer shapes of the layers ``spec`` describes, built on the meta device
     (no memory): the real build happens only once they match the file's tensors."""
-    from ultralytics.nn.tasks import (
-        parse_model,  # heavy optional import: only for native models
-    )
-
     with torch.device("meta"):
-        layers, _ = parse_model(copy.deepcopy(spec), ch=spec.get("channels", 3), verbose=False)
+        layers, _ = ultralytics_parts.parse_model(copy.deepcopy(spec), ch=spec.get("channels", 3), verbose=False)
     return {f"model.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
 
 
@@ -247,12 +242,9 @@ def rebuild_checkpoint(path: str, root: Any) -> tuple[dict[str, Any], str]:
     if bad is not None:
         raise CheckpointError(f"{path}: damaged model file: weight {bad} holds NaN or infinite values")
     attr, task = MODEL_CLASSES[stub.cv_name]
-    from ultralytics.nn import (
-        tasks as ultralytics_tasks,  # heavy optional import: only for native models
-    )
-
     with _quiet_ultralytics():
-        net = getattr(ultralytics_tasks, attr)(cfg=copy.deepcopy(spec), ch=spec.get("channels", 3), verbose=False)
+        net = getattr(ultralytics_parts.nn_tasks, attr)(cfg=copy.deepcopy(spec), ch=spec.get("channels", 3),
+                                                         verbose=False)
     net.load_state_dict(weights, strict=True)
     for name, rank in TENSOR_ATTRS.get(attr, {}).items():
         value = state.get(name)

@@ -3,9 +3,10 @@
 * ``path`` (``predictions_coco.json``): ``{"info", "images", "annotations", "categories"}``; images
   from :class:`~cvapps.formats.coco.ImageIndex` (the one image-id and file-name rule; video frames
   also carry ``frame_index`` and ``timestamp``), annotations carry ``score``:
-  Detections -> ``bbox`` [x, y, w, h] + ``area`` (box area; with instance masks also an RLE
-  ``segmentation``, and ``area`` is the mask's pixel count; tracked: ``track_id``); SegmentationMask -> one RLE ``segmentation`` per
-  class present + ``bbox`` + ``area``; Classification -> no annotation (images only).
+  each prediction part's COCO form (``to_coco``): detections -> ``bbox`` [x, y, w, h] + ``area`` (box
+  area; with instance masks also an RLE ``segmentation``, and ``area`` is the mask's pixel count;
+  tracked: ``track_id``); a class mask -> one RLE ``segmentation`` per class present + ``bbox`` +
+  ``area``; a classification -> no annotation (images only).
 * video and stream frames: a ``videos`` list, and ``video_id`` / ``frame_id`` on their images
   (:class:`~cvapps.formats.coco.VideoIndex`: the TAO / CocoVID layout).
 * ``results_path`` (``predictions.json``), if given: the COCO results list of the same predictions
@@ -31,18 +32,25 @@ from typing import Any, Sequence
 
 from pycocotools import mask as mask_utils
 
-from cvapps.formats.coco import (ImageIndex, VideoIndex, detections_to_results, dumps, empty_results,
-                                 gt_category_ids, mask_to_results)
-from cvapps.formats.names import parse_frame_name
+from cvapps.formats.coco import (
+    ImageIndex,
+    VideoIndex,
+    dumps,
+    empty_results,
+    gt_category_ids,
+)
 from cvapps.io.sinks.base import StagedSink
-from cvapps.structures import Classification, Detections, Frame, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Frame, Prediction
 
 
 class CocoSink(StagedSink):
+    """See the module doc. ``index``: the run's :class:`~cvapps.formats.coco.ImageIndex` (shared by
+    every COCO-writing sink of a run; file names relative to its ``root``); default
+    ``ImageIndex(None, gt)``. ``info``: the dataset's ``info`` (default a short description)."""
+
     def __init__(self, path: str | Path, class_names: Sequence[str], category_ids: Sequence[int] | None = None, *,
-                 results_path: str | Path | None = None, root: str | Path | None = None,
-                 gt: dict[str, Any] | None = None, index: ImageIndex | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 results_path: str | Path | None = None, gt: dict[str, Any] | None = None,
+                 index: ImageIndex | None = None, info: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.results_path = Path(results_path) if results_path is not None else None
@@ -53,7 +61,7 @@ class CocoSink(StagedSink):
             if missing:
                 print(f"warning: classes {missing} are not in --coco-gt's categories; they keep the model's ids",
                       file=sys.stderr)
-        self.index = index if index is not None else ImageIndex(root, gt)
+        self.index = index if index is not None else ImageIndex(None, gt)
         self.info = info or {"description": "cvapps predictions"}
         self.images: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
@@ -65,30 +73,20 @@ class CocoSink(StagedSink):
         return [{"id": cid, "name": name, "supercategory": ""} for cid, name in zip(self.category_ids, self.class_names)
                 if not (cid == 0 and name == "background")]
 
-    def write(self, frame: Frame, prediction: Any) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         h, w = frame.image.shape[:2]
         extra = {}
-        if parse_frame_name(frame.source) is not None:
+        if frame.is_video:
             extra = {"frame_index": frame.index, "timestamp": round(frame.timestamp, 4),
-                     **(self.videos.lookup(frame.source, w, h) or {})}
-        image = self.index.lookup(frame.source, w, h, **extra)
+                     **(self.videos.lookup(frame, w, h) or {})}
+        image = self.index.lookup(frame, w, h, **extra)
         if image is None:
             return  # not in --coco-gt (counted by the index)
         if image["id"] not in self._ids:
             self._ids.add(image["id"])
             self.images.append(image)
-        if isinstance(prediction, Detections):
-            self.results += detections_to_results(prediction, image["id"], self.category_ids)
-        elif isinstance(prediction, SegmentationMask):
-            self.results += mask_to_results(prediction.mask, prediction.scores, image["id"], self.category_ids)
-        elif isinstance(prediction, MultiTaskPrediction):  # boxes and class masks under the one image id
-            if prediction.detections is not None:
-                self.results += detections_to_results(prediction.detections, image["id"], self.category_ids)
-            if prediction.segmentation is not None:
-                seg = prediction.segmentation
-                self.results += mask_to_results(seg.mask, seg.scores, image["id"], [0, *self.category_ids])
-        elif not isinstance(prediction, Classification):
-            raise TypeError(f"cannot write a {type(prediction).__name__} prediction to COCO")
+        # boxes, then class masks, under the one image id; a classification adds no annotation
+        self.results += prediction.to_coco(image["id"], self.category_ids)
 
     def dataset(self) -> dict[str, Any]:
         """The dataset dict: images, categories and annotations (with score)."""

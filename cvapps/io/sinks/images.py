@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from cvapps.formats.masks import write_mask
-from cvapps.formats.names import output_relpath, safe_name
+from cvapps.formats.names import FrameRef, output_relpath, safe_name
 from cvapps.io.draw import Draw
 from cvapps.io.images import write_image
 from cvapps.io.overlay import overlay_mask
 from cvapps.io.sinks.base import StagedSink
-from cvapps.structures import Classification, Frame, MultiTaskPrediction, SegmentationMask, part_of
+from cvapps.structures import Frame, Prediction
 
 
 class AnnotatedImages:
@@ -31,11 +31,11 @@ class AnnotatedImages:
         self.out_dir, self.draw, self.root, self.ext = Path(out_dir), draw, root, ext
         self.count = 0
 
-    def target(self, source: str) -> Path:
-        return self.out_dir / output_relpath(source, self.root, self.ext)
+    def target(self, frame: FrameRef | str) -> Path:
+        return self.out_dir / output_relpath(frame, self.root, self.ext)
 
     def write(self, frame: Frame, prediction: Any) -> None:
-        write_image(self.target(frame.source), self.draw(frame.image, prediction))
+        write_image(self.target(frame), self.draw(frame.image, prediction))
         self.count += 1
 
     def close(self) -> None:
@@ -43,15 +43,15 @@ class AnnotatedImages:
 
 
 class OverlayImages(AnnotatedImages):
-    """``OUT_DIR/<path>.jpg``: the class colours of a SegmentationMask blended over the input."""
+    """``OUT_DIR/<path>.jpg``: the class colours of a prediction's class mask blended over the input."""
 
     def __init__(self, out_dir: str | Path, class_names: list[str], alpha: float = 0.5,
                  root: str | Path | None = None) -> None:
         super().__init__(out_dir, self._overlay, root, ".jpg")
         self.class_names, self.alpha = class_names, alpha
 
-    def _overlay(self, image: np.ndarray, prediction: SegmentationMask) -> np.ndarray:
-        return overlay_mask(image, prediction.mask, self.alpha, class_names=self.class_names)
+    def _overlay(self, image: np.ndarray, prediction: Prediction) -> np.ndarray:
+        return overlay_mask(image, prediction.semantic.mask, self.alpha, class_names=self.class_names)
 
 
 class MaskImages:
@@ -61,10 +61,10 @@ class MaskImages:
         self.out_dir, self.root = Path(out_dir), root
         self.count = 0
 
-    def write(self, frame: Frame, prediction: SegmentationMask | MultiTaskPrediction) -> None:
-        mask = part_of(prediction, SegmentationMask)  # a multitask model's mask too (values: background, names)
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        mask = prediction.semantic  # a multitask model's mask too (values: background, names)
         if mask is not None:
-            write_mask(self.out_dir / output_relpath(frame.source, self.root, ".png"), mask.mask)
+            write_mask(self.out_dir / output_relpath(frame, self.root, ".png"), mask.mask)
             self.count += 1
 
     def close(self) -> None:
@@ -100,10 +100,11 @@ class ClassificationCSV(StagedSink):
         self.rows: list[list[Any]] = []
         self.counts: dict[str, int] = {}
 
-    def write(self, frame: Frame, prediction: Classification) -> None:
-        name = self.class_names[prediction.label]
-        row: list[Any] = [csv_text(safe_name(frame.source)), csv_text(name), f"{prediction.score:.4f}"]
-        for label, score in prediction.topk[1:self.topk]:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        cls = prediction.classification
+        name = self.class_names[cls.label]
+        row: list[Any] = [csv_text(safe_name(frame.source)), csv_text(name), f"{cls.score:.4f}"]
+        for label, score in cls.topk[1:self.topk]:
             row += [csv_text(self.class_names[label]), f"{score:.4f}"]
         self.rows.append(row)
         self.counts[name] = self.counts.get(name, 0) + 1

@@ -26,58 +26,24 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from cvapps.formats.names import frame_file_name, parse_frame_name, safe_name
+from cvapps.formats.names import frame_file_name, safe_name
 from cvapps.io.safe_write import StagedFile, output_error
 from cvapps.io.sinks.base import StagedSink, open_temp
-from cvapps.structures import Classification, Detections, Frame, MultiTaskPrediction, SegmentationMask
+from cvapps.structures import Frame, Prediction
 
 
-def prediction_to_json(prediction: Any, class_names: Sequence[str]) -> dict[str, Any]:
-    """A JSON-ready dict for one prediction.
-
-    Detections -> {"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores", "labels", "names"},
-    plus "mask_areas" (pixels per instance mask) when the model gives masks (the masks themselves go
-    to COCO RLE), "track_ids" (parallel to "boxes") when tracked and "counts" ({"lines": [{"line",
-    "in", "out", "classes"}], "zones": [{"zone", "count", "classes"}]}: line totals so far and zone
-    occupancy in this frame) when counting;
-    SegmentationMask -> {"classes": {name: pixel count}} (class index = mask value; the mask itself
-    goes to COCO RLE / PNG);
-    Classification -> {"label", "name", "score", "topk": [[label, score], ...]};
-    MultiTaskPrediction -> {"detections": {...}, "segmentation": {...}} (each as above, the mask's
-    names with background first) and "present": the names of the classes predicted present.
+def prediction_to_json(prediction: Prediction, class_names: Sequence[str]) -> dict[str, Any]:
+    """A JSON-ready dict for one prediction: its one JSON form (:meth:`cvapps.structures.Prediction.to_json`,
+    lossless, as ``Result.to_dict`` and the Ray manifest hold it), the keys of each part it has:
+    detections {"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores", "labels", "names"},
+    plus "masks" (compressed COCO RLE per instance) + "mask_size" when the model gives instance masks,
+    "track_ids" (parallel to "boxes") when tracked; a class mask {"size": [H, W], "classes": [{label,
+    name, pixels, score, rle}], "class_scores"}; a classification {"label", "name", "score", "topk":
+    [{label, name, score}]}; a presence head {"present": [{label, name, score}], "presence"}; and
+    "counts" ({"lines": [{"line", "in", "out", "classes"}], "zones": [{"zone", "count", "classes"}]}:
+    line totals so far and zone occupancy in this frame) when counting.
     """
-    name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
-    if isinstance(prediction, Detections):
-        labels = prediction.labels.tolist()
-        out = {"boxes": [[round(v, 2) for v in b] for b in prediction.boxes.tolist()],
-               "scores": [round(s, 4) for s in prediction.scores.tolist()],
-               "labels": labels, "names": [name(i) for i in labels]}
-        if prediction.masks is not None:
-            out["mask_areas"] = [int(a) for a in prediction.masks.flatten(1).sum(1).tolist()]
-        if prediction.track_ids is not None:
-            out["track_ids"] = prediction.track_ids.tolist()
-        if prediction.counts is not None:
-            out["counts"] = prediction.counts.to_json()
-        return out
-    if isinstance(prediction, SegmentationMask):
-        values, counts = np.unique(np.asarray(prediction.mask), return_counts=True)
-        return {"classes": {("ignore" if v == 255 else name(int(v))): int(c)
-                            for v, c in zip(values.tolist(), counts.tolist())}}
-    if isinstance(prediction, Classification):
-        return {"label": prediction.label, "name": name(prediction.label), "score": round(prediction.score, 4),
-                "topk": [[int(i), round(float(s), 4)] for i, s in prediction.topk]}
-    if isinstance(prediction, MultiTaskPrediction):
-        parts: dict[str, Any] = {}
-        if prediction.detections is not None:
-            parts["detections"] = prediction_to_json(prediction.detections, class_names)
-        if prediction.segmentation is not None:
-            parts["segmentation"] = prediction_to_json(prediction.segmentation, ["background", *class_names])
-        if prediction.labels is not None:
-            parts["present"] = [name(i) for i in prediction.labels.tolist()]
-        return parts
-    raise TypeError(f"cannot serialise a {type(prediction).__name__} prediction")
+    return prediction.to_json(class_names)
 
 
 class JsonLinesSink(StagedSink):
@@ -99,12 +65,11 @@ class JsonLinesSink(StagedSink):
         take = getattr(source, "take_events", None)
         self._take_events = take if callable(take) else None
 
-    def write(self, frame: Frame, prediction: Any) -> None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
         h, w = frame.image.shape[:2]
-        parsed = parse_frame_name(frame.source)
-        stream = parsed[0] if parsed is not None else None
+        stream = frame.stream if frame.is_video else None
         self._write_events(stream, frame.timestamp)
-        record = {"source": safe_name(frame.source), "file_name": frame_file_name(frame.source, self.root),
+        record = {"source": safe_name(frame.source), "file_name": frame_file_name(frame, self.root),
                   "index": frame.index, "timestamp": round(frame.timestamp, 4), "width": w, "height": h}
         if stream is not None:
             record["stream"] = safe_name(stream)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from cvapps.formats.mot import MotRow
-from cvapps.formats.names import check_class_names, parse_frame_name
+from cvapps.formats.names import check_class_names
 from cvapps.io.safe_write import StagedFile, discard_all, output_error
 from cvapps.io.sinks.base import StagedSink, open_temp
-from cvapps.structures import Detections, Frame
+from cvapps.structures import Frame, Prediction
 
 
 class MotTracksSink(StagedSink):
@@ -45,19 +45,19 @@ class MotTracksSink(StagedSink):
             self._files[video] = (self.folder / name, tmp, fh)
         return self._files[video][2]
 
-    def write(self, frame: Frame, prediction: Any) -> None:
-        parsed = parse_frame_name(frame.source)
-        if parsed is None or not isinstance(prediction, Detections) or prediction.track_ids is None:
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        det = prediction.detections
+        if not frame.is_video or det is None or det.track_ids is None:
             return
-        fh = self._file(parsed[0])
+        fh = self._file(frame.stream)  # one file per video or stream
         try:
-            for (x1, y1, x2, y2), score, label, tid in zip(prediction.boxes.tolist(), prediction.scores.tolist(),
-                                                           prediction.labels.tolist(), prediction.track_ids.tolist()):
+            for (x1, y1, x2, y2), score, label, tid in zip(det.boxes.tolist(), det.scores.tolist(),
+                                                           det.labels.tolist(), det.track_ids.tolist()):
                 fh.write(MotRow(frame.index + 1, int(tid), (x1, y1, x2 - x1, y2 - y1), float(score),
                                 int(label) + 1).line())
             fh.flush()
         except OSError as exc:  # a full disk or `ulimit -f`: one line; the run then discards the temp files
-            raise output_error(self._files[parsed[0]][0], exc) from None
+            raise output_error(self._files[frame.stream][0], exc) from None
 
     @property
     def targets(self) -> list[Path]:

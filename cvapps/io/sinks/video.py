@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from cvapps.errors import CvappsError
-from cvapps.formats.names import parse_frame_name, stream_stem
+from cvapps.formats.names import stream_stem
 from cvapps.io.draw import Draw
 from cvapps.io.safe_write import StagedFile, stage
 from cvapps.io.sinks.base import StagedSink
@@ -211,7 +211,7 @@ class VideoPerSource(StagedSink):
     """``OUT_DIR/<stem>.mp4`` per stream of a many-stream source (:class:`~cvapps.io.sources.MultiSource`:
     its ``stems``, ``stream_of`` and ``stream_fps`` name and time each video); every video is a
     live :class:`VideoWriterSink`. Without such a source each video is named after its frames'
-    source. All the videos are committed together, or none."""
+    ``stream``. All the videos are committed together, or none."""
 
     def __init__(self, out_dir: str | Path, draw: Draw, codec: str = "h264") -> None:
         super().__init__()
@@ -226,8 +226,7 @@ class VideoPerSource(StagedSink):
         stream_of = getattr(self._source, "stream_of", None)
         if callable(stream_of):
             return stream_of(frame)
-        parsed = parse_frame_name(frame.source)
-        return parsed[0] if parsed is not None else frame.source
+        return frame.stream
 
     def write(self, frame: Frame, prediction: Any) -> None:
         name = self._stream(frame)

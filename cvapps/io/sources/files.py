@@ -113,7 +113,7 @@ class ImageFilesSource(Source):
             except ImageReadError as e:
                 self.skipped.append((path, e.reason))
                 continue
-            yield Frame(image=image, source=path, index=index, timestamp=0.0)
+            yield Frame(image=image, source=path, index=index, timestamp=0.0, stream=path)  # a still image
             index += 1
 
 

@@ -24,15 +24,18 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
 from cvapps.errors import CvappsError
 from cvapps.io.sources.base import Capture, CaptureFactory, Source
-from cvapps.io.sources.video import fps_of, size_of
+from cvapps.io.video_frames import fps_of, size_of
 from cvapps.structures import Frame
+
+if TYPE_CHECKING:  # spec imports this module: SourceOptions is imported where it is used
+    from cvapps.io.sources.spec import SourceOptions
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 4.0
@@ -132,6 +135,8 @@ def ffmpeg_complaint(text: str) -> str:
 class StreamSource(Source):
     """A live stream (URL, or any target ``capture_factory`` can open).
 
+    ``options`` (a :class:`~cvapps.io.sources.spec.SourceOptions`, default its defaults):
+    ``vid_stride``, ``shard``, ``queue_size`` (``max_file_mb`` does not apply), and:
     ``buffer=None``/``False`` keeps only the newest frame (``dropped`` counts the rest);
     ``buffer=True`` keeps every frame in a bounded queue. When reads fail the capture is
     reopened with backoff 0.5, 1, 2, 4, 4 ... s; after ``reconnect_s`` s without a frame the
@@ -149,15 +154,18 @@ class StreamSource(Source):
 
     is_live = True
 
-    def __init__(self, url: Any, *, capture_factory: CaptureFactory | None = None, vid_stride: int = 1,
-                 buffer: bool | None = None, reconnect_s: float = 10.0, queue_size: int = 64,
-                 name: str | None = None, shard: tuple[int, int] | None = None, t0: float | None = None,
+    def __init__(self, url: Any, options: SourceOptions | None = None, *,
+                 capture_factory: CaptureFactory | None = None, name: str | None = None, t0: float | None = None,
                  explain: bool = True) -> None:
-        super().__init__(name if name is not None else redact_url(str(url)), queue_size=queue_size,
-                         keep_newest=not buffer, shard=shard)
+        from cvapps.io.sources.spec import SourceOptions  # (not at the top: spec imports this module)
+
+        opts = options if options is not None else SourceOptions()
+        shard = opts.shard if isinstance(opts.shard, tuple) else None  # (always a tuple once made)
+        super().__init__(name if name is not None else redact_url(str(url)), queue_size=opts.queue_size,
+                         keep_newest=not opts.buffer, shard=shard)
         self.target = url
-        self.vid_stride = vid_stride
-        self.reconnect_s = reconnect_s
+        self.vid_stride = opts.vid_stride
+        self.reconnect_s = opts.reconnect_s
         self._factory = capture_factory
         self._explain = explain
         self._cap: Capture | None = self._open_initial()
@@ -230,8 +238,7 @@ class StreamSource(Source):
                     self._record_gap(outage_since, last_frame_at, reconnected=True)
                     outage_since = None
                 if index % self.vid_stride == 0 and self._in_shard(index // self.vid_stride):
-                    yield Frame(image=image, source=f"{self.name}#frame={index:06d}", index=index,
-                                timestamp=last_frame_at - self._t0)
+                    yield Frame.of_video(image, self.name, index, last_frame_at - self._t0)
                 index += 1
                 continue
             if index > 0 and outage_since is None:
@@ -274,10 +281,10 @@ class StreamSource(Source):
 class WebcamSource(StreamSource):
     """A local camera by index; fails at once (no retry) when the camera cannot be opened."""
 
-    def __init__(self, index: int, **kwargs: Any) -> None:
+    def __init__(self, index: int, options: SourceOptions | None = None, **kwargs: Any) -> None:
         self.index = index
         kwargs.setdefault("name", f"webcam{index}")
-        super().__init__(index, **kwargs)
+        super().__init__(index, options, **kwargs)
 
     def _open_initial(self) -> Capture:
         cap = self._try_open(time.monotonic())

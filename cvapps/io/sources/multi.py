@@ -16,7 +16,7 @@ has one and queues them in turn. The queue holds one round, so while the model i
 keep being refreshed and each round carries every camera's newest frame. The predictor batches
 what it reads, so one forward pass holds frames of several cameras.
 
-Frames keep their stream in ``Frame.source`` (``<name>#frame=<index>``), so every per-camera
+Frames keep their stream's name in ``Frame.stream`` (and ``frame_index``), so every per-camera
 output (a video per stream, a tracker per stream) can tell them apart; all streams share one clock
 (``timestamp``: seconds since the MultiSource was made). Outages are gap events (see
 :mod:`cvapps.io.sources.live`), collected by :meth:`MultiSource.take_events`. A stream that cannot
@@ -34,14 +34,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvapps.errors import CvappsError, shorten
-from cvapps.formats.names import parse_frame_name, stream_stem
+from cvapps.formats.names import stream_stem
 from cvapps.io.sources.base import CaptureFactory, Source
 from cvapps.io.sources.live import StreamSource, WebcamSource, is_url, redact_url
 from cvapps.structures import Frame
 from cvapps.threads import POLL_S
+
+if TYPE_CHECKING:  # spec imports this module: SourceOptions is imported where it is used
+    from cvapps.io.sources.spec import SourceOptions
 
 _MAX_LIST_BYTES = 1 << 20  # a streams file is a short list; anything larger is an image list
 _JOIN_S = 2.0  # close waits at most this long for all pump threads together
@@ -138,30 +141,33 @@ class _Camera:
 class MultiSource(Source):
     """The frames of several live streams, interleaved (see the module doc).
 
-    ``specs``: from :func:`read_streams_file`. ``buffer``: keep every frame of each stream (up to
-    ``queue_size`` per stream; the pump then waits, and the stream's own bounded queue with it)
-    instead of only the newest. ``vid_stride``, ``reconnect_s``, ``shard`` and
-    ``capture_factory`` apply to every stream as in :class:`StreamSource`. ``stems`` maps each
+    ``specs``: from :func:`read_streams_file`. ``options`` (a
+    :class:`~cvapps.io.sources.spec.SourceOptions`, default its defaults): ``buffer``: keep every
+    frame of each stream (up to ``queue_size`` per stream; the pump then waits, and the stream's
+    own bounded queue with it) instead of only the newest; these options and ``capture_factory``
+    apply to every stream as in :class:`StreamSource`. ``stems`` maps each
     stream name to its output stem; :meth:`stream_of` gives a frame's stream name.
     """
 
     is_live = True
 
-    def __init__(self, specs: Sequence[StreamSpec], *, name: str = "streams", vid_stride: int = 1,
-                 buffer: bool | None = None, reconnect_s: float = 10.0, queue_size: int = 64,
-                 shard: tuple[int, int] | None = None, capture_factory: CaptureFactory | None = None) -> None:
+    def __init__(self, specs: Sequence[StreamSpec], options: SourceOptions | None = None, *,
+                 name: str = "streams", capture_factory: CaptureFactory | None = None) -> None:
+        from cvapps.io.sources.spec import SourceOptions  # (not at the top: spec imports this module)
+
         if not specs:
             raise CvappsError("no streams to read")
+        opts = options if options is not None else SourceOptions()
         # One round of frames queued ahead: a busy model gets the newest frames, not old rounds.
         super().__init__(name, queue_size=len(specs))
-        self.vid_stride = vid_stride
+        self.vid_stride = opts.vid_stride
         self.stems: dict[str, str] = {spec.name: spec.stem for spec in specs}
+        self._options = opts
         self._stream_kwargs: dict[str, Any] = dict(
-            vid_stride=vid_stride, buffer=buffer, reconnect_s=reconnect_s, queue_size=queue_size, shard=shard,
             capture_factory=capture_factory, t0=time.monotonic(),
             explain=False)  # FFmpeg's reason is read by redirecting fd 2: not from parallel threads
-        self._cameras = [_Camera(spec, queue_size if buffer else 1) for spec in specs]
-        self._keep_all = bool(buffer)
+        self._cameras = [_Camera(spec, opts.queue_size if opts.buffer else 1) for spec in specs]
+        self._keep_all = bool(opts.buffer)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._closing = threading.Event()  # set on release: pumps stop (not the merge queue's own stop)
@@ -172,8 +178,7 @@ class MultiSource(Source):
     # -- what sinks ask -----------------------------------------------------------------------------
     def stream_of(self, frame: Frame) -> str:
         """The name of the stream ``frame`` came from."""
-        parsed = parse_frame_name(frame.source)
-        return parsed[0] if parsed is not None else frame.source
+        return frame.stream
 
     def stream_fps(self, name: str) -> float | None:
         """The frame rate stream ``name`` reports, once it is open (else None)."""
@@ -193,8 +198,8 @@ class MultiSource(Source):
     # -- pumps: one per stream -----------------------------------------------------------------------
     def _open(self, spec: StreamSpec) -> StreamSource:
         if isinstance(spec.target, int):
-            return WebcamSource(spec.target, name=spec.name, **self._stream_kwargs)
-        return StreamSource(spec.target, name=spec.name, **self._stream_kwargs)
+            return WebcamSource(spec.target, self._options, name=spec.name, **self._stream_kwargs)
+        return StreamSource(spec.target, self._options, name=spec.name, **self._stream_kwargs)
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._closing.is_set()

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import cv2
 
 from cvapps.errors import CvappsError
 from cvapps.io.sources.base import Capture, CaptureFactory, Source
+from cvapps.io.video_frames import decode_frames, fps_of, size_of
 from cvapps.structures import Frame
 
-
-def fps_of(cap: Capture) -> float | None:
-    """The capture's frame rate, or None when unknown (0, NaN, or nonsense such as 90000)."""
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if math.isfinite(fps) and 0.0 < fps < 1000.0 else None
-
-
-def size_of(cap: Capture) -> tuple[int, int] | None:
-    """The capture's frame size as (w, h), or None when unknown."""
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-    return (w, h) if w > 0 and h > 0 else None
+__all__ = ["VideoSource", "fps_of", "size_of"]
 
 
 class VideoSource(Source):
@@ -52,24 +42,8 @@ class VideoSource(Source):
     def _produce(self) -> Iterator[Frame]:
         cap = self._cap
         assert cap is not None
-        index = 0
-        while not self._stop.is_set():
-            if index % self.vid_stride or not self._in_shard(index // self.vid_stride):
-                # grab() skips the decode of frames nobody will see.
-                if not cap.grab():
-                    return
-                index += 1
-                continue
-            ok, image = cap.read()
-            if not ok or image is None:
-                return  # end of file (or an undecodable tail, as OpenCV reports both alike)
-            if self.fps:
-                ts = index / self.fps
-            else:
-                ts = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
-            name = f"{self.name}#frame={index:06d}"
-            yield Frame(image=image, source=name, index=index, timestamp=ts)
-            index += 1
+        for index, ts, image in decode_frames(cap, vid_stride=self.vid_stride, shard=self.shard, stop=self._stop):
+            yield Frame.of_video(image, self.name, index, ts)
 
     @property
     def expected_frames(self) -> int | None:
