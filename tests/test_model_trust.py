@@ -126,7 +126,7 @@ def test_real_ultralytics_files_load_untrusted_and_predict_as_a_full_unpickle(re
         image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
         p1 = load_model(real[task], device="cpu", imgsz=64).predictor()(image, conf=0.0, max_det=5)
         p2 = load_model(real[task], device="cpu", imgsz=64, trust=True).predictor()(image, conf=0.0, max_det=5)
-        assert torch.equal(p1.boxes, p2.boxes) and torch.equal(p1.scores, p2.scores)
+        assert torch.equal(p1.detections.boxes, p2.detections.boxes) and torch.equal(p1.detections.scores, p2.detections.scores)
     else:
         with pytest.raises(CvappsError, match="is an ultralytics classify model; cvapps runs ultralytics detect"):
             load_model(real[task], device="cpu")
