@@ -192,7 +192,7 @@ def test_a_loaded_checkpoint_is_packed_in_place_and_predicts_as_before() -> None
     folder = ROOT / "sample_data" / "shapes" / "images" / "val"
     for file in sorted(folder.iterdir())[:3]:
         image = cv2.imread(str(file))
-        a, b = reference(image), predictor(image)
+        a, b = reference(image).detections, predictor(image).detections
         assert len(a.boxes) == len(b.boxes) > 0
         assert torch.allclose(a.boxes, b.boxes, atol=1e-2) and torch.allclose(a.scores, b.scores, atol=1e-4)
 
