@@ -29,7 +29,7 @@ how it is read travels as one :class:`SourceOptions`; :func:`open_source` (and R
 both. Video and stream frames carry their ``stream`` and ``frame_index``
 (:class:`~cvapps.structures.Frame`).
 
-Modules: ``spec`` (SourceSpec, SourceOptions, describe_source), ``base`` (Source, shards), ``files``
+Modules: ``spec`` (SourceSpec, describe_source), ``options`` (SourceOptions), ``base`` (Source, shards), ``files``
 (still images), ``video`` (video files), ``live`` (streams, webcams), ``multi`` (many streams as
 one); :func:`open_source` picks one.
 """
@@ -53,9 +53,9 @@ from cvapps.io.sources.multi import (
     is_streams_file,
     read_streams_file,
 )
+from cvapps.io.sources.options import SourceOptions
 from cvapps.io.sources.spec import (
     SOURCE_KINDS,
-    SourceOptions,
     SourceSpec,
     describe_source,
     local_inputs,

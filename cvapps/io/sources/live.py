@@ -24,18 +24,16 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
 from cvapps.errors import CvappsError
 from cvapps.io.sources.base import Capture, CaptureFactory, Source
+from cvapps.io.sources.options import SourceOptions
 from cvapps.io.video_frames import fps_of, size_of
 from cvapps.structures import Frame
-
-if TYPE_CHECKING:  # spec imports this module: SourceOptions is imported where it is used
-    from cvapps.io.sources.spec import SourceOptions
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 4.0
@@ -135,7 +133,7 @@ def ffmpeg_complaint(text: str) -> str:
 class StreamSource(Source):
     """A live stream (URL, or any target ``capture_factory`` can open).
 
-    ``options`` (a :class:`~cvapps.io.sources.spec.SourceOptions`, default its defaults):
+    ``options`` (a :class:`~cvapps.io.sources.options.SourceOptions`, default its defaults):
     ``vid_stride``, ``shard``, ``queue_size`` (``max_file_mb`` does not apply), and:
     ``buffer=None``/``False`` keeps only the newest frame (``dropped`` counts the rest);
     ``buffer=True`` keeps every frame in a bounded queue. When reads fail the capture is
@@ -157,8 +155,6 @@ class StreamSource(Source):
     def __init__(self, url: Any, options: SourceOptions | None = None, *,
                  capture_factory: CaptureFactory | None = None, name: str | None = None, t0: float | None = None,
                  explain: bool = True) -> None:
-        from cvapps.io.sources.spec import SourceOptions  # (not at the top: spec imports this module)
-
         opts = options if options is not None else SourceOptions()
         shard = opts.shard if isinstance(opts.shard, tuple) else None  # (always a tuple once made)
         super().__init__(name if name is not None else redact_url(str(url)), queue_size=opts.queue_size,

@@ -34,17 +34,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cvapps.errors import CvappsError, shorten
 from cvapps.formats.names import stream_stem
 from cvapps.io.sources.base import CaptureFactory, Source
 from cvapps.io.sources.live import StreamSource, WebcamSource, is_url, redact_url
+from cvapps.io.sources.options import SourceOptions
 from cvapps.structures import Frame
 from cvapps.threads import POLL_S
-
-if TYPE_CHECKING:  # spec imports this module: SourceOptions is imported where it is used
-    from cvapps.io.sources.spec import SourceOptions
 
 _MAX_LIST_BYTES = 1 << 20  # a streams file is a short list; anything larger is an image list
 _JOIN_S = 2.0  # close waits at most this long for all pump threads together
@@ -142,7 +140,7 @@ class MultiSource(Source):
     """The frames of several live streams, interleaved (see the module doc).
 
     ``specs``: from :func:`read_streams_file`. ``options`` (a
-    :class:`~cvapps.io.sources.spec.SourceOptions`, default its defaults): ``buffer``: keep every
+    :class:`~cvapps.io.sources.options.SourceOptions`, default its defaults): ``buffer``: keep every
     frame of each stream (up to ``queue_size`` per stream; the pump then waits, and the stream's
     own bounded queue with it) instead of only the newest; these options and ``capture_factory``
     apply to every stream as in :class:`StreamSource`. ``stems`` maps each
@@ -153,8 +151,6 @@ class MultiSource(Source):
 
     def __init__(self, specs: Sequence[StreamSpec], options: SourceOptions | None = None, *,
                  name: str = "streams", capture_factory: CaptureFactory | None = None) -> None:
-        from cvapps.io.sources.spec import SourceOptions  # (not at the top: spec imports this module)
-
         if not specs:
             raise CvappsError("no streams to read")
         opts = options if options is not None else SourceOptions()

@@ -1,5 +1,5 @@
 """What a source is, decided once, and how it is read: :func:`describe_source` -> :class:`SourceSpec`,
-plus :class:`SourceOptions`.
+plus :class:`SourceOptions` (from ``options``).
 
 Every reader takes these two instead of deciding again: :func:`~cvapps.io.sources.open_source` (one
 process), :func:`cvapps.engine.ray_plan.plan_items` (Ray), :func:`local_inputs` (what outputs must
@@ -27,7 +27,6 @@ from typing import Any
 
 from cvapps.errors import CvappsError
 from cvapps.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from cvapps.io.sources.base import check_shard, parse_shard
 from cvapps.io.sources.files import (
     Skip,
     expand_paths,
@@ -41,44 +40,6 @@ from cvapps.io.sources.multi import StreamSpec, is_streams_file, read_streams_fi
 SOURCE_KINDS = ("image", "video", "folder", "glob", "list", "paths", "webcam", "stream", "streams")
 LIVE_KINDS = ("webcam", "stream", "streams")
 _GLOB_MAGIC = re.compile(r"[*?[]")
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How a source is read. Every field has the CLI's default and is checked when made (a bad value
-    is a one-line CvappsError).
-
-    vid_stride: use every N-th frame of a video or stream (frame numbers divisible by N).
-    shard: ``(i, n)`` or ``"i/n"``: keep items i, i+n, ... (0-based; files, or video frames after
-      ``vid_stride``), so n processes split one source; kept as ``(i, n)``, ``(0, 1)`` meaning all.
-    buffer: live sources keep every frame (True) instead of only the newest (None/False); files
-      never drop frames.
-    reconnect_s: seconds a live source keeps reconnecting a stalled stream before it ends; also
-      FFmpeg's open and read timeouts, so a frozen server cannot hold it longer.
-    queue_size: frames decoded ahead of the model at most.
-    max_file_mb: input files larger than this (MiB) are skipped unread; None: the process's cap
-      (``$CVAPPS_MAX_FILE_MB``, else 256). Applied by :func:`~cvapps.engine.runner.run_source` and
-      Ray's read tasks (``open_source`` alone reads under the process's cap).
-    """
-
-    vid_stride: int = 1
-    shard: tuple[int, int] | str | None = None
-    buffer: bool | None = None
-    reconnect_s: float = 10.0
-    queue_size: int = 64
-    max_file_mb: float | None = None
-
-    def __post_init__(self) -> None:
-        shard = parse_shard(self.shard) if isinstance(self.shard, str) else check_shard(self.shard)
-        object.__setattr__(self, "shard", shard or (0, 1))  # frozen: normalised once, here
-        if isinstance(self.vid_stride, bool) or not isinstance(self.vid_stride, int) or self.vid_stride < 1:
-            raise CvappsError(f"vid_stride must be an integer >= 1, got {self.vid_stride!r}")
-        if self.queue_size < 1:
-            raise CvappsError(f"queue_size must be >= 1, got {self.queue_size!r}")
-        if not self.reconnect_s >= 0:
-            raise CvappsError(f"reconnect_s must be >= 0, got {self.reconnect_s!r}")
-        if self.max_file_mb is not None and not self.max_file_mb > 0:
-            raise CvappsError(f"--max-file-mb must be > 0, got {self.max_file_mb:g}")
 
 
 @dataclass(frozen=True)
