@@ -23,7 +23,11 @@ The two recipes (same data, image size, epochs, batch, CPU threads, optimizer fa
   pins CPU training to ``cpu_count - 1`` threads (1 here); the peer gets ``--threads`` like ours.
 
 Default run is short (3 epochs, ~2-5 min on 2 CPU cores); ``--epochs 30`` for a real comparison.
+``--config configs/yolo_real.yaml --scenes`` compares the real-imagery config (csp_n backbone, yolov8n's
+neck widths) instead, on generated aerial-like scenes the size of one tile (``--imgsz``) with 15-40 px
+objects, many per image: the data both sides then see is what ``data.tile`` feeds the model.
     python benchmarks/yolo_vs_ultralytics.py [--epochs 3] [--imgsz 160] [--threads 2]
+    python benchmarks/yolo_vs_ultralytics.py --config configs/yolo_real.yaml --scenes --imgsz 320 --epochs 30
     python benchmarks/yolo_vs_ultralytics.py --skip-train --weights yolov8n.pt --folder DIR --predict-imgsz 640
 """
 
@@ -50,8 +54,8 @@ def train_ours(data: Path, out: Path, args) -> tuple[float, Path]:
     from cvapps.tasks import load_config
     from cvapps.engine.train import train
 
-    cfg = load_config(ROOT / "configs" / "yolo_shapes.yaml",
-                      [f"data.root={data}", f"data.imgsz={args.imgsz}", f"train.epochs={args.epochs}",
+    cfg = load_config(ROOT / args.config,
+                      [f"data.root={data}", "data.tile=null", "data.workers=0", f"data.imgsz={args.imgsz}", f"train.epochs={args.epochs}",
                        f"train.batch={args.batch}", f"train.device={args.device}", f"out={out}",
                        f"train.val_every={max(1, args.epochs // 6)}"])
     t0 = time.perf_counter()
@@ -165,6 +169,9 @@ def time_ultralytics(weights: Path, folder: Path, imgsz: int, device: str, repea
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--config", default="configs/yolo_shapes.yaml", help="our side's config")
+    p.add_argument("--scenes", action="store_true",
+                   help="train on generated scenes (many 15-40 px objects per --imgsz image) instead of shapes")
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-train", type=int, default=120)
@@ -184,13 +191,17 @@ def main() -> None:
     if args.skip_train and not args.weights:
         p.error("--skip-train needs --weights")
 
+    from cvapps.data.scenes import SceneSpec, generate_scenes
     from cvapps.data.synth import SynthSpec, generate_shapes
     from cvapps.api import load
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         data = work / "shapes"
-        if not (data / "annotations" / "train.json").exists():
+        if args.scenes and not (data / "annotations" / "train.json").exists():
+            generate_scenes(data, SceneSpec(n_train=args.n_train, n_val=args.n_val, width=args.imgsz,
+                                            height=args.imgsz, objects=(4, 12), sizes=(15, 40)))
+        elif not (data / "annotations" / "train.json").exists():
             generate_shapes(data, SynthSpec(n_train=args.n_train, n_val=args.n_val, imgsz=args.imgsz,
                                             n_crops_per_class=(1, 1), video_frames=1), progress=False)
         folder = args.folder or data / "images" / "val"
@@ -217,7 +228,7 @@ def main() -> None:
             print(f"\n== training from scratch, {args.epochs} epochs; both scored by pycocotools at conf "
                   f"{EVAL['conf']}, NMS IoU {EVAL['iou']} ==")
             print(f"{'':24}{'mAP50':>9}{'mAP50-95':>10}{'train s':>10}{'infer ms/img':>14}")
-            print(f"{'cvapps YOLO (tiny)':24}{m50_ours:>9.3f}{m_ours:>10.3f}{t_ours:>10.1f}{ours_ms:>14.2f}")
+            print(f"{'cvapps ' + Path(args.config).stem:24}{m50_ours:>9.3f}{m_ours:>10.3f}{t_ours:>10.1f}{ours_ms:>14.2f}")
             print(f"{'ultralytics yolov8n':24}{m50_ul:>9.3f}{m_ul:>10.3f}{t_ul:>10.1f}{ul_ms:>14.2f}")
             print(f"ratios ours/ultralytics: mAP50 {m50_ours / max(m50_ul, 1e-9):.2f}, mAP50-95 "
                   f"{m_ours / max(m_ul, 1e-9):.2f}, train time {t_ours / t_ul:.2f}, inference speed {ul_ms / ours_ms:.2f}x")

@@ -8,7 +8,7 @@ builds on its internals, which change between minor releases. They are all liste
   cvapps YOLO is made of ultralytics' blocks), ``v8DetectionLoss`` (its loss: task-aligned assigner,
   CIoU + DFL box loss, BCE class loss) and ``non_max_suppression`` (its NMS, and native models');
 * ``TorchNMS``: NMS without importing torchvision (nms.py);
-* ``BYTETracker`` / ``BOTSORT`` and ``YAML`` / ``IterableSimpleNamespace`` / ``check_yaml`` for their
+* ``BYTETracker`` / ``BOTSORT``, ``KalmanFilterXYAH`` (the Kalman filter of cvapps' OC-SORT tracker) and ``YAML`` / ``IterableSimpleNamespace`` / ``check_yaml`` for their
   default settings (analytics/tracking.py);
 * ``nn_tasks`` (``ultralytics.nn.tasks``): ``parse_model`` sizes a native model file's checked yaml on
   the meta device and the model classes rebuild it (tasks/ultralytics_rebuild.py: a model file never
@@ -50,9 +50,10 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads each 
     from ultralytics import YOLO
     from ultralytics.data.converter import coco80_to_coco91_class
     from ultralytics.nn import tasks as nn_tasks
-    from ultralytics.nn.modules import C2f, Conv, Detect
+    from ultralytics.nn.modules import SPPF, C2f, Conv, Detect
     from ultralytics.nn.tasks import guess_model_task, parse_model
     from ultralytics.trackers import BOTSORT, BYTETracker
+    from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYAH
     from ultralytics.utils import (
         LOGGER,
         ONLINE,
@@ -75,12 +76,14 @@ PARTS: dict[str, tuple[str, str]] = {
     "package": ("ultralytics", ""),  # its data files (coco.yaml)
     "Conv": ("ultralytics.nn.modules", "Conv"),
     "C2f": ("ultralytics.nn.modules", "C2f"),
+    "SPPF": ("ultralytics.nn.modules", "SPPF"),
     "Detect": ("ultralytics.nn.modules", "Detect"),
     "v8DetectionLoss": ("ultralytics.utils.loss", "v8DetectionLoss"),
     "non_max_suppression": ("ultralytics.utils.nms", "non_max_suppression"),
     "TorchNMS": ("ultralytics.utils.nms", "TorchNMS"),
     "BYTETracker": ("ultralytics.trackers", "BYTETracker"),
     "BOTSORT": ("ultralytics.trackers", "BOTSORT"),
+    "KalmanFilterXYAH": ("ultralytics.trackers.utils.kalman_filter", "KalmanFilterXYAH"),
     "YAML": ("ultralytics.utils", "YAML"),
     "IterableSimpleNamespace": ("ultralytics.utils", "IterableSimpleNamespace"),
     "check_yaml": ("ultralytics.utils.checks", "check_yaml"),
@@ -96,7 +99,7 @@ PARTS: dict[str, tuple[str, str]] = {
 }
 
 __all__ = ["BOTSORT", "FOLDABLE_BLOCKS", "LOGGER", "ONLINE", "PARTS", "SETTINGS", "SUPPORTED_TEXT", "YAML", "YOLO",
-           "BYTETracker", "C2f", "Conv", "Detect", "IterableSimpleNamespace", "TorchNMS", "attempt_download_asset",
+           "BYTETracker", "C2f", "KalmanFilterXYAH", "Conv", "SPPF", "Detect", "IterableSimpleNamespace", "TorchNMS", "attempt_download_asset",
            "check_version", "check_yaml", "coco80_to_coco91_class", "coco_class_names", "fold_block", "foldable_block",
            "guess_model_task", "installed_version", "nn_tasks", "non_max_suppression", "ops", "package", "parse_model",
            "runs_act_of_conv", "supported", "v8DetectionLoss"]

@@ -88,6 +88,24 @@ class Backbone(nn.Module):
         return self
 
 
+class StemStagesBackbone(Backbone):
+    """A stem then stages ``c2``..``c5`` applied in turn, each stage's output a feature map (the
+    layout of ``tiny`` and ``csp_n``): subclasses set ``stem``, ``c2``..``c5`` and ``feature_info``."""
+
+    STAGE_NAMES = ("c2", "c3", "c4", "c5")
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, *(getattr(self, name) for name in self.STAGE_NAMES)]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        x = self.stem(x)
+        for name in self.STAGE_NAMES:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
 def check_backbone(backbone: Backbone, in_channels: int = 3, size: int = 64) -> None:
     """Run one dummy batch and check names, channels and strides against ``feature_info``."""
     was_training = backbone.training

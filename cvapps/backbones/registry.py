@@ -22,6 +22,7 @@ BACKBONES: dict[str, BackboneBuilder] = {}
 # Backbone name -> the module that registers it (tests check this table against the modules).
 BACKBONE_MODULES: dict[str, str] = {
     "tiny": "cvapps.backbones.tiny",
+    "csp_n": "cvapps.backbones.csp",
     "lenet": "cvapps.backbones.course",
     "mnist_convnet": "cvapps.backbones.course",
     "resnet18": "cvapps.backbones.torchvision_nets",

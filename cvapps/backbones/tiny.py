@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cvapps.backbones.base import Backbone, FeatureInfo
+from cvapps.backbones.base import Backbone, FeatureInfo, StemStagesBackbone
 from cvapps.backbones.registry import register_backbone
 from cvapps.backbones.weights import load_state, read_state_dict
 from cvapps.errors import CvappsError
@@ -17,7 +17,7 @@ def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Module:
                          nn.BatchNorm2d(cout), nn.SiLU(inplace=True))
 
 
-class TinyBackbone(Backbone):
+class TinyBackbone(StemStagesBackbone):
     """Five stride-2 stages, 3x3 conv + BN + SiLU; features c2..c5 at strides 4/8/16/32.
 
     The 1x1 conv in c5 mixes channels at no spatial cost (the "network in network" idea).
@@ -32,17 +32,6 @@ class TinyBackbone(Backbone):
         self.c4 = nn.Sequential(_conv(4 * w, 8 * w, 2), _conv(8 * w, 8 * w))               # /16
         self.c5 = nn.Sequential(_conv(8 * w, 16 * w, 2), _conv(16 * w, 16 * w, kernel=1))  # /32
         self.feature_info = [FeatureInfo(f"c{i}", w * 2 ** (i - 1), 2 ** i) for i in range(2, 6)]
-
-    def stages(self) -> list[nn.Module]:
-        return [self.stem, self.c2, self.c3, self.c4, self.c5]
-
-    def forward(self, x):
-        out = {}
-        x = self.stem(x)
-        for name in ("c2", "c3", "c4", "c5"):
-            x = getattr(self, name)(x)
-            out[name] = x
-        return out
 
 
 @register_backbone("tiny")
