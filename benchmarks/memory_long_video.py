@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cvapps.api import load
-    from cvapps.engine.predict import Predictor
+    from cvapps.engine.predict import PredictOptions, Predictor
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, JsonLinesSink, VideoWriterSink, make_drawer
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         task, names = get_task("classify"), ["circle", "square", "triangle"]
         predictor = Predictor(task, task.build_model(cfg, names), names,
                               {"imgsz": 32, "resize": task.resize_mode, "in_channels": 3},
-                              device=args.device, batch=args.batch)
+                              PredictOptions(device=args.device, batch=args.batch))
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(args.keep) if args.keep else Path(tmp) / "long.mp4"
         if not video.exists():

@@ -37,7 +37,7 @@ import torch
 from cvapps.engine.device import images_to_device
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.load import load_model
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 from cvapps.engine.train import train
 from cvapps.io.images import read_image
 from cvapps.tasks import get_task, load_config
@@ -59,7 +59,7 @@ def build(name: str, checkpoint: str | None, overrides: list[str]) -> tuple[Any,
         names = ["circle", "square", "triangle"]
         names = ["background", *names] if name == "segment" else names
         model = task.build_model(cfg, names)
-    predictor = Predictor(task, model, names, {"imgsz": 160}, device="cpu")
+    predictor = Predictor(task, model, names, {"imgsz": 160}, PredictOptions(device="cpu"))
     return task, predictor.model, predictor.memory_format
 
 

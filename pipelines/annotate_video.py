@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None, conf: float = 0.25,
-             vid_stride: int = 1, progress: bool = True, multitask: Any = None) -> Any:
+@dataclass(frozen=True)
+class AnnotateSettings:
+    """conf: detection score threshold; vid_stride: use every N-th frame; progress: show a bar."""
+
+    conf: float = 0.25
+    vid_stride: int = 1
+    progress: bool = True
+
+
+def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None, *, multitask: Any = None,
+             settings: AnnotateSettings = AnnotateSettings()) -> Any:
     """Run the models (:class:`cvapps.Model`) over ``source`` into an annotated mp4 and COCO JSON
     files; returns the RunReport. ``multitask``: one multitask model used instead of the two."""
+    conf = settings.conf
 
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import CocoSink, VideoWriterSink, draw_prediction
@@ -75,8 +86,8 @@ def annotate(source: Any, out: Path, detector: Any = None, segmenter: Any = None
         kind = "detections" if detector is not None else "segmentation"
         sinks.append(CocoSink(out / f"{kind}_coco.json", names, model.category_ids))
     sinks.insert(0, VideoWriterSink(out / f"{stem}.mp4", draw))
-    return run_source(predictor, source, sinks, progress=progress, options=options,
-                      source_options=SourceOptions(vid_stride=vid_stride))
+    return run_source(predictor, source, sinks, progress=settings.progress, options=options,
+                      source_options=SourceOptions(vid_stride=settings.vid_stride))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         # one model whose every prediction carries boxes and a mask (a multitask one)
         multitask = (load_model(args.model, args.device, args.batch, needs=("detections", "semantic"))
                      if args.model else None)
-        report = annotate(args.video, Path(args.out), detector, segmenter, args.conf, args.vid_stride, not args.quiet,
-                          multitask)
+        settings = AnnotateSettings(args.conf, args.vid_stride, not args.quiet)
+        report = annotate(args.video, Path(args.out), detector, segmenter, multitask=multitask, settings=settings)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def count(model: Any, source: Any, out: Path, lines: list[str], zones: list[str] = (), *, tracker: str = "bytetrack",
-          track_buffer: str = "30", serve: str | None = None, conf: float | None = None,
-          reconnect_s: float = 10.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CountSettings:
+    """tracker: bytetrack or botsort; track_buffer: how long a lost track is kept ("30" frames or
+    "1.5s"); serve: HOST:PORT of a live preview page (None: none); conf: detection score threshold
+    (None: the model's default); reconnect_s: seconds to keep reconnecting a dropped stream."""
+
+    tracker: str = "bytetrack"
+    track_buffer: str = "30"
+    serve: str | None = None
+    conf: float | None = None
+    reconnect_s: float = 10.0
+
+
+def count(model: Any, source: Any, out: Path, lines: list[str], zones: list[str] = (), *,
+          settings: CountSettings = CountSettings()) -> dict[str, Any]:
     """Track and count ``source`` with ``model`` (a :class:`cvapps.Model`); returns the totals
     written to ``out/counts.json``."""
+    tracker, track_buffer, serve, conf = settings.tracker, settings.track_buffer, settings.serve, settings.conf
+    reconnect_s = settings.reconnect_s
     from cvapps.io.preview import MJPEGServer
     from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, close_all, make_drawer
     from cvapps.structures import Frame
@@ -112,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model, args.device, args.batch, part="detect")
         out = Path(args.out)  # SOURCE "0" is webcam 0 unless such a file exists (describe_source's rule)
-        totals = count(model, args.source, out, args.line, args.zone, tracker=args.tracker,
-                       track_buffer=args.track_buffer, serve=args.serve, conf=args.conf, reconnect_s=args.reconnect)
+        settings = CountSettings(args.tracker, args.track_buffer, args.serve, args.conf, args.reconnect)
+        totals = count(model, args.source, out, args.line, args.zone, settings=settings)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

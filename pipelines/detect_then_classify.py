@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +107,32 @@ def draw_objects(image, pred) -> Any:
     return draw_detections(image, relabelled, names)
 
 
-def detect_then_classify(detector: Any, classifier: Any, source: Any, out: Path, conf: float = 0.25,
-                         pad: float = 0.1, save_video: bool = False, save_images: bool = False,
-                         progress: bool = True) -> tuple[Any, ClassifyCrops]:
+@dataclass(frozen=True)
+class CropSettings:
+    """conf: detection score threshold; pad: crop margin as a fraction of the box; save_video /
+    save_images: also write annotated outputs; progress: show a bar."""
+
+    conf: float = 0.25
+    pad: float = 0.1
+    save_video: bool = False
+    save_images: bool = False
+    progress: bool = True
+
+
+def detect_then_classify(detector: Any, classifier: Any, source: Any, out: Path,
+                         settings: CropSettings = CropSettings()) -> tuple[Any, ClassifyCrops]:
     from cvapps.engine.runner import run_source
     from cvapps.io.sinks import AnnotatedImages, VideoWriterSink
 
     outputs: list[Any] = []
     root = source if Path(str(source)).is_dir() else None
-    if save_video:
+    if settings.save_video:
         outputs.append(VideoWriterSink(out / f"{Path(str(source)).stem or 'stream'}.mp4", draw_objects))
-    if save_images:
+    if settings.save_images:
         outputs.append(AnnotatedImages(out / "annotated", draw_objects, root=root))
-    sink = ClassifyCrops(classifier, detector.names, out / "results.jsonl", pad, outputs, root)
-    report = run_source(detector.predictor, source, [sink], progress=progress, options={"conf": conf})
+    sink = ClassifyCrops(classifier, detector.names, out / "results.jsonl", settings.pad, outputs, root)
+    report = run_source(detector.predictor, source, [sink], progress=settings.progress,
+                        options={"conf": settings.conf})
     return report, sink
 
 
@@ -131,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_model(args.detector, args.device, args.batch, part="detect")
         classifier = load_model(args.classifier, args.device, 32, part="classify")
-        report, sink = detect_then_classify(detector, classifier, args.source, Path(args.out), args.conf, args.pad,
-                                            args.save_video, args.save_images, not args.quiet)
+        settings = CropSettings(args.conf, args.pad, args.save_video, args.save_images, not args.quiet)
+        report, sink = detect_then_classify(detector, classifier, args.source, Path(args.out), settings)
     except CvappsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

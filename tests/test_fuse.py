@@ -13,7 +13,7 @@ from tiny_checkpoints import ROOT
 
 from cvapps.engine.fuse import fusable, fuse_batchnorm
 from cvapps.engine.load import load_model
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 from cvapps.heads.fcn import FCN8sHead, bilinear_upsampler, transposed_conv_as_subpixel
 from cvapps.tasks import get_task, load_config
 
@@ -101,14 +101,14 @@ def test_folded_model_gives_the_same_outputs_and_leaves_the_original(name: str) 
 def test_predictor_runs_the_folded_copy_only_when_it_owns_the_model() -> None:
     model = _trained_like("yolo")
     task = get_task("yolo")
-    owned = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu")
+    owned = Predictor(task, model, NAMES, {"imgsz": 64}, PredictOptions(device="cpu"))
     assert owned.model is not model and not fusable(owned.model)
-    training = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", channels_last=False, fuse=False)
+    training = Predictor(task, model, NAMES, {"imgsz": 64}, PredictOptions(device="cpu", channels_last=False, fuse=False))
     assert training.model is model, "a model under training is run as it is"
-    nchw = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", channels_last=False)
+    nchw = Predictor(task, model, NAMES, {"imgsz": 64}, PredictOptions(device="cpu", channels_last=False))
     assert nchw.model is not model and not fusable(nchw.model), "the layout choice does not turn folding off"
     assert nchw.memory_format == torch.contiguous_format
-    as_is = Predictor(task, model, NAMES, {"imgsz": 64}, device="cpu", fuse=False)
+    as_is = Predictor(task, model, NAMES, {"imgsz": 64}, PredictOptions(device="cpu", fuse=False))
     assert as_is.model is model and as_is.memory_format == torch.channels_last, "nor folding the layout choice"
 
 

@@ -17,7 +17,7 @@ from tiny_checkpoints import ROOT, multitask_checkpoint
 from cvapps.cli import main as cli
 from cvapps.engine.device import images_to_device
 from cvapps.engine.load import load_model
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 from cvapps.engine.evaluate import evaluate_checkpoint
 from cvapps.engine.train import build_optimizer, make_loader, train
 from cvapps.errors import ConfigError
@@ -49,8 +49,8 @@ def test_backbone_runs_once_per_batch_for_every_head(small_shapes: Path) -> None
     calls = []
     model.backbone.register_forward_hook(lambda *_: calls.append(1))
     images = [(np.random.default_rng(i).random((50 + i, 70, 3)) * 255).astype(np.uint8) for i in range(3)]
-    predictor = Predictor(TASK, model, ["circle", "square", "triangle"], TASK.preprocessing(cfg), "cpu", batch=3,
-                          prefetch=0)
+    predictor = Predictor(TASK, model, ["circle", "square", "triangle"], TASK.preprocessing(cfg),
+                          PredictOptions(device="cpu", batch=3, prefetch=0))
     results = [p for _, p in predictor.predict([Frame(im, f"im{i}", i) for i, im in enumerate(images)], conf=0.0)]
     assert len(calls) == 1, "one backbone pass served the whole batch"
     assert [type(p) for p in results] == [Prediction] * 3
@@ -240,6 +240,7 @@ def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: P
     sys.path.insert(0, str(ROOT / "pipelines"))
     try:
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # as an import would: dataclasses look their module up there
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(ROOT / "pipelines"))
@@ -247,7 +248,8 @@ def test_annotate_video_uses_one_multitask_model(small_shapes: Path, tmp_path: P
     mt = cvapps.load(path, device="cpu", batch=4)
     mt.loaded.model.backbone.register_forward_hook(lambda *_: calls.append(1))
     video = small_shapes / "video" / "shapes.mp4"
-    report = mod.annotate(str(video), tmp_path / "out", conf=0.0, progress=False, multitask=mt)
+    report = mod.annotate(str(video), tmp_path / "out", multitask=mt,
+                          settings=mod.AnnotateSettings(conf=0.0, progress=False))
     assert report.processed == 24 and len(calls) == 6  # 24 frames in batches of 4: one pass per batch
     assert (tmp_path / "out" / "shapes.mp4").is_file()
     coco = COCO(str(tmp_path / "out" / "multitask_coco.json"))

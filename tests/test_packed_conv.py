@@ -20,7 +20,7 @@ from cvapps.backbones.course import lenet
 from cvapps.engine.inference_form import inference_form, needs_inference_form
 from cvapps.engine.load import load_model
 from cvapps.engine.packed_conv import AVAILABLE, PackedConv2d, pack_convolutions
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="this torch build has no oneDNN convolution kernels")
 CPU = torch.device("cpu")
@@ -184,7 +184,8 @@ def test_pack_convolutions_counts_what_it_packed() -> None:
 def test_a_loaded_checkpoint_is_packed_in_place_and_predicts_as_before() -> None:
     path = ROOT / "sample_data" / "models" / "detect.pt"
     trained = load_model(path, device="cpu")
-    reference = Predictor(trained.task, trained.model, trained.class_names, trained.preprocessing, "cpu", fuse=False)
+    reference = Predictor(trained.task, trained.model, trained.class_names, trained.preprocessing,
+                          PredictOptions(device="cpu", fuse=False))
     assert not _packed(reference.model), "fuse=False: the model as trained"
     loaded = load_model(path, device="cpu")
     predictor = loaded.predictor()

@@ -23,7 +23,7 @@ import pytest
 
 import cvapps
 from cvapps.engine.load import LoadedModel
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 from cvapps.engine.runner import run_source
 from cvapps.io.preview import MJPEGServer, parse_host_port
 from cvapps.io.sinks import JsonLinesSink, VideoWriterSink, count_video_frames, make_drawer
@@ -40,6 +40,7 @@ def load_pipeline(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"pipeline_{name}", PIPELINES / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -60,8 +61,8 @@ class _FakeSegmentTask(Task):
 
 
 def fake_segmenter() -> Predictor:
-    return Predictor(_FakeSegmentTask(), _FakeModel(), ["background", "blob"], {"imgsz": 32}, device="cpu",
-                     batch=4, category_ids=[0, 7])
+    return Predictor(_FakeSegmentTask(), _FakeModel(), ["background", "blob"], {"imgsz": 32},
+                     PredictOptions(device="cpu", batch=4), category_ids=[0, 7])
 
 
 def as_model(predictor: Predictor) -> cvapps.Model:
@@ -91,7 +92,7 @@ def test_annotate_video_detection_and_segmentation(tmp_path: Path) -> None:
     video = _write_video(tmp_path / "clip.mp4", 20, size=(80, 60))
     mod = load_pipeline("annotate_video")
     report = mod.annotate(video, tmp_path / "out", as_model(fake_predictor()), as_model(fake_segmenter()),
-                          progress=False)
+                          settings=mod.AnnotateSettings(progress=False))
     assert report.processed == 20
     assert count_video_frames(tmp_path / "out" / "clip.mp4") == 20
     det = COCO(str(tmp_path / "out" / "detections_coco.json"))
@@ -120,7 +121,7 @@ def test_detect_then_classify(tmp_path: Path, classify_ckpt: Path) -> None:
     classifier = cvapps.load(classify_ckpt, device="cpu")
     video = _write_video(tmp_path / "clip.mp4", 12, size=(80, 60))
     report, sink = mod.detect_then_classify(as_model(fake_predictor()), classifier, video, tmp_path / "out",
-                                            save_video=True, progress=False)
+                                            mod.CropSettings(save_video=True, progress=False))
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert report.processed == len(records) == 12 and sink.objects == 12
     obj = records[0]["objects"][0]

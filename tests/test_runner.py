@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
 from cvapps.engine.runner import run_source
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
@@ -60,7 +60,7 @@ class _FakeDetectTask(Task):
 
 def fake_predictor(batch: int = 4, delay: float = 0.0, prefetch: int = 2) -> Predictor:
     return Predictor(_FakeDetectTask(), _FakeModel(delay), ["circle", "square", "triangle"],
-                     {"imgsz": 32, "in_channels": 3}, device="cpu", batch=batch, prefetch=prefetch)
+                     {"imgsz": 32, "in_channels": 3}, PredictOptions(device="cpu", batch=batch, prefetch=prefetch))
 
 
 class _Collect:
@@ -369,8 +369,8 @@ class _ShapeTask(_FakeDetectTask):
 def test_mixed_shapes_run_as_rect_sub_batches_in_input_order(prefetch: int) -> None:
     from cvapps.structures import Frame
 
-    predictor = Predictor(_ShapeTask(), _FakeModel(), ["a"], {"imgsz": 128, "in_channels": 3}, device="cpu",
-                          batch=8, prefetch=prefetch)
+    predictor = Predictor(_ShapeTask(), _FakeModel(), ["a"], {"imgsz": 128, "in_channels": 3},
+                          PredictOptions(device="cpu", batch=8, prefetch=prefetch))
     sizes = [(60, 128), (128, 60), (60, 128), (30, 128), (128, 128)]  # (h, w): landscape, portrait, ...
     frames = [Frame(np.zeros((h, w, 3), np.uint8), f"img{i}", i) for i, (h, w) in enumerate(sizes)]
     out = list(predictor.predict(frames))
@@ -407,7 +407,7 @@ def test_memory_format_is_the_tasks_rule_for_every_batch(channels_last: bool) ->
     task = _FakeDetectTask()
     task.cpu_channels_last = channels_last
     model = _LayoutModel()
-    predictor = Predictor(task, model, ["a", "b", "c"], {"imgsz": 32}, device="cpu", batch=2, prefetch=0)
+    predictor = Predictor(task, model, ["a", "b", "c"], {"imgsz": 32}, PredictOptions(device="cpu", batch=2, prefetch=0))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert predictor.memory_format == fmt
     run = predictor.model  # the inference form: a copy (its convolution packed on the CPU)
@@ -422,8 +422,8 @@ def test_memory_format_of_training_models_and_models_without_convolutions() -> N
     task = _FakeDetectTask()
     task.cpu_channels_last = True
     training = _LayoutModel()
-    predictor = Predictor(task, training, ["a", "b", "c"], {"imgsz": 32}, device="cpu", channels_last=False,
-                          fuse=False, prefetch=0)
+    predictor = Predictor(task, training, ["a", "b", "c"], {"imgsz": 32},
+                          PredictOptions(device="cpu", channels_last=False, fuse=False, prefetch=0))
     predictor(np.zeros((20, 20, 3), np.uint8))
     assert predictor.memory_format == torch.contiguous_format and training.seen == [False]
     from cvapps.engine.device import choose_memory_format

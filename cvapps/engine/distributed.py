@@ -84,14 +84,12 @@ def train_sampler(dataset, ctx: DistContext, seed: int) -> DistributedSampler | 
     return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
 
 
-def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """DDP around ``model`` (rank 0's weights and buffers are broadcast to the others here)."""
+def wrap(model: nn.Module, ctx: DistContext, *, find_unused: bool = True) -> nn.Module:
+    """DDP around ``model`` (rank 0's weights and buffers are broadcast to the others here);
+    ``find_unused``: the task's ``Task.ddp_find_unused_parameters``."""
     if not ctx.enabled:
         return model
     ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    # Some heads (e.g. Faster R-CNN on images without boxes) leave parameters unused in a step;
-    # a model that never does may say so with `ddp_find_unused_parameters = False` (faster).
-    find_unused = bool(getattr(model, "ddp_find_unused_parameters", True))
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
 

@@ -41,6 +41,7 @@ import torch
 from cvapps.checkpoint import load_checkpoint, save_checkpoint
 from cvapps.engine.evaluate import EvalOptions, evaluate
 from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
+from cvapps.engine.slicing import tile_slicing
 from cvapps.metrics.plots import plot_history
 from cvapps.tasks.base import DatasetSplits
 
@@ -78,7 +79,8 @@ class EvalHook(HookBase):
         tc = t.cfg.train
         if t.is_main and ((t.epoch + 1) % tc.val_every == 0 or t.epoch + 1 == tc.epochs):
             metrics = evaluate(t.task, t.model, t.splits, t.task.preprocessing(t.cfg), t.device,
-                               EvalOptions(batch=tc.batch, category_ids=category_ids(t.splits)))
+                               EvalOptions(batch=tc.batch, category_ids=category_ids(t.splits),
+                                           slicing=tile_slicing(t.cfg, t.task)))
             t.row.update({f"val/{k}": v for k, v in metrics.items()})
 
 

@@ -62,6 +62,11 @@ def check_options(options: Mapping[str, Any], cli: bool = False) -> None:
             raise CvappsError(f"{shown} must be a number in {span}, got {shorten(value)}")
 
 
+def coco_category_ids(category_ids: list[int] | None, num_classes: int) -> list[int]:
+    """Class index -> COCO category id: the given ids, or index + 1 when there are none."""
+    return list(category_ids) if category_ids else list(range(1, num_classes + 1))
+
+
 @dataclass
 class _Batch:
     """frames, their uint8 (B, C, H, W) network-input tensor and letterbox metas (one per frame);
@@ -75,6 +80,27 @@ class _Batch:
     ready: Any = None  # CUDA only: event recorded after that copy
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a :class:`Predictor` runs its model.
+
+    device: "auto" (CUDA when there is one), "cpu", "cuda", "cuda:1", ... or a torch.device.
+    batch: frames per forward. half: fp16 autocast (None: on CUDA only).
+    prefetch: batches prepared ahead by the prefetch thread (0: inline).
+    channels_last: convert the model to the memory layout it runs fastest in (False: leave a model
+      under training as it is and feed it NCHW).
+    fuse: run the model's inference form (BatchNorms folded, convolutions packed on the CPU;
+      engine/inference_form.py); False runs the model as it is (one under training).
+    """
+
+    device: torch.device | str = "auto"
+    batch: int = 8
+    half: bool | None = None
+    prefetch: int = 2
+    channels_last: bool = True
+    fuse: bool = True
+
+
 class Predictor:
     """Runs a task model on frames.
 
@@ -84,30 +110,26 @@ class Predictor:
     """
 
     def __init__(self, task: Task, model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
-                 device: torch.device | str = "auto", batch: int = 8, half: bool | None = None,
-                 category_ids: list[int] | None = None, prefetch: int = 2, channels_last: bool = True,
-                 fuse: bool = True) -> None:
+                 options: PredictOptions | None = None, *, category_ids: list[int] | None = None) -> None:
+        opts = options if options is not None else PredictOptions()
         # names reach line-based files (tracks/labels.txt, CSV rows): one place refuses unsafe ones
         self.task, self.class_names = task, check_class_names(class_names)
-        self.prefetch = max(0, prefetch)  # batches prepared ahead by the prefetch thread (0: inline)
-        self.category_ids = list(category_ids) if category_ids else list(range(1, len(class_names) + 1))
+        self.prefetch = max(0, opts.prefetch)
+        self.category_ids = coco_category_ids(category_ids, len(class_names))
         self.imgsz = int(preprocessing["imgsz"])
         self.in_channels = int(preprocessing.get("in_channels", 3))
-        self.device = resolve_device(device)
-        self.batch = max(1, batch)
-        self.half = self.device.type == "cuda" if half is None else half
+        self.device = resolve_device(opts.device)
+        self.batch = max(1, opts.batch)
+        self.half = self.device.type == "cuda" if opts.half is None else opts.half
         # Rect letterbox (less padding) where the task's models take any multiple of rect_stride, unless
         # this one only takes its export-time input size (preprocessing "fixed_size": an ONNX export).
         self.rect = bool(task.rect_stride) and not preprocessing.get("fixed_size", False)
-        # fuse: run the model's inference form, a copy with BatchNorms folded and, on the CPU, convolutions
-        # packed for oneDNN (engine/inference_form.py); fuse=False runs the model as it is (one under
-        # training: evaluate.py). Independent of channels_last, the layout choice below.
+        # fuse and channels_last are independent: a model under training (evaluate.py) is run as it is
+        # and fed NCHW, since its optimizer state keeps its layout.
         model = model.to(self.device).eval()
-        self.model = inference_form(model, self.device) if fuse else model
-        # channels_last=False leaves a model under training as it is (its optimizer state keeps the
-        # layout) and feeds it NCHW; True converts it to the layout it runs fastest in.
+        self.model = inference_form(model, self.device) if opts.fuse else model
         self.memory_format = (choose_memory_format(self.model, self.device, task.cpu_channels_last)
-                              if channels_last else torch.contiguous_format)
+                              if opts.channels_last else torch.contiguous_format)
         # Side stream for host-to-device copies, so they overlap compute (see _prepare).
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.timings: dict[str, float] = defaultdict(float)

@@ -35,8 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from cvapps.engine.device import progress_interval
+from cvapps.engine.load import LoadedModel
 from cvapps.engine.manifest import Manifest, decode_prediction
 from cvapps.engine.manifest_check import RecordCheck, classes_of
+from cvapps.engine.predict import coco_category_ids
 from cvapps.engine.ray_plan import Item, check_ray_address, plan_items
 from cvapps.engine.ray_read import decode_items, item_rows
 from cvapps.engine.ray_workers import PredictActor
@@ -44,11 +46,18 @@ from cvapps.engine.runner import RunReport
 from cvapps.errors import CvappsError
 from cvapps.formats.coco import ImageIndex
 from cvapps.io.guard import output_root
-from cvapps.io.sinks import (AnnotatedImages, ClassificationCSV, CocoSink, JsonLinesSink, MaskImages, OverlayImages,
-                              VideoWriterSink, close_all)
+from cvapps.io.sinks import (
+    AnnotatedImages,
+    ClassificationCSV,
+    CocoSink,
+    JsonLinesSink,
+    MaskImages,
+    OverlayImages,
+    VideoWriterSink,
+    close_all,
+)
 from cvapps.io.sources import SourceOptions, describe_source
 from cvapps.structures import Frame
-from cvapps.tasks.base import Task
 
 MANIFEST = "ray_manifest.jsonl"
 INSTALL = 'pip install "cvapps[ray]"'
@@ -80,11 +89,12 @@ class RayCluster:
     """Where it runs: ``address`` None/"local" starts a local Ray instance with ``num_cpus`` CPUs
     (default all), "auto" or ``ray://host:10001`` joins a cluster (a Ray already initialised is used
     as it is); ``actors`` predictor actors, one GPU each when the cluster has GPUs and the device is
-    auto/cuda."""
+    auto/cuda; ``chunk`` video frames per read task (the unit of work and of resuming)."""
 
     address: str | None = None
     actors: int = 1
     num_cpus: int | None = None
+    chunk: int = 32
 
 
 @dataclass
@@ -252,7 +262,7 @@ def _replay(items: list[Item], manifest: Manifest, sinks: Sequence[Any], report:
 
 
 def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str | Path,
-            cluster: RayCluster | None = None, *, options: SourceOptions | None = None, chunk: int = 32,
+            cluster: RayCluster | None = None, *, options: SourceOptions | None = None,
             progress: bool = True) -> RayReport:
     """Predict every frame of ``source`` on Ray and write the results to ``sinks``; resumable.
 
@@ -263,7 +273,7 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
     actor); source: a :class:`~cvapps.io.sources.SourceSpec` or anything
     :func:`~cvapps.io.sources.describe_source` takes (files only); options: its ``vid_stride`` and
     ``max_file_mb`` apply (:class:`~cvapps.io.sources.SourceOptions`; Ray splits the work itself, so
-    no ``shard``); chunk: video frames per read task. The sinks are written only when every item is
+    no ``shard``). The sinks are written only when every item is
     done: a run stopped early (``report.interrupted``) leaves its progress in the manifest and no outputs.
     """
     for sink in sinks:
@@ -273,6 +283,7 @@ def run_ray(model: RayModel | str, source: Any, sinks: Sequence[Any], out: str |
     model = model if isinstance(model, RayModel) else RayModel(str(model))
     cluster = cluster or RayCluster()
     options = options if options is not None else SourceOptions()
+    chunk = cluster.chunk
     if cluster.actors < 1 or model.batch < 1 or chunk < 1:
         raise CvappsError("--ray-actors, --batch and the video chunk must be >= 1")
     if options.shard != (0, 1):
@@ -349,12 +360,15 @@ def _predict(ray: Any, todo: list[Item], collect: _Collect, data: bytes | None, 
             ray.shutdown()
 
 
-def predict_files(model: RayModel, task: Task, class_names: list[str], category_ids: list[int], source: Any,
-                  out: str | Path, *, save_jsonl: bool = False, **kwargs: Any) -> RayReport:
+def predict_files(model: RayModel, loaded: LoadedModel, source: Any, out: str | Path, *,
+                  save_jsonl: bool = False, **kwargs: Any) -> RayReport:
     """:func:`run_ray` into the files ``cvapps classify|segment|detect SOURCE --ray`` writes to ``out``:
     ``predictions.csv`` for classifiers (top-k from ``options["topk"]``, default 3), else
-    ``predictions.json`` + ``predictions_coco.json``; ``predictions.jsonl`` too with save_jsonl."""
+    ``predictions.json`` + ``predictions_coco.json``; ``predictions.jsonl`` too with save_jsonl.
+    loaded: the model as loaded here (its task, class names and category ids name the outputs)."""
     out = Path(out)
+    task, class_names = loaded.task, loaded.class_names
+    category_ids = coco_category_ids(loaded.category_ids, len(class_names))
     spec = describe_source(source)
     root = spec.root
     if "classification" in task.parts:  # a classifier: top-k rows

@@ -30,9 +30,11 @@ from cvapps.engine import distributed as dist
 from cvapps.engine.device import images_to_device, progress_interval, resolve_device
 from cvapps.engine.hooks import HookBase, default_hooks
 from cvapps.engine.loggers import CallbackLike, EpochLoggers, EpochRun
+from cvapps.engine.seeding import epoch_seed, seed_augment, seed_everything, worker_init
 from cvapps.errors import CvappsError, DataError
 from cvapps.formats.names import check_class_names
 from cvapps.io.guard import protected
+from cvapps.io.run_dirs import removed_if_failed
 from cvapps.io.safe_write import ensure_dir, ensure_writable_folder
 from cvapps.tasks import get_task
 from cvapps.tasks.base import Task
@@ -77,13 +79,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_ste
 
 
 def make_loader(task: Task, dataset, cfg: TaskConfig, *, shuffle: bool, device: torch.device,
-                sampler=None, batch: int | None = None) -> DataLoader:
+                sampler=None, rank: int = 0) -> DataLoader:
+    """The train (``shuffle``) or eval loader; workers are seeded from its generator (``train.seed``
+    + ``rank``, so DDP ranks augment differently) by :func:`cvapps.engine.seeding.worker_init`."""
     workers = cfg.data.workers
     return DataLoader(
-        dataset, batch_size=batch or cfg.train.batch, shuffle=shuffle and sampler is None, sampler=sampler,
+        dataset, batch_size=cfg.train.batch, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers, collate_fn=task.collate, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, drop_last=False,
-        generator=torch.Generator().manual_seed(cfg.train.seed) if shuffle else None,
+        generator=torch.Generator().manual_seed(cfg.train.seed + rank) if shuffle else None,
+        worker_init_fn=worker_init if workers > 0 else None,
     )
 
 
@@ -104,8 +109,10 @@ def train(cfg: TaskConfig, *, progress: bool = True, log: Callable[[str], None] 
     """
     task = get_task(cfg.task)
     # OUT is an output root (every file written inside it through no link) that may not lie in the
-    # dataset (the next run would train on the plots) nor hold the starting weights (replaced by best.pt)
-    with protected(cfg.out, folders=[cfg.data.root], files=_start_files(cfg), option="out="):
+    # dataset (the next run would train on the plots) nor hold the starting weights (replaced by best.pt);
+    # a run that fails before writing anything leaves no empty OUT behind.
+    with removed_if_failed(cfg.out), protected(cfg.out, folders=[cfg.data.root], files=_start_files(cfg),
+                                               option="out="):
         ensure_writable_folder(cfg.out, "out=")  # before any dataset loading: a bad out fails at once
         return _train(task, cfg, progress=progress, log=log, trust=trust, callbacks=callbacks)
 
@@ -161,7 +168,7 @@ class Trainer:
         self.ctx = ctx = dist.setup(cfg.train.device)
         self.device = device = ctx.device if ctx.enabled else resolve_device(cfg.train.device)
         self.log = log if ctx.is_main else _quiet
-        torch.manual_seed(cfg.train.seed + ctx.rank)
+        seed_everything(cfg.train.seed + ctx.rank)  # random, NumPy, torch: see cvapps.engine.seeding
         self.out = out = Path(cfg.out)
         self.splits = splits = task.build_datasets(cfg)
         check_class_names(splits.class_names, str(cfg.data.root))  # before an epoch is spent: names reach files
@@ -170,7 +177,8 @@ class Trainer:
         if cfg.model.weights and not cfg.train.resume:
             init_from_checkpoint(model, cfg.model.weights, self.log)
         self.train_sampler = dist.train_sampler(splits.train, ctx, cfg.train.seed)
-        self.train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device, sampler=self.train_sampler)
+        self.train_loader = make_loader(task, splits.train, cfg, shuffle=True, device=device,
+                                        sampler=self.train_sampler, rank=ctx.rank)
         self.optimizer = build_optimizer(model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, cfg.train.epochs * max(1, len(self.train_loader)))
         self.use_amp = cfg.train.amp and device.type == "cuda"
@@ -184,7 +192,7 @@ class Trainer:
             self.log(f"{task.name}: {len(splits.train)} train / {len(splits.val)} val images, "
                      f"{len(splits.class_names)} classes, {_count_params(model):,} parameters, device {device}"
                      + (f", {ctx.world_size} processes" if ctx.enabled else ""))
-        self.ddp_model = dist.wrap(model, ctx)
+        self.ddp_model = dist.wrap(model, ctx, find_unused=task.ddp_find_unused_parameters)
         self.hooks: list[HookBase] = []
         self.epoch, self.step, self.stop, self.improved = self.start_epoch, 0, False, False
         self.losses: dict[str, torch.Tensor] = {}  # the last step's loss dict; `loss` is their sum
@@ -238,6 +246,8 @@ class Trainer:
         elif self.train_loader.generator is not None:
             # The shuffle order depends on the epoch only, so a resumed run sees the same order.
             self.train_loader.generator.manual_seed(cfg.train.seed + self.epoch)
+        if cfg.data.workers == 0:  # augmentation in this process (workers seed their own: worker_init)
+            seed_augment(self.splits.train, epoch_seed(cfg.train.seed + ctx.rank, self.epoch))
         self.ddp_model.train()
         sums: dict[str, float] = {}
         seen, t0 = 0, time.perf_counter()

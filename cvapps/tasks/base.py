@@ -78,6 +78,9 @@ class Task:
     # How `cvapps export` writes it to ONNX; None: not exported (onnx_refusal says why, when known).
     onnx: ClassVar[OnnxExport | None] = None
     onnx_refusal: ClassVar[str] = ""
+    # Some of its models may leave parameters unused in a training step (e.g. Faster R-CNN on images
+    # without boxes), so DDP must look for them; a task whose models never do may say False (faster).
+    ddp_find_unused_parameters: ClassVar[bool] = True
     # How messages name its models ("" -> "a 'NAME' model").
     label: ClassVar[str] = ""
 

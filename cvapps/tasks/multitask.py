@@ -46,7 +46,9 @@ from cvapps.tasks.detection_common import DetectionGT
 from cvapps.tasks.multitask_config import HeadsConfig, MultiTaskConfig
 from cvapps.tasks.registry import TASKS, register_task
 from cvapps.tasks.segment import TASK as SEGMENT
-from cvapps.tasks.segment import _cross_entropy as masked_cross_entropy  # the one masked CE (255 ignored)
+from cvapps.tasks.segment import (
+    _cross_entropy as masked_cross_entropy,  # the one masked CE (255 ignored)
+)
 from cvapps.tasks.yolo import PREDICTIONS_DOC, STRIDES
 from cvapps.tasks.yolo import TASK as YOLO
 
@@ -236,19 +238,13 @@ class MultiTask(Task):
         return dataset.eval_items()
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], conf: float = 0.25, iou: float = 0.5,
-                    max_det: int = 300, presence_conf: float = 0.5, part: str | None = None,
-                    **_: Any) -> list[Prediction]:
+                    max_det: int = 300, presence_conf: float = 0.5, **_: Any) -> list[Prediction]:
         """Raw outputs -> per image a :class:`Prediction` (original pixels) with a part per head:
         ``detections`` by the YOLO task's postprocess (``conf``, ``iou``, ``max_det``), ``semantic``
         by the segment task's (its values named ``["background", *names]``: ``extra_background``),
-        ``presence``: the classes whose probability >= ``presence_conf``. ``part``: "detect" or
-        "segment" returns just that part, as a single-task model's prediction."""
+        ``presence``: the classes whose probability >= ``presence_conf``."""
         outs = split_outputs(outputs)
         n = len(metas)
-        if part == "detect" or part == "segment":
-            head, task = ("detect", YOLO) if part == "detect" else ("segment", SEGMENT)
-            options = {"conf": conf, "iou": iou, "max_det": max_det} if part == "detect" else {}
-            return task.postprocess(outs[head], metas, **options) if head in outs else [Prediction() for _ in metas]
         dets = ([p.detections for p in YOLO.postprocess(outs["detect"], metas, conf=conf, iou=iou, max_det=max_det)]
                 if "detect" in outs else [None] * n)
         segs = [None] * n
@@ -270,7 +266,13 @@ class MultiTaskPart(MultiTask):
         return Task.as_part(self, loaded, part)  # already the part (or a refusal)
 
     def postprocess(self, outputs: Any, metas: list[LetterboxMeta], **options: Any) -> list[Any]:
-        return super().postprocess(outputs, metas, **{**options, "part": self.part})
+        """Just this part of each prediction, as the single-task model's postprocess makes it."""
+        head, task = ("detect", YOLO) if self.part == "detect" else ("segment", SEGMENT)
+        outs = split_outputs(outputs)
+        if head not in outs:
+            return [Prediction() for _ in metas]
+        wanted = {k: v for k, v in options.items() if k in ("conf", "iou", "max_det")} if head == "detect" else {}
+        return task.postprocess(outs[head], metas, **wanted)
 
 
 class MultiTaskBoxes(MultiTaskPart):
