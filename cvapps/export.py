@@ -30,28 +30,29 @@ this command promises; it says so instead of writing a model that breaks at anot
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from cvapps.checkpoint import atomic_write
 from cvapps.engine.load import load_model
-from cvapps.engine.onnx_model import INPUT_NAME, ONNX_FORMAT, need_onnxruntime, read_onnx_metadata
+from cvapps.engine.onnx_graph import PARITY_RTOL, GraphSpec, graph_metadata, trace_onnx
+from cvapps.engine.onnx_graph import check_parity as check_graph_parity
+from cvapps.engine.onnx_model import (
+    INPUT_NAME,
+    ONNX_FORMAT,
+    need_onnxruntime,
+    read_onnx_metadata,
+)
 from cvapps.errors import CvappsError
-from cvapps.heads.yolo import head_of
 from cvapps.tasks.base import Task
 from cvapps.tasks.registry import exportable_tasks
 
 __all__ = ["ONNX_FORMAT", "PARITY_RTOL", "ExportReport", "check_parity", "export_onnx", "read_onnx_metadata"]
-
-PARITY_RTOL = 1e-3  # relative part of the parity check (the absolute part is the task's onnx.parity_atol)
 
 
 @dataclass
@@ -77,28 +78,6 @@ def _need_onnx() -> tuple[Any, Any]:
     return onnx, need_onnxruntime()
 
 
-class _EvalForward(nn.Module):
-    """Exports ``model(images)`` in eval mode and nothing else (no targets argument in the graph)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.model(images)
-        if isinstance(out, dict):  # multitask: one output per head, in the model's head order
-            return tuple(out.values())
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _prepare_yolo_head(model: nn.Module) -> None:
-    # ultralytics' own exporter sets these: `export` makes Detect return the decoded tensor only,
-    # and anchors/strides are then computed for the traced (fixed) input size. (No Detect head: nothing.)
-    head = head_of(model)
-    if head is not None:
-        head.export, head.format, head.dynamic = True, "onnx", False
-
-
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset: int = 17,
                 dynamic_batch: bool = True, check: bool = True) -> ExportReport:
     """Export ``checkpoint`` to ONNX at ``out`` (default: next to it, ``.onnx``) and check it.
@@ -106,9 +85,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     Returns the report of the onnxruntime parity check; raises :class:`CvappsError` for a task
     that cannot be exported, a missing onnx/onnxruntime, or a parity failure (no file is left).
     """
-    onnx, ort = _need_onnx()
+    onnx, _ = _need_onnx()
     checkpoint = Path(checkpoint)
     loaded = load_model(checkpoint)
+    if loaded.runtime != "torch":
+        raise CvappsError(f"export: {checkpoint} is already an exported model; export the .pt checkpoint")
     ckpt = {**loaded.info, "config": loaded.raw_config}
     task = loaded.task
     if task.onnx is None:
@@ -121,41 +102,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
         raise CvappsError(f"export: the output file must end in .onnx, got {out}")
 
     model = loaded.model.eval()
-    _prepare_yolo_head(model)
     pre = ckpt["preprocessing"]
-    size, channels = int(pre["imgsz"]), int(pre.get("in_channels", 3))
-    wrapper = _EvalForward(model).eval()
-    outputs = task.onnx_outputs(model)
-    out_names = [name for name, _ in outputs]
-    example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter: the torch.export one needs onnxscript, which is not a dependency.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=out_names, do_constant_folding=True,
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *out_names]} if dynamic_batch else None,
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
-    meta = {
-        "format": ONNX_FORMAT,
-        "task": task.name,
-        "class_names": json.dumps(list(ckpt["class_names"])),
-        "category_ids": json.dumps(ckpt.get("category_ids")),
-        "preprocessing": json.dumps({"imgsz": size, "resize": pre.get("resize"), "in_channels": channels}),
-        "input": f"{INPUT_NAME}: float32 (B, {channels}, {size}, {size}) RGB in [0, 1], resized with "
-                 f"{pre.get('resize')!r} to {size}; normalisation is inside the graph",
-        "outputs": "; ".join(f"{name}: {doc}" for name, doc in outputs),
-        "config": json.dumps(ckpt["config"]),
-        "epoch": str(ckpt.get("epoch", 0)),
-        "source": checkpoint.name,
-        "parity_atol": str(task.onnx.parity_atol),
-    }
+    spec = GraphSpec(int(pre["imgsz"]), int(pre.get("in_channels", 3)), opset, dynamic_batch)
+    graph, outputs = trace_onnx(model, task, spec)
+    proto = onnx.load_from_string(graph)
+    meta = {"format": ONNX_FORMAT, **graph_metadata(task, ckpt, spec, checkpoint.name, outputs)}
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in meta.items():  # ONNX metadata is strings only: lists/dicts as JSON
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     proto.doc_string = f"cvapps {task.name} model exported from {checkpoint.name}"
     onnx.checker.check_model(proto)
     atomic_write(out, lambda tmp: onnx.save(proto, tmp))
@@ -163,7 +118,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *, opset:
     report = ExportReport(out, task.name, opset, 0.0, task.onnx.parity_atol, ())
     if check:
         try:
-            report = check_parity(out, model, task, channels, size, batches=(1, 3) if dynamic_batch else (2,))
+            report = check_parity(out, model, task, spec.channels, spec.size,
+                                  batches=(1, 3) if dynamic_batch else (2,))
             report.opset = opset
         except BaseException:
             out.unlink(missing_ok=True)
@@ -180,23 +136,10 @@ def check_parity(onnx_path: str | Path, model: nn.Module, task: Task, channels: 
     """
     _, ort = _need_onnx()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    atol, worst = task.onnx.parity_atol, 0.0
-    gen = torch.Generator().manual_seed(1)
-    for b in batches:
-        x = torch.rand(b, channels, size, size, generator=gen)
-        with torch.no_grad():
-            refs = _EvalForward(model.eval())(x)
-        refs = [r.float().numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
-        gots = session.run(None, {INPUT_NAME: x.numpy()})
-        if len(gots) != len(refs):
-            raise CvappsError(f"export check failed: onnxruntime gives {len(gots)} outputs, PyTorch {len(refs)}")
-        for got, ref, meta in zip(gots, refs, session.get_outputs()):
-            if got.shape != ref.shape:
-                raise CvappsError(f"export check failed: onnxruntime output {meta.name} {got.shape} != PyTorch "
-                                  f"{ref.shape} at batch {b}")
-            diff = np.abs(got - ref)
-            worst = max(worst, float(diff.max(initial=0.0)))
-            if not np.all(diff <= atol + PARITY_RTOL * np.abs(ref)):
-                raise CvappsError(f"export check failed: onnxruntime output {meta.name} differs from PyTorch by up "
-                                  f"to {diff.max():.3g} at batch {b} (tolerance {atol:g} + {PARITY_RTOL:g} x |value|)")
+    atol = task.onnx.parity_atol
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return session.run(None, {INPUT_NAME: x})
+
+    worst = check_graph_parity(run, model, GraphSpec(size, channels), atol, "onnxruntime", batches)
     return ExportReport(Path(onnx_path), task.name, 0, worst, atol, tuple(batches))

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -19,18 +18,10 @@ from cvapps.errors import CheckpointError, CvappsError  # noqa: E402
 from cvapps.export import ONNX_FORMAT, export_onnx, read_onnx_metadata  # noqa: E402
 from cvapps.tasks import OnnxExport, get_task  # noqa: E402
 from tiny_checkpoints import SHAPES, make_checkpoint  # noqa: E402
+from tiny_images import write_images  # noqa: E402
 
 PARITY_ATOL = {name: get_task(name).onnx.parity_atol for name in ("segment", "yolo")}  # as the tasks declare
 
-
-def write_images(folder: Path, n: int = 3, size: tuple[int, int] = (48, 64)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-        cv2.circle(img, (size[1] // 2, size[0] // 2), min(size) // 3, (255, 255, 255), -1)
-        cv2.imwrite(str(folder / f"img{i}.png"), img)
-    return folder
 
 
 def test_classify_export_parity_metadata_and_cli(tmp_path: Path, capsys) -> None:

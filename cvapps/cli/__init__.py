@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from cvapps import __version__
 from cvapps.errors import CvappsError
+from cvapps.io.run_dirs import numbered_run
 
 # Modules that add subcommands, in the order `cvapps --help` lists them.
 COMMAND_MODULES = [
@@ -30,6 +31,8 @@ COMMAND_MODULES = [
     "cvapps.cli.run",       # predict (any task; a multitask model whole)
     "cvapps.cli.data",      # data synth|check|convert
     "cvapps.cli.tools",     # export, merge-json
+    "cvapps.cli.benchmark",  # benchmark (runtimes side by side)
+    "cvapps.cli.analytics",  # track-eval (HOTA / IDF1 / MOTA of MOT files)
 ]
 
 
@@ -159,6 +162,9 @@ def _main(argv: list[str] | None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "default_out", None) and args.out is None:
+        # predict commands: a new numbered folder per run unless --out or --exist-ok (--ray resumes in its OUT)
+        args.out = str(numbered_run(args.default_out, args.exist_ok or bool(getattr(args, "ray", None))))
     with quiet_output(bool(getattr(args, "quiet", False))):
         try:
             result = args.func(args)
