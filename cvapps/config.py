@@ -8,6 +8,7 @@ naming the key, e.g. ``config error: train.lr: should be a number, got 'abc'``.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,6 +21,7 @@ from cvapps.errors import QUOTE_LIMIT, ConfigError, shorten
 MAX_IMGSZ = 8192  # network input side; 8192**2 * 3 bytes is already 200 MB per image
 MAX_YAML_DEPTH = 32  # nesting levels of a config (real configs use 4)
 MAX_CONFIG_BYTES = 1 << 20  # real configs are a few kB
+DEVICE_NAME = re.compile(r"^\s*(auto|cpu|mps|cuda(:\d+)?)\s*$", re.IGNORECASE)  # what resolve_device takes
 
 
 class Section(BaseModel):
@@ -73,6 +75,10 @@ class DataConfig(Section):
     names: list[str] | None = Field(None, description="class names; default: from the dataset")
     workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the dataset has no val split")
+    tile: int | None = Field(None, ge=32, le=MAX_IMGSZ,
+                             description="train on overlapping TILE x TILE tiles of images larger than it (detection); "
+                                         "validation then predicts whole images in slices of this size")
+    tile_overlap: float = Field(0.2, ge=0, le=0.9, description="fraction of a tile its neighbours share")
 
 
 class TrainConfig(Section):
@@ -99,6 +105,15 @@ class TrainConfig(Section):
     @classmethod
     def _one_logger(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value  # train.log=tensorboard means [tensorboard]
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        # A misspelt device is a config error (exit 2) when the config is read, not a failure later on;
+        # whether the named device exists here is checked when training starts (resolve_device).
+        if not DEVICE_NAME.match(value):
+            raise ValueError("unknown device; use auto, cpu, cuda, cuda:0, cuda:1, ... or mps")
+        return value
 
 
 # ±0.1 rad rotation, ±20% zoom and horizontal flips, as in the cats-vs-dogs course convnet.

@@ -13,6 +13,8 @@ from typing import Any
 
 from cvapps.cli.analytics import add_analytics_args, apply_analytics
 from cvapps.cli.predict import add_common, add_json_args
+from cvapps.cli.slicing import load_options
+from cvapps.errors import plural
 
 
 def add_detect_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +54,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_detect_args(args)  # bad options fail before the model loads
-    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model,
+                 runtime=getattr(args, "runtime", None), **load_options(args))
     return run_detect(args, model.part("detect"))  # a multitask model gives its boxes; another kind: an error
 
 
@@ -91,10 +94,10 @@ def run_detect(args: argparse.Namespace, model: Any, masks: bool = False) -> int
     sinks += [counter, *analytics_sinks, *common_sinks(args, predictor, video=video, images=False)]  # video/jsonl/show/serve
     report = run_common(args, predictor, sinks, {"conf": args.conf, "iou": args.iou, "max_det": args.max_det})
     print(f"{report.summary()}; detected: {counter.summary() or 'nothing'}")
-    if image_sink is not None:
-        print(f"wrote {image_sink.count} annotated images to {out}")
+    if image_sink is not None and image_sink.count:
+        print(f"wrote {plural(image_sink.count, 'annotated image')} to {out}")
     if mask_sink is not None and mask_sink.count:
-        print(f"wrote {mask_sink.count} class-index masks to {out / 'masks'}/")
+        print(f"wrote {plural(mask_sink.count, 'class-index mask')} to {out / 'masks'}/")
     if json_sink is not None:
         print(f"wrote {json_sink.results_path} and {json_sink.path}")
     print_written([s for s in sinks if s is not json_sink])

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cvapps.errors import CvappsError
+from cvapps.cli.slicing import add_slice_args, load_options
+from cvapps.errors import CvappsError, plural
 
 if TYPE_CHECKING:  # annotations only: the sources package loads torch, which `cvapps --help` must not wait for
     from cvapps.io.sources import SourceOptions, SourceSpec
@@ -30,10 +31,21 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-model", action="store_true",
                    help="allow a model file that can only be read by a full unpickle (it can run code stored "
                         "in the file; also CVAPPS_TRUST_MODEL=1)")
-    p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    name = p.prog.split()[-1]  # the command: classify, segment, detect or predict
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default runs/{name}/predict, or predict2, predict3, ... when that exists, "
+                        "so runs never mix; with --ray, rerun with the same --out to resume)")
+    p.add_argument("--exist-ok", action="store_true",
+                   help=f"without --out: write into runs/{name}/predict even if it exists (no new numbered folder)")
+    p.set_defaults(default_out=f"runs/{name}/predict")
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--runtime", default=None, choices=["torch", "onnxruntime", "openvino", "auto"],
+                   help="engine that runs the model (default $CVAPPS_RUNTIME, else the file's own: .pt torch, .onnx "
+                        "onnxruntime, OpenVINO folder openvino); auto: OpenVINO on the CPU when cvapps[openvino] is "
+                        "installed (a .pt converted once, cached by its sha256)")
     p.add_argument("--vid-stride", type=int, default=1, help="use every N-th video frame")
+    add_slice_args(p)  # --imgsz, --slice...
     p.add_argument("--quiet", action="store_true",
                    help="print nothing on stderr but errors (no progress bar, timing report, library logs "
                         "or OpenCV/FFmpeg warnings)")
@@ -195,15 +207,21 @@ def run_common(args: argparse.Namespace, predictor: Any, sinks: list[Any], optio
     """
     from cvapps.engine.runner import run_source
     from cvapps.io.guard import protected
+    from cvapps.io.images import large_images_allowed
+    from cvapps.io.run_dirs import removed_if_failed
     from cvapps.io.sources import local_inputs
 
     spec, read = source_spec(args), source_options(args)
     others = (getattr(args, "model", None), getattr(args, "coco_gt", None))
     # no output may replace an input; files over the size cap are skipped unread (read.max_file_mb)
-    with protected(args.out, *local_inputs(spec), others=others):
+    # a run that fails before writing anything leaves no empty OUT behind
+    allow_large = large_images_allowed(True if getattr(args, "allow_large", False) else None)  # --allow-large
+    with allow_large, removed_if_failed(args.out), protected(args.out, *local_inputs(spec), others=others):
         if getattr(args, "ray", None):
             return _run_ray(args, predictor, sinks, options, read)
         report = run_source(predictor, spec, sinks, progress=not args.quiet, options=options, source_options=read)
+    if Path(args.out).is_dir():  # the summary line names the folder (none when nothing was written)
+        report.out = str(args.out)
     if not args.quiet:
         print(report.timing_report(), file=sys.stderr)
     return report
@@ -222,7 +240,7 @@ def _run_ray(args: argparse.Namespace, predictor: Any, sinks: list[Any], options
     if report.interrupted:  # nothing was written (run_ray said what is done): stop here, as Ctrl-C does
         raise KeyboardInterrupt
     if not args.quiet:
-        print(f"ray: predicted {report.predicted} frames in {report.wall_s:.2f} s; {report.resumed} of "
+        print(f"ray: predicted {plural(report.predicted, 'frame')} in {report.wall_s:.2f} s; {report.resumed} of "
               f"{report.items} items were done by an earlier run", file=sys.stderr)
     return report
 
@@ -267,7 +285,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_classify_args(args)  # bad options fail before the model loads
-    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model,
+                 runtime=getattr(args, "runtime", None), **load_options(args))
     return run_classify(args, model.part("classify"))  # a model of another kind: a one-line error
 
 

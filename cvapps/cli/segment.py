@@ -8,6 +8,7 @@ from typing import Any
 
 from cvapps.cli.predict import (add_common, add_json_args, common_sinks, exit_code, frame_outputs, print_written,
                                 run_common, source_root)
+from cvapps.cli.slicing import load_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from cvapps.api import load
 
     check_segment_args(args)  # bad options fail before the model loads
-    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model,
+                 runtime=getattr(args, "runtime", None), **load_options(args))
     return run_segment(args, model.part("segment"))  # a multitask model gives its masks; another kind: an error
 
 

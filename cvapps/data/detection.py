@@ -8,6 +8,8 @@ Each item is ``(image, target)``:
   0-based class indices, "image_id": int (the dataset's id), "meta": LetterboxMeta}``;
 
 or None for an image file that cannot be read (reported on stderr; the task's collate skips it).
+With ``tile`` (``data.tile``) each image larger than it is several items, one per overlapping tile
+(:mod:`cvapps.data.tiles`); ``records`` stay the whole images (evaluation reads those).
 Class index ``i`` is COCO category id ``category_ids[i]`` and name ``class_names[i]``.
 Loading applies the ``data check`` rules (:mod:`cvapps.data.check`) and prints their counts.
 """
@@ -15,6 +17,7 @@ Loading applies the ``data check`` rules (:mod:`cvapps.data.check`) and prints t
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from torch.utils.data import Dataset
 
 from cvapps.data.augment import SamplePipeline, build_augment
 from cvapps.data.check import load_detection_split
+from cvapps.data.tiles import crop_tile, tile_items
 from cvapps.errors import ImageReadError
 from cvapps.formats.report import DetectionSplit, ImageRecord
 from cvapps.io.images import read_image
@@ -31,17 +35,23 @@ from cvapps.io.images import read_image
 class DetectionDataset(Dataset):
     """One split of a detection dataset; see the module docstring for what items look like."""
 
-    def __init__(self, split: DetectionSplit, pipeline: SamplePipeline) -> None:
+    def __init__(self, split: DetectionSplit, pipeline: SamplePipeline, tile: int | None = None,
+                 tile_overlap: float = 0.2) -> None:
         self.split, self.pipeline = split, pipeline
+        self.items = tile_items(split.records, tile, tile_overlap)  # (record, tile window or None)
 
     @classmethod
-    def from_root(cls, root: str | Path, split: str, imgsz: int, *, augment: list[dict] | None = None,
-                  in_channels: int = 3, resize_mode: str = "letterbox", layout: str = "auto",
+    def from_root(cls, root: str | Path, split: str, imgsz: int | Mapping[str, Any], *,
+                  augment: list[dict] | None = None, layout: str = "auto",
                   class_names: list[str] | None = None) -> DetectionDataset:
-        """Load and check ``split`` of ``root``; ``augment``: albumentations specs (training only)."""
+        """Load and check ``split`` of ``root``; ``imgsz``: the network input size, or a task's
+        preprocessing dict ``{"imgsz", "resize", "in_channels"}``; ``augment``: albumentations specs
+        (training only)."""
+        pre = {"imgsz": imgsz} if isinstance(imgsz, int) else dict(imgsz)
         checked = load_detection_split(root, split, layout=layout, class_names=class_names)
         aug = build_augment(augment, boxes=True) if augment else None
-        return cls(checked, SamplePipeline(imgsz, resize_mode, in_channels, aug))
+        pipeline = SamplePipeline(int(pre["imgsz"]), pre.get("resize", "letterbox"), int(pre.get("in_channels", 3)), aug)
+        return cls(checked, pipeline)
 
     # the class mapping and ground truth of the split
     @property
@@ -61,10 +71,11 @@ class DetectionDataset(Dataset):
         return self.split.gt
 
     def __len__(self) -> int:
-        return len(self.split.records)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
-        rec = self.split.records[i]
+        index, window = self.items[i]
+        rec = self.split.records[index]
         try:
             image = read_image(rec.path)
         except ImageReadError as exc:
@@ -76,6 +87,9 @@ class DetectionDataset(Dataset):
             # rather than train on misplaced ones.
             sx, sy = image.shape[1] / rec.width, image.shape[0] / rec.height
             boxes = boxes * [sx, sy, sx, sy]
-        out = self.pipeline(image, boxes=boxes, labels=rec.labels)
+        labels = rec.labels
+        if window is not None:
+            image, boxes, labels, _ = crop_tile(image, boxes, labels, window)
+        out = self.pipeline(image, boxes=boxes, labels=labels)
         return out["image"], {"boxes": out["boxes"], "labels": out["labels"], "image_id": rec.image_id,
                               "meta": out["meta"]}

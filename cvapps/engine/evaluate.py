@@ -22,7 +22,8 @@ from torch import nn
 from cvapps.checkpoint import atomic_write_text
 from cvapps.engine.device import resolve_device
 from cvapps.engine.load import load_model
-from cvapps.engine.predict import Predictor
+from cvapps.engine.predict import PredictOptions, Predictor
+from cvapps.engine.slicing import SliceOptions, SlicedPredictor, tile_slicing
 from cvapps.errors import DataError, ImageReadError
 from cvapps.io.guard import protected
 from cvapps.structures import Frame
@@ -42,6 +43,7 @@ class EvalOptions:
     batch: int = 8
     out_dir: Path | None = None
     category_ids: list[int] | None = None
+    slicing: SliceOptions | None = None  # predict each image in slices (a model trained on tiles)
 
 
 def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing: dict[str, Any],
@@ -50,7 +52,7 @@ def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing:
 
     The model's train/eval mode is restored afterwards (training calls this every epoch).
     """
-    batch, out_dir, category_ids = options.batch, options.out_dir, options.category_ids
+    batch, out_dir, category_ids, slicing = options.batch, options.out_dir, options.category_ids, options.slicing
     metric = task.build_metric(splits)
     metric.reset()
     targets: dict[int, Any] = {}
@@ -68,8 +70,10 @@ def evaluate(task: Task, model: nn.Module, splits: DatasetSplits, preprocessing:
     was = model.training
     # A model under training is run as it is: no folded copy, and its memory layout kept (the optimizer's
     # state matches it).
-    predictor = Predictor(task, model, splits.class_names, preprocessing, device, batch, category_ids=category_ids,
-                          channels_last=not was, fuse=not was)
+    options = PredictOptions(device=device, batch=batch, channels_last=not was, fuse=not was)
+    predictor = Predictor(task, model, splits.class_names, preprocessing, options, category_ids=category_ids)
+    if slicing is not None:
+        predictor = SlicedPredictor(predictor, slicing)  # type: ignore[assignment]
     try:
         pending_preds, pending_targets = [], []
         for frame, prediction in predictor.predict(frames(), **task.eval_options):
@@ -116,7 +120,8 @@ def _evaluate_loaded(loaded: Any, cfg: Any, out_dir: Path | None, batch: int) ->
         raise DataError(f"dataset classes {splits.class_names} differ from the checkpoint's {loaded.class_names}")
     device = resolve_device(cfg.train.device)
     metrics = evaluate(task, loaded.model, splits, loaded.preprocessing, device,
-                       EvalOptions(batch=batch, out_dir=out_dir, category_ids=loaded.category_ids))
+                       EvalOptions(batch=batch, out_dir=out_dir, category_ids=loaded.category_ids,
+                                   slicing=tile_slicing(cfg, task)))
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "val_metrics.json", metrics_json(metrics, digits=None))
     return metrics

@@ -109,6 +109,11 @@ def detect_layout(root: str | Path, split: str | None = None) -> str:
     for name in present_layouts(root):
         if split is None or split in layout_splits(root, name):
             return name
+    # A dataset in a known layout that lacks only this split: name what it has, not every layout.
+    for name in present_layouts(root):
+        if layout_splits(root, name):
+            have = ", ".join(repr(s) for s in layout_splits(root, name))
+            raise DataError(f"{root}: no {split!r} split; its {name} layout has {have}")
     what = f"no {split!r} split" if split else "no dataset"
     raise DataError(f"{root}: {what} in a layout cvapps reads ({_known()})")
 

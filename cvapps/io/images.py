@@ -57,6 +57,7 @@ __all__ = [
     "read_image",
     "read_image_rgb",
     "set_max_file_mb",
+    "large_images_allowed",
     "write_image",
 ]
 
@@ -70,6 +71,11 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 #: Largest accepted image in pixels (PIL's decompression-bomb limit): bigger images are refused
 #: from the header alone, before any memory is allocated for the pixels.
 MAX_IMAGE_PIXELS = 89_478_485
+#: With ``--allow-large`` (or ``CVAPPS_ALLOW_LARGE=1``): up to OpenCV's own decoder limit (2^30 pixels),
+#: for a user who knows the image is real (a 10,000 x 10,000 aerial scene is 100 M pixels).
+LARGE_IMAGE_PIXELS = 1 << 30
+ALLOW_LARGE_ENV = "CVAPPS_ALLOW_LARGE"
+_allow_large: bool | None = None  # large_images_allowed() (the CLI option) wins over the environment
 
 #: Files larger than this (MiB) are skipped before they are opened; ``--max-file-mb`` or the
 #: environment variable below change it.
@@ -171,6 +177,20 @@ def file_size_cap(mb: float | None) -> Iterator[None]:
         _max_file_mb = previous
 
 
+@contextlib.contextmanager
+def large_images_allowed(allowed: bool | None) -> Iterator[None]:
+    """Within the block, images up to :data:`LARGE_IMAGE_PIXELS` are read (``--allow-large``; None:
+    leave it as it is)."""
+    global _allow_large
+    previous = _allow_large
+    if allowed is not None:
+        _allow_large = bool(allowed)
+    try:
+        yield
+    finally:
+        _allow_large = previous
+
+
 def _stat_reason(e: OSError) -> str:
     if e.errno == errno.ENOENT:
         return "file not found"
@@ -256,8 +276,11 @@ def _probe(path: object, data: bytes) -> tuple[Image.Image | None, tuple[int, in
 
 def _checked_size(path: object, w: int, h: int) -> tuple[int, int]:
     """(w, h) when the pixel count is acceptable; else the bomb / corrupt-header refusal."""
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ImageReadError(path, f"image too large ({w} x {h} pixels > {MAX_IMAGE_PIXELS})")
+    allowed = _allow_large if _allow_large is not None else os.environ.get(ALLOW_LARGE_ENV, "") == "1"
+    if w * h > (LARGE_IMAGE_PIXELS if allowed else MAX_IMAGE_PIXELS):
+        hint = "" if allowed else "; if the image is real, pass --allow-large (or CVAPPS_ALLOW_LARGE=1)"
+        limit = LARGE_IMAGE_PIXELS if allowed else MAX_IMAGE_PIXELS
+        raise ImageReadError(path, f"image too large ({w} x {h} pixels > {limit}){hint}")
     if w <= 0 or h <= 0:
         raise ImageReadError(path, "truncated or corrupt image data")
     return w, h

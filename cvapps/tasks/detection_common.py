@@ -17,7 +17,7 @@ import torch
 
 from cvapps.config import TaskConfig
 from cvapps.data.augment import SamplePipeline, build_augment
-from cvapps.data.check import DetectionSplit, detect_layout, load_detection_split
+from cvapps.data.check import DetectionSplit, detect_layout, has_split, load_detection_split
 from cvapps.data.detection import DetectionDataset
 from cvapps.data.holdout import held_out
 from cvapps.data.letterbox import LetterboxMeta
@@ -62,7 +62,7 @@ class DetectionTask(Task):
         check_num_classes(cfg.model, class_names)
 
     def build_datasets(self, cfg: TaskConfig, val_only: bool = False) -> DatasetSplits:
-        """Train/val DetectionDatasets (COCO or YOLO layout, detected from ``data.root``).
+        """Train/val DetectionDatasets (any layout of :data:`cvapps.data.check.LAYOUTS`, detected from ``data.root``).
 
         Without a val split, ``data.val_fraction`` of the train images (seeded) is held out.
         ``val_only``: a dataset with a val split needs no train split.
@@ -70,7 +70,7 @@ class DetectionTask(Task):
         root = Path(cfg.data.root)
         names = cfg.data.names
         fit = dict(imgsz=cfg.data.imgsz, resize_mode=self.resize_mode, in_channels=cfg.model.in_channels)
-        if val_only and _has_split(root, "val"):
+        if val_only and has_split(root, "val"):
             val_split = load_detection_split(root, "val", class_names=names)
             if not val_split.records:
                 raise DataError(f"{root}: the val split has no usable images ({val_split.report.summary()})")
@@ -82,7 +82,7 @@ class DetectionTask(Task):
             detect_layout(root, "val")
             val_split = load_detection_split(root, "val", class_names=train_split.class_names)
         except DataError:
-            if _has_split(root, "val"):
+            if has_split(root, "val"):
                 raise
             train_split, val_split = _hold_out(train_split, cfg.data.val_fraction, cfg.train.seed)
         if not train_split.records:
@@ -90,7 +90,7 @@ class DetectionTask(Task):
         if not val_split.records:
             raise DataError(f"{root}: the val split has no usable images ({val_split.report.summary()})")
         aug = build_augment(cfg.augment.train, boxes=True) if cfg.augment.train else None
-        train = DetectionDataset(train_split, SamplePipeline(**fit, augment=aug))
+        train = DetectionDataset(train_split, SamplePipeline(**fit, augment=aug), cfg.data.tile, cfg.data.tile_overlap)
         val = DetectionDataset(val_split, SamplePipeline(**fit))
         extra = DetectionGT(val_split.gt, list(val_split.category_ids), list(val_split.class_names))
         return DatasetSplits(train, val, list(train_split.class_names), val_extra=extra)
@@ -128,11 +128,6 @@ class DetectionTask(Task):
             keep = class_wise_nms(boxes, scores, labels, iou)[:max_det]  # sorted by score
             out.append(Prediction(Detections(meta.boxes_to_original(boxes[keep].cpu()), scores[keep], labels[keep])))
         return out
-
-
-def _has_split(root: Path, split: str) -> bool:
-    """Whether ``root`` has annotations for ``split`` in either layout."""
-    return (root / "annotations" / f"{split}.json").exists() or (root / "labels" / split).exists()
 
 
 def _hold_out(split: DetectionSplit, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:
