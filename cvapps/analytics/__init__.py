@@ -16,7 +16,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from cvapps.analytics.counting import Counter, CountsFile, parse_line, parse_zone
-from cvapps.analytics.tracking import DEFAULT_BUFFER, TRACKERS, Tracker, source_key
+from cvapps.analytics.embed import attach_embeddings
+from cvapps.analytics.tracking import (
+    DEFAULT_BUFFER,
+    DEFAULT_FPS,
+    EMBEDDING,
+    TRACKERS,
+    Tracker,
+    source_key,
+)
 from cvapps.errors import CvappsError, shorten
 from cvapps.structures import Frame, Prediction
 
@@ -46,7 +54,7 @@ def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: 
                    zones: Sequence[str | Sequence[Any]] = ()) -> Analytics | None:
     """The analytics step asked for, or None when nothing is.
 
-    track: ``"bytetrack"``, ``"botsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4
+    track: ``"bytetrack"``, ``"botsort"``, ``"ocsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4
     numbers each (they need tracks, so they turn on bytetrack); zones: ``"x1,y1,x2,y2,x3,y3,..."``
     or [(x, y), ...] each. One line or zone may also be given alone, not in a list (a string as the
     CLI takes it, 4 numbers, or a list of (x, y) points). detector: False refuses any of them
@@ -60,7 +68,9 @@ def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: 
         raise CvappsError("tracking and counting need a detector (Faster R-CNN, YOLO or ultralytics) model")
     kind = "bytetrack" if track is True or (not track and lines) else track
     tracker = Tracker(str(kind), track_buffer) if kind else None
-    counter = Counter(lines, polys, class_names) if (lines or polys) else None
+    # a lost track's side is kept as long as the tracker keeps the track (seconds: at the assumed rate)
+    keep = int(tracker.buffer * (DEFAULT_FPS if tracker.buffer_in_seconds else 1)) if tracker else int(DEFAULT_BUFFER)
+    counter = Counter(lines, polys, class_names, keep_frames=keep) if (lines or polys) else None
     return Analytics(tracker, counter)
 
 
@@ -118,6 +128,7 @@ class Analytics:
             prediction.detections = self.tracker.update(frame, prediction.detections)
         if self.counter is not None:
             prediction.counts = self.counter.update(frame, prediction.detections)
+        prediction.detections.data.pop(EMBEDDING, None)  # used up here: outputs stay as they were
         self.seconds += time.perf_counter() - t0
         return prediction
 
@@ -132,6 +143,8 @@ class AnalyticsPredictor:
 
     def __init__(self, predictor: Any, analytics: Analytics) -> None:
         self.predictor, self.analytics = predictor, analytics
+        if analytics.tracker is not None and analytics.tracker.kind == "ocsort":  # the tracker that reads appearance
+            attach_embeddings(predictor)
 
     @property
     def timings(self) -> dict[str, float]:

@@ -4,7 +4,10 @@
 * a line ``x1,y1,x2,y2`` (pixels) counts each track once per crossing: ``in`` when it goes from the
   right of the direction (x1, y1) -> (x2, y2) to its left, ``out`` the other way; a crossing
   counts when all four box corners have moved to the other side (supervision's default anchors),
-  so a box that only touches the line is not counted. Needs track ids (``--track``).
+  so a box that only touches the line is not counted. Needs track ids (``--track``). Counted by
+  :mod:`.lines`, which keeps a hidden track's side for the track buffer and lets a re-born id
+  inherit a lost track's side, so one object is counted once through an occlusion; every crossing
+  is also logged as an event (``events`` in ``counts.json``).
 * a zone ``x1,y1,x2,y2,x3,y3,...`` (pixels, 3 or more points) counts, per frame, the boxes whose
   bottom centre lies inside the polygon. supervision rasterises a zone into a mask as large as its
   furthest corner, so each source's zones are clipped to its frame first (the part outside the
@@ -18,7 +21,9 @@ Coordinates must be finite and within +-1e6 px (:data:`MAX_COORD`); anything els
 
     {"lines": [{"line": [x1, y1, x2, y2], "in": 3, "out": 1, "classes": {"car": {"in": 2, "out": 1}, ...}}],
      "zones": [{"zone": [[x, y], ...], "max": 4, "classes": {"car": 3}}],       # peak occupancy
-     "sources": {"cam.mp4": {"lines": [...], "zones": [...]}}}                   # the same per source
+     "sources": {"cam.mp4": {"lines": [...], "zones": [...]}},                  # the same per source
+     "events": [{"source": "cam.mp4", "line": 0, "track_id": 7, "frame": 41, "time": 1.64,
+                 "direction": "in", "class": "car"}]}                             # every crossing
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from cvapps.analytics.tracking import source_key
+from cvapps.analytics.lines import Identities, LineCounter
+from cvapps.analytics.tracking import EMBEDDING, source_key
 from cvapps.errors import CvappsError, shorten
 from cvapps.io.sinks.base import StagedSink
 from cvapps.structures import Counts, Detections, Frame, LineCount, ZoneCount
@@ -42,6 +48,7 @@ INSTALL = 'pip install "cvapps[supervision]"'
 #: Largest coordinate magnitude accepted (pixels). No frame is a million pixels wide; beyond that a
 #: value is a typo or an attack (1e308 overflows supervision's line geometry).
 MAX_COORD = 1e6
+MAX_EVENTS = 100_000  # crossing events kept for counts.json (an endless stream keeps its first ones)
 
 
 def _numbers(spec: str, what: str) -> list[float]:
@@ -106,9 +113,11 @@ class _SourceZones:
     """supervision zones of one source. Polygon zones are rebuilt for each new frame size (they
     hold no state between frames), clipped to the frame; lines keep their crossing state."""
 
-    def __init__(self, sv: Any, lines: Sequence[tuple[float, ...]], zones: Sequence[list[tuple[float, float]]]) -> None:
+    def __init__(self, sv: Any, lines: Sequence[tuple[float, ...]], zones: Sequence[list[tuple[float, float]]],
+                 keep_frames: int = 30) -> None:
         self.sv, self.polygons = sv, list(zones)
-        self.lines = [sv.LineZone(start=sv.Point(x1, y1), end=sv.Point(x2, y2)) for x1, y1, x2, y2 in lines]
+        self.lines = [LineCounter(line) for line in lines]
+        self.identities = Identities(keep_frames)
         self.size: tuple[int, int] | None = None
         self.zones: list[Any] = []
         self.zone_max = [0] * len(zones)
@@ -135,8 +144,11 @@ class Counter:
     """
 
     def __init__(self, lines: Sequence[tuple[float, float, float, float]] = (),
-                 zones: Sequence[list[tuple[float, float]]] = (), class_names: Sequence[str] = ()) -> None:
+                 zones: Sequence[list[tuple[float, float]]] = (), class_names: Sequence[str] = (),
+                 keep_frames: int = 30) -> None:
         self.sv = supervision()
+        self.keep_frames = keep_frames  # frames a lost track's side is kept (the track buffer)
+        self.events: list[dict[str, Any]] = []
         self.lines, self.zones = [tuple(line) for line in lines], [list(z) for z in zones]
         self.class_names = list(class_names)
         self.sources: dict[str, _SourceZones] = {}
@@ -150,15 +162,22 @@ class Counter:
         key = source_key(frame)
         zs = self.sources.get(key)
         if zs is None:
-            zs = self.sources[key] = _SourceZones(self.sv, self.lines, self.zones)
+            zs = self.sources[key] = _SourceZones(self.sv, self.lines, self.zones, self.keep_frames)
         labels = det.labels.numpy().astype(int)
         sv_det = self.sv.Detections(xyxy=det.boxes.numpy().astype(np.float32).reshape(-1, 4),
                                     confidence=det.scores.numpy().astype(np.float32), class_id=labels,
                                     tracker_id=det.track_ids)
         counts = Counts()
+        if det.track_ids is not None and len(det) and self.lines:
+            boxes, ids = det.boxes.numpy().astype(np.float64).reshape(-1, 4), [int(i) for i in det.track_ids]
+            canon = zs.identities.resolve(frame.frame_index, boxes, ids, det.data.get(EMBEDDING))
+            for k, line in enumerate(zs.lines):
+                for tid, label, direction in zip(ids, labels.tolist(), line.trigger(boxes, labels, canon)):
+                    if direction and len(self.events) < MAX_EVENTS:
+                        self.events.append({"source": key, "line": k, "track_id": tid, "frame": frame.frame_index,
+                                            "time": round(float(frame.timestamp), 3), "direction": direction,
+                                            "class": self._name(label)})
         for points, line in zip(self.lines, zs.lines):
-            if det.track_ids is not None and len(det):
-                line.trigger(sv_det)
             counts.lines.append(self._line_count(points, line))
         height, width = frame.image.shape[:2]
         for k, (polygon, zone) in enumerate(zip(self.zones, zs.zones_for(width, height))):
@@ -206,7 +225,7 @@ class Counter:
         for totals in per_source.values():
             for zone in totals["zones"]:
                 zone.pop("count", None)
-        return {"lines": lines, "zones": zones, "sources": per_source}
+        return {"lines": lines, "zones": zones, "sources": per_source, "events": list(self.events)}
 
 
 class CountsFile(StagedSink):

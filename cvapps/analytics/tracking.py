@@ -1,7 +1,8 @@
 """Multi-object tracking on any detector's output (Faster R-CNN, YOLO, native ultralytics).
 
 The trackers are ultralytics' ``BYTETracker`` / ``BOTSORT`` with their default tracker YAML
-(``bytetrack.yaml``, ``botsort.yaml``); cvapps only feeds them :class:`~cvapps.structures.Detections`
+(``bytetrack.yaml``, ``botsort.yaml``) and cvapps' ``ocsort`` (:mod:`.ocsort`: OC-SORT's re-update
+after a gap, plus appearance from ``Detections.data["embedding"]`` when the detector gives it); cvapps only feeds them :class:`~cvapps.structures.Detections`
 and keeps **one tracker per source** (:func:`source_key`: the video or stream a frame comes from, or
 the folder of a still image), so a run that interleaves the frames of several cameras never mixes
 their identities.
@@ -30,11 +31,13 @@ import numpy as np
 import torch
 
 from cvapps import ultralytics_parts  # cheap: parts load on first use
+from cvapps.analytics.ocsort import OcSortTracker
 from cvapps.errors import CvappsError
 from cvapps.nms import class_wise_nms
 from cvapps.structures import Detections, Frame
 
-TRACKERS = ("bytetrack", "botsort")
+TRACKERS = ("bytetrack", "botsort", "ocsort")
+EMBEDDING = "embedding"  # the Detections.data key of per-box appearance embeddings (analytics/embed.py)
 DEFAULT_BUFFER = "30"  # frames, ultralytics' default track_buffer
 DEFAULT_FPS = 30.0  # frame rate assumed until a source's timestamps tell
 PRUNE_IDS = 1024  # tracker ids remembered per source before ended ones are forgotten
@@ -69,11 +72,14 @@ def _tracker_classes() -> dict[str, Any]:
         import lap  # noqa: F401
     except ImportError:
         raise CvappsError('--track needs the lap package: pip install "cvapps[tracking]"') from None
-    return {"bytetrack": ultralytics_parts.BYTETracker, "botsort": ultralytics_parts.BOTSORT}  # loaded here
+    return {"bytetrack": ultralytics_parts.BYTETracker, "botsort": ultralytics_parts.BOTSORT,  # loaded here
+            "ocsort": lambda _args: OcSortTracker()}
 
 
 def tracker_args(kind: str) -> Any:
-    """The default tracker YAML shipped with ultralytics (``bytetrack.yaml`` / ``botsort.yaml``)."""
+    """The default tracker YAML shipped with ultralytics (``bytetrack.yaml`` / ``botsort.yaml``); ocsort: none."""
+    if kind == "ocsort":
+        return None
     parts = ultralytics_parts
     return parts.IterableSimpleNamespace(**parts.YAML.load(parts.check_yaml(f"{kind}.yaml")))
 
@@ -167,7 +173,11 @@ class Tracker:
                 else np.arange(len(det)))
         boxes = _Boxes(det.boxes.numpy()[kept].astype(np.float32), det.scores.numpy()[kept].astype(np.float32),
                        det.labels.numpy()[kept].astype(np.float32))
-        tracks = state.tracker.update(boxes, frame.image)  # rows [x1, y1, x2, y2, id, score, cls, idx]
+        if self.kind == "ocsort":  # the one tracker that reads appearance
+            emb = det.data.get(EMBEDDING)
+            tracks = state.tracker.update(boxes, frame.image, None if emb is None else emb[kept].astype(np.float64))
+        else:
+            tracks = state.tracker.update(boxes, frame.image)  # rows [x1, y1, x2, y2, id, score, cls, idx]
         if len(tracks):
             idx = torch.as_tensor(kept[tracks[:, -1].astype(np.int64)])
             ids = np.array([self._run_id(state, int(t)) for t in tracks[:, 4]], dtype=np.int64)

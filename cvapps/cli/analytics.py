@@ -13,9 +13,10 @@ from typing import Any
 
 
 def add_analytics_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--track", nargs="?", const="bytetrack", default=None, choices=("bytetrack", "botsort"),
-                   help="track objects over frames (default tracker: bytetrack; ultralytics' trackers with their "
-                        "default YAML): track ids on the annotated frames (with trails), in the JSON lines "
+    p.add_argument("--track", nargs="?", const="bytetrack", default=None, choices=("bytetrack", "botsort", "ocsort"),
+                   help="track objects over frames (default tracker: bytetrack; bytetrack/botsort: ultralytics' "
+                        "trackers with their default YAML; ocsort: cvapps' occlusion-robust tracker, with "
+                        "appearance from the detector's backbone for YOLO models): track ids on the annotated frames (with trails), in the JSON lines "
                         "(track_ids), the COCO file (track_id) and OUT/tracks/<video>.txt (MOT); --conf then "
                         "defaults to 0.1")
     p.add_argument("--track-buffer", default="30", metavar="N|Ns",
@@ -45,3 +46,28 @@ def apply_analytics(args: argparse.Namespace, predictor: Any, out: Path) -> tupl
     if analytics.counter is not None:
         sinks.append(CountsFile(out / "counts.json", analytics.counter))
     return AnalyticsPredictor(predictor, analytics), sinks
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("track-eval", help="score tracks (MOT file) against ground truth: HOTA, IDF1, MOTA",
+                       description="Score a MOT-format track file (OUT/tracks/<video>.txt of `cvapps detect --track`) "
+                                   "against MOT ground truth (gt.txt) with TrackEval's HOTA, IDF1 and MOTA "
+                                   "(motmetrics when TrackEval is not installed: no HOTA).")
+    p.add_argument("pred", help="predicted tracks, MOT text file")
+    p.add_argument("gt", help="ground truth, MOT text file (gt.txt)")
+    p.add_argument("--min-visibility", type=float, default=0.0, metavar="V",
+                   help="ground truth boxes less visible than this are don't-care (default 0: all count)")
+    p.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    p.set_defaults(func=cmd_track_eval)
+
+
+def cmd_track_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from cvapps.analytics.track_eval import (
+        evaluate_files,  # heavy (scipy): only when this command runs
+    )
+
+    scores = evaluate_files(args.pred, args.gt, args.min_visibility)
+    print(json.dumps(scores.to_json()) if args.json else scores.line())
+    return 0

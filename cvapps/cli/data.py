@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video-only", action="store_true",
                    help="write only the moving-shapes video to OUT: shapes.mp4, shapes.json and gt.txt "
                         "(MOT Challenge tracking ground truth)")
+    p.add_argument("--occlusion", action="store_true",
+                   help="with --video-only: shapes that cross paths, hide each other and leave and re-enter the "
+                        "frame; also writes crossings.json (true crossings of the middle line)")
     p.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("check", help="validate a detection dataset (COCO, YOLO txt, VOC, CVAT or LabelMe layout)",
@@ -86,6 +89,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from cvapps.data.synth import SynthSpec, generate_shapes, generate_video
 
+    if args.video_only and args.occlusion:
+        from cvapps.data.synth_occlusion import generate_occlusion_video
+
+        out = generate_occlusion_video(args.out, frames=args.video_frames, seed=args.seed)
+        print(f"wrote {out}/shapes.mp4, shapes.json, gt.txt and crossings.json")
+        return 0
     if args.video_only:
         print(f"wrote {generate_video(args.out, frames=args.video_frames, seed=args.seed)}/shapes.mp4, "
               "shapes.json and gt.txt")

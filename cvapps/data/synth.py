@@ -391,18 +391,24 @@ def _write_video(folder: Path, frames: int, size: tuple[int, int], fps: int, see
                                   zip(g["boxes"], g["category_ids"], g["track_ids"], g["visibility"])])
 
 
+def _video_out(out: str | Path, frames: int, size: tuple[int, int], seed: int, *, min_side: int, what: str) -> Path:
+    """``out`` as a Path once a generated video's arguments are checked (one-line errors)."""
+    out = Path(out)
+    if frames < 1 or min(size) < min_side:
+        raise CvappsError(f"{what}: need frames >= 1 and video sides >= {min_side}")
+    _check_args(seed, {"video width": size[0], "video height": size[1]}, {"video frames": frames})
+    if out.exists() and not out.is_dir():
+        raise CvappsError(f"{out}: exists and is not a directory")
+    return out
+
+
 def generate_video(out: str | Path, *, frames: int = 240, size: tuple[int, int] = (320, 240), fps: int = 24,
                    seed: int = 0, progress: bool = True) -> Path:
     """Only the moving-shapes video of :func:`generate_shapes` (the same one for the same seed):
     ``out/shapes.mp4``, ``out/shapes.json`` (per frame: boxes [x, y, w, h], category_ids, track_ids,
     visibility) and ``out/gt.txt`` (MOT Challenge ground truth: frame from 1, track id, box, 1,
     category id, visibility). Each shape keeps its track id for the whole video. Returns ``out``."""
-    out = Path(out)
-    if frames < 1 or min(size) < 32:
-        raise CvappsError("generate_video: need frames >= 1 and video sides >= 32")
-    _check_args(seed, {"video width": size[0], "video height": size[1]}, {"video frames": frames})
-    if out.exists() and not out.is_dir():
-        raise CvappsError(f"{out}: exists and is not a directory")
+    out = _video_out(out, frames, size, seed, min_side=32, what="generate_video")
     with output_root(out, ""), tqdm(total=frames, desc="video", unit="frame", disable=not progress) as bar:
         _write_video(out, frames, size, fps, seed, bar)
     return out

@@ -1,0 +1,91 @@
+"""Appearance embeddings from the detector's own backbone pass (the idea of JDE / FairMOT): no second
+network for re-identification.
+
+:func:`attach_embeddings` taps the backbone of a cvapps YOLO model with a forward hook (its finest
+feature map, stride 4 on the shipped backbones, keeps the most colour and texture) and wraps the
+predictor's task so that, right after each batch's postprocess (same thread, same batch), every
+detected box gets ``Detections.data["embedding"]``: the map, centred on its image-wide mean (so the
+background and what all objects share cancel out), RoIAligned (``torchvision.ops.roi_align``) inside
+the box in network-input pixels, averaged, L2-normalised. ``--track ocsort`` uses it.
+
+Models whose features cannot be reached (ONNX / OpenVINO graphs, Faster R-CNN's internally resized
+input, native ultralytics models) are tracked on motion only, with one message saying so.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvapps.analytics.tracking import EMBEDDING
+
+MOTION_ONLY = "tracking: {what} gives no access to its features; ocsort associates on motion only (no appearance)"
+EMBED_TASKS = ("yolo",)  # tasks whose model is fed the letterboxed image as is, with a ``backbone`` module
+
+
+class FeatureTap:
+    """Keeps the latest input width and finest backbone map of ``model`` (forward hooks)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.input_w = 0
+        self.map: torch.Tensor | None = None
+        model.register_forward_pre_hook(self._input)
+        model.backbone.register_forward_hook(self._features)
+
+    def _input(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.input_w = int(args[0].shape[-1])
+
+    def _features(self, _module: nn.Module, _args: Any, out: Any) -> None:
+        maps = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) else [out]
+        self.map = max(maps, key=lambda m: m.shape[-1])  # the finest: most colour and shape detail
+
+    def embed(self, index: int, boxes_input: torch.Tensor) -> torch.Tensor:
+        """(N, D) embeddings of boxes (xyxy, network-input pixels) of image ``index`` of the last batch."""
+        assert self.map is not None
+        fmap = self.map[index:index + 1].float()
+        fmap = fmap - fmap.mean((2, 3), keepdim=True)
+        rois = torch.cat([torch.zeros(len(boxes_input), 1), boxes_input.float()], 1).to(fmap.device)
+        # Imported here: only --track ocsort needs torchvision; a plain YOLO prediction's start-up must not pay ~1.2 s.
+        from torchvision.ops import roi_align
+
+        pooled = roi_align(fmap, rois, (1, 1), fmap.shape[-1] / max(1, self.input_w), 2, aligned=True)
+        return F.normalize(pooled.flatten(1), dim=1).cpu()
+
+
+class EmbeddingTask:
+    """The predictor's task, with :meth:`postprocess` adding ``data["embedding"]`` to each detection;
+    every other attribute is the wrapped task's."""
+
+    def __init__(self, task: Any, tap: FeatureTap) -> None:
+        self.task, self.tap = task, tap
+
+    def postprocess(self, outputs: Any, metas: list[Any], **options: Any) -> list[Any]:
+        predictions = self.task.postprocess(outputs, metas, **options)
+        for i, (pred, meta) in enumerate(zip(predictions, metas)):
+            det = getattr(pred, "detections", None)
+            if det is not None and self.tap.map is not None:
+                det.data[EMBEDDING] = self.tap.embed(i, meta.boxes_to_input(det.boxes)).numpy()
+        return predictions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+
+def attach_embeddings(predictor: Any, quiet: bool = False) -> bool:
+    """Make ``predictor`` give per-box embeddings; False (with one message unless ``quiet``) when its
+    model's features cannot be reached."""
+    task, model = getattr(predictor, "task", None), getattr(predictor, "model", None)
+    if isinstance(task, EmbeddingTask):
+        return True
+    name = getattr(task, "name", None)
+    if name not in EMBED_TASKS or not isinstance(model, nn.Module) or not isinstance(getattr(model, "backbone", None), nn.Module):
+        if not quiet:
+            what = f"a {name} model" if name and isinstance(model, nn.Module) else "this model (an exported graph)"
+            print(MOTION_ONLY.format(what=what), file=sys.stderr)
+        return False
+    predictor.task = EmbeddingTask(task, FeatureTap(model))
+    return True
