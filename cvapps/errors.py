@@ -18,6 +18,11 @@ def shorten(value: object, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 image"``, ``"3 images"`` (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 class CvappsError(Exception):
     """An error caused by the user's input (config, data, files); shown as one line, exit 1."""
 

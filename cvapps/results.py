@@ -4,7 +4,10 @@ A Result keeps the frame identity (``source``, ``index``, ``timestamp``), the or
 BGR uint8) and the :class:`~cvapps.structures.Prediction` (its parts in original image pixels). The
 properties read its parts: ``boxes``, ``scores``, ``labels``, ``track_ids``, ``counts`` (detections),
 ``label``, ``score`` (classification), ``mask``, ``mask_names`` (semantic mask) and ``present`` /
-``presence`` (a multitask model's presence head); a multitask Result has several. Conversions reuse
+``presence`` (a multitask model's presence head); a multitask Result has several. ``names`` maps a
+class index to its name; ``name`` (classification), ``label_names`` (detections) and
+``present_names`` (presence) are the names of what was found. Colour order: ``image`` and
+``plot()`` are BGR, as OpenCV uses them (``plot(rgb=True)`` for matplotlib or PIL). Conversions reuse
 the library's one home for each format: drawing (:mod:`cvapps.io.draw`), atomic image writing
 (:mod:`cvapps.io.images`), and the parts' own JSON and COCO forms (:mod:`cvapps.structures.prediction`:
 the same as the JSON lines and ``predictions.json``).
@@ -22,6 +25,7 @@ import numpy as np
 from cvapps.errors import CvappsError
 from cvapps.io.draw import draw_prediction
 from cvapps.io.images import write_image
+from cvapps.io.show import show_image
 from cvapps.structures import Prediction
 from cvapps.structures.prediction import PARTS, class_name
 
@@ -85,6 +89,11 @@ class Result:
         return self._part("detections", "labels").labels.numpy()
 
     @property
+    def label_names(self) -> list[str]:
+        """The class name of each box, parallel to ``boxes`` (detectors and multitask models)."""
+        return [self._name(k) for k in self._part("detections", "label_names").labels.tolist()]
+
+    @property
     def track_ids(self) -> np.ndarray | None:
         """(N,) int64 track ids parallel to ``boxes`` when predicted with ``track=``, else None."""
         return self._part("detections", "track_ids").track_ids
@@ -101,6 +110,11 @@ class Result:
     def label(self) -> int:
         """The predicted class index (classifiers only); ``names[label]`` is its name."""
         return self._part("classification", "label").label
+
+    @property
+    def name(self) -> str:
+        """The predicted class's name (classifiers only): ``names[label]``."""
+        return self._name(self._part("classification", "name").label)
 
     @property
     def score(self) -> float:
@@ -127,14 +141,27 @@ class Result:
         return self._part("presence", "present").labels
 
     @property
+    def present_names(self) -> list[str]:
+        """The names of the classes in :attr:`present` (multitask models with a classify head)."""
+        return [self._name(k) for k in self._part("presence", "present_names").labels.tolist()]
+
+    @property
     def presence(self) -> np.ndarray:
         """(K,) float32 presence probability of every class in ``names`` (multitask models with a classify head)."""
         return self._part("presence", "presence").scores
 
     # -- outputs -------------------------------------------------------------------------------
-    def plot(self) -> np.ndarray:
-        """A copy of ``image`` (HxWx3 BGR uint8) with the prediction drawn, as the annotated outputs."""
-        return draw_prediction(self.image, self.prediction, self.names)
+    def plot(self, *, rgb: bool = False) -> np.ndarray:
+        """A copy of ``image`` with the prediction drawn, as the annotated outputs: HxWx3 uint8 in
+        **BGR** order (OpenCV's: ``cv2.imshow``, ``cv2.imwrite``); ``rgb=True`` for matplotlib or PIL."""
+        drawn = draw_prediction(self.image, self.prediction, self.names)
+        return np.ascontiguousarray(drawn[:, :, ::-1]) if rgb else drawn
+
+    def show(self, *, wait: bool = True) -> None:
+        """Show :meth:`plot`: inline in a Jupyter notebook, else in an OpenCV window (``wait``: until a
+        key is pressed), else a matplotlib figure; on a machine without a screen a one-line note on
+        stderr says so (nothing is raised)."""
+        show_image(self.plot(), self.source, wait=wait)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`plot` to ``path`` atomically (format from the extension: .jpg, .png, ...)."""

@@ -18,6 +18,7 @@ from cvapps.cli.analytics import add_analytics_args
 from cvapps.cli.detect import add_detect_args, check_detect_args, run_detect
 from cvapps.cli.predict import add_classify_args, add_common, add_json_args, check_classify_args, run_classify
 from cvapps.cli.segment import add_segment_args, check_segment_args, run_segment
+from cvapps.cli.slicing import load_options
 from cvapps.errors import CvappsError
 from cvapps.tasks.base import Task
 
@@ -71,7 +72,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_segment_args(args)  # bad values fail before the model loads
     check_detect_args(args)
     check_classify_args(args)
-    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model)
+    model = load(args.model, device=args.device, batch=args.batch, trust=args.trust_model,
+                 runtime=getattr(args, "runtime", None), **load_options(args))
     task = model.loaded.task
     taken = task_options(task)
     wrong = ["--" + dest.replace("_", "-") for dest in given if dest not in taken]

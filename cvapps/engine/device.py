@@ -7,7 +7,7 @@ import sys
 import torch
 from torch import nn
 
-from cvapps.errors import CvappsError
+from cvapps.errors import ConfigError, CvappsError
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -22,7 +22,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise CvappsError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        # a misspelt name is a usage error (exit 2), as a bad config key is
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CvappsError(f"device {spec!r} requested but CUDA is not available here; use device=cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cvapps.engine.device import progress_interval
 from cvapps.engine.predict import Predictor
-from cvapps.errors import CvappsError
+from cvapps.errors import CvappsError, plural
 from cvapps.io.images import file_size_cap
 from cvapps.io.sinks import Sink, close_all
 from cvapps.io.sources import Source, SourceOptions, open_source
@@ -50,25 +50,28 @@ class RunReport:
     interrupted: str | None = None
     wall_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    out: str = ""  # the output folder, named by the summary (set by the CLI)
 
     @property
     def fps(self) -> float:
         return self.processed / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary(self) -> str:
-        text = f"processed {self.processed} images"
+        text = f"processed {plural(self.processed, 'image')}"
         if self.skipped:
-            text += f", skipped {len(self.skipped)} unreadable files"
+            text += f", skipped {plural(len(self.skipped), 'unreadable file')}"
         if self.dropped:
-            text += f", dropped {self.dropped} live frames"
+            text += f", dropped {plural(self.dropped, 'live frame')}"
         if self.interrupted:
             text += f" (stopped early by {self.interrupted}; outputs hold what was processed)"
+        if self.out:
+            text += f"; results in {self.out}"
         return text
 
     def timing_report(self) -> str:
         n = max(1, self.processed)
         stages = ", ".join(f"{s} {1000 * self.timings.get(s, 0.0) / n:.1f}" for s in STAGES)
-        return (f"{self.processed} frames in {self.wall_s:.2f} s ({self.fps:.1f} frames/s); "
+        return (f"{plural(self.processed, 'frame')} in {self.wall_s:.2f} s ({self.fps:.1f} frames/s); "
                 f"ms/frame per stage (stages overlap): {stages}")
 
 

@@ -16,6 +16,7 @@ hands new events over (the JSON-lines sink writes them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -283,7 +284,24 @@ class WebcamSource(StreamSource):
         super().__init__(index, options, **kwargs)
 
     def _open_initial(self) -> Capture:
-        cap = self._try_open(time.monotonic())
+        # Without a camera every OpenCV backend logs its own failure (~12 lines); the one-line error says it.
+        with opencv_silent():
+            cap = self._try_open(time.monotonic())
         if cap is None:
             raise CvappsError(f"cannot open webcam {self.index}")
         return cap
+
+
+@contextlib.contextmanager
+def opencv_silent() -> Iterator[None]:
+    """OpenCV's own log lines off for the block (its level is process-wide: restored after)."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
