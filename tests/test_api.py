@@ -201,7 +201,7 @@ def test_export_then_load_onnx_predicts_the_same(cls_ckpt: Path, tmp_path: Path)
     folder = ROOT / "sample_data" / "shapes" / "classify" / "val"
     a, b = model.predict(str(folder)), onnx_model.predict(str(folder))
     assert len(a) == len(b) > 0 and [r.label for r in a] == [r.label for r in b]
-    with pytest.raises(CvappsError, match="already an exported model"):
+    with pytest.raises(CvappsError, match="already an ONNX file"):
         onnx_model.export()
 
 

@@ -24,7 +24,6 @@ from torch import nn
 from cvapps.analytics.tracking import EMBEDDING
 
 MOTION_ONLY = "tracking: {what} gives no access to its features; ocsort associates on motion only (no appearance)"
-EMBED_TASKS = ("yolo",)  # tasks whose model is fed the letterboxed image as is, with a ``backbone`` module
 
 
 class FeatureTap:
@@ -82,7 +81,8 @@ def attach_embeddings(predictor: Any, quiet: bool = False) -> bool:
     if isinstance(task, EmbeddingTask):
         return True
     name = getattr(task, "name", None)
-    if name not in EMBED_TASKS or not isinstance(model, nn.Module) or not isinstance(getattr(model, "backbone", None), nn.Module):
+    reachable = isinstance(model, nn.Module) and isinstance(getattr(model, "backbone", None), nn.Module)
+    if not (getattr(task, "backbone_embeddings", False) and reachable):
         if not quiet:
             what = f"a {name} model" if name and isinstance(model, nn.Module) else "this model (an exported graph)"
             print(MOTION_ONLY.format(what=what), file=sys.stderr)

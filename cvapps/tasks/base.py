@@ -73,6 +73,9 @@ class Task:
     part: ClassVar[str | None] = None
     # Its boxes can be tracked and counted (cvapps.analytics; `--track`, `--count-line`, `--zone`).
     tracks: ClassVar[bool] = False
+    # Its model sees the letterboxed image as is and has a ``backbone`` module, so a tracker can pool
+    # appearance from the backbone's maps at the box (cvapps.analytics.embed; `--track ocsort`).
+    backbone_embeddings: ClassVar[bool] = False
     # Trained by train_external() (the framework's own trainer), not by cvapps' training loop.
     trains_externally: ClassVar[bool] = False
     # How `cvapps export` writes it to ONNX; None: not exported (onnx_refusal says why, when known).

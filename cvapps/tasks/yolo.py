@@ -75,6 +75,7 @@ class YoloDetector(nn.Module):
 class YoloTask(DetectionTask):
     cpu_channels_last = True  # measured: 10-40% faster than NCHW on the CPU
     name = "yolo"
+    backbone_embeddings = True
     config_class = YoloConfig
     # boxes are input pixels (up to imgsz): 1e-3 px
     onnx = OnnxExport((("predictions", PREDICTIONS_DOC),), parity_atol=1e-3)
