@@ -31,8 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="Faster R-CNN / YOLO checkpoint or ultralytics detector")
     p.add_argument("--line", action="append", default=[], metavar="X1,Y1,X2,Y2", help="counting line (repeatable)")
     p.add_argument("--zone", action="append", default=[], metavar="X1,Y1,...", help="occupancy polygon (repeatable)")
-    p.add_argument("--tracker", default="bytetrack", choices=("bytetrack", "botsort"))
-    p.add_argument("--track-buffer", default="30", help="frames (30) or seconds (2s) a lost track is kept")
+    p.add_argument("--tracker", default="bytetrack", choices=("bytetrack", "botsort", "ocsort"),
+                   help="ocsort keeps ids (and counts) through occlusions, with appearance for YOLO models")
+    p.add_argument("--track-buffer", default=None,
+                   help="frames (30) or seconds (2s) a lost track is kept (default: 30 frames, ocsort 3s)")
     p.add_argument("--out", default="runs/count_traffic", help="output folder (default runs/count_traffic)")
     p.add_argument("--serve", metavar="[HOST:]PORT", help="live page with the annotated stream and the counts")
     p.add_argument("--conf", type=float, default=None, help="detector score threshold (default 0.1 while tracking)")
@@ -44,12 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class CountSettings:
-    """tracker: bytetrack or botsort; track_buffer: how long a lost track is kept ("30" frames or
-    "1.5s"); serve: HOST:PORT of a live preview page (None: none); conf: detection score threshold
+    """tracker: bytetrack, botsort or ocsort; track_buffer: how long a lost track is kept ("30" frames or
+    "1.5s"; None: the tracker's default); serve: HOST:PORT of a live preview page (None: none); conf: detection score threshold
     (None: the model's default); reconnect_s: seconds to keep reconnecting a dropped stream."""
 
     tracker: str = "bytetrack"
-    track_buffer: str = "30"
+    track_buffer: str | None = None
     serve: str | None = None
     conf: float | None = None
     reconnect_s: float = 10.0

@@ -17,7 +17,9 @@ import torch
 from cvapps.analytics import Counter, Tracker
 from cvapps.analytics.embed import attach_embeddings
 from cvapps.analytics.track_eval import evaluate_rows
-from cvapps.data.synth_occlusion import generate_occlusion_video
+from cvapps.data.synth_occlusion import DATASET_SEED_BASE, generate_occlusion_dataset, generate_occlusion_video
+from cvapps.errors import CvappsError
+from cvapps.formats.yolo import load_yolo_split
 from cvapps.formats.mot import MotRow, read_mot, write_mot
 from cvapps.structures import Detections, Frame
 
@@ -56,6 +58,26 @@ def test_occlusion_video_has_overlaps_exits_and_true_crossings(video: Path) -> N
     assert len(crossings["events"]) == crossings["in"] + crossings["out"]
     again = generate_occlusion_video(video.parent / "again", frames=120, seed=3, progress=False)
     assert (again / "gt.txt").read_text() == (video / "gt.txt").read_text()  # same seed, same video
+
+
+def test_occlusion_dataset_labels_the_visible_shapes_of_other_videos(tmp_path: Path) -> None:
+    root = generate_occlusion_dataset(tmp_path / "ds", train=5, val=2, every=50, min_visibility=0.5, progress=False)
+    train, val = sorted((root / "images" / "train").iterdir()), sorted((root / "images" / "val").iterdir())
+    assert [p.name for p in train] == [f"occ_{DATASET_SEED_BASE}_{f:04d}.png" for f in range(0, 250, 50)]
+    assert {p.name.split("_")[1] for p in val} == {str(DATASET_SEED_BASE + 1)}  # val: another video
+    # the labels are the video's ground truth: shapes at least half in view, boxes clipped to the frame
+    video = generate_occlusion_video(tmp_path / "v", frames=101, seed=DATASET_SEED_BASE, progress=False)
+    gt = json.loads((video / "shapes.json").read_text())[100]
+    want = sorted((c - 1, *np.round(b, 1)) for b, c, v in zip(gt["boxes"], gt["category_ids"], gt["visibility"])
+                  if v >= 0.5)
+    rows = [line.split() for line in (root / "labels" / "train" / train[2].with_suffix(".txt").name).read_text().splitlines()]
+    got = sorted((int(r[0]), *np.round([(float(r[1]) - float(r[3]) / 2) * 320, (float(r[2]) - float(r[4]) / 2) * 240,
+                                        float(r[3]) * 320, float(r[4]) * 240], 1)) for r in rows)
+    assert got == want and 0 < len(want) < len(gt["boxes"]) + 1
+    split = load_yolo_split(root, "val")  # a dataset cvapps trains on as it is
+    assert len(split.records) == 2 and split.class_names == ["circle", "square", "triangle"]
+    with pytest.raises(CvappsError, match="train >= 1"):
+        generate_occlusion_dataset(tmp_path / "bad", train=0, progress=False)
 
 
 def _crossing(tracker: Tracker, with_embeddings: bool) -> list[list[int]]:

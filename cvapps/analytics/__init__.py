@@ -49,12 +49,13 @@ TRACK_CONF = 0.1
 
 
 def make_analytics(class_names: Sequence[str], detector: bool = True, *, track: str | bool | None = None,
-                   track_buffer: str | float = DEFAULT_BUFFER,
+                   track_buffer: str | float | None = None,
                    count_lines: Sequence[str | Sequence[float]] = (),
                    zones: Sequence[str | Sequence[Any]] = ()) -> Analytics | None:
     """The analytics step asked for, or None when nothing is.
 
-    track: ``"bytetrack"``, ``"botsort"``, ``"ocsort"`` (True: bytetrack); count_lines: ``"x1,y1,x2,y2"`` or 4
+    track: ``"bytetrack"``, ``"botsort"``, ``"ocsort"`` (True: bytetrack); track_buffer: frames or
+    ``"Ns"`` seconds (None: the tracker's default, :data:`~cvapps.analytics.tracking.DEFAULT_BUFFERS`); count_lines: ``"x1,y1,x2,y2"`` or 4
     numbers each (they need tracks, so they turn on bytetrack); zones: ``"x1,y1,x2,y2,x3,y3,..."``
     or [(x, y), ...] each. One line or zone may also be given alone, not in a list (a string as the
     CLI takes it, 4 numbers, or a list of (x, y) points). detector: False refuses any of them

@@ -42,17 +42,23 @@ class FeatureTap:
         maps = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) else [out]
         self.map = max(maps, key=lambda m: m.shape[-1])  # the finest: most colour and shape detail
 
-    def embed(self, index: int, boxes_input: torch.Tensor) -> torch.Tensor:
-        """(N, D) embeddings of boxes (xyxy, network-input pixels) of image ``index`` of the last batch."""
+    def embed(self, boxes_input: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(N_i, D) embeddings of each image's boxes (xyxy, network-input pixels) of the last batch, in
+        one RoIAlign over the batch. The image-wide mean is taken off the pooled vectors (the same as off
+        the map, since RoIAlign averages), so the map itself is never copied."""
         assert self.map is not None
-        fmap = self.map[index:index + 1].float()
-        fmap = fmap - fmap.mean((2, 3), keepdim=True)
-        rois = torch.cat([torch.zeros(len(boxes_input), 1), boxes_input.float()], 1).to(fmap.device)
+        fmap = self.map
+        counts = [len(b) for b in boxes_input]
+        if not sum(counts):
+            return [torch.zeros(0, fmap.shape[1]) for _ in counts]
+        index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        rois = torch.cat([index[:, None].float(), torch.cat(boxes_input).float()], 1).to(fmap.device, fmap.dtype)
         # Imported here: only --track ocsort needs torchvision; a plain YOLO prediction's start-up must not pay ~1.2 s.
         from torchvision.ops import roi_align
 
-        pooled = roi_align(fmap, rois, (1, 1), fmap.shape[-1] / max(1, self.input_w), 2, aligned=True)
-        return F.normalize(pooled.flatten(1), dim=1).cpu()
+        pooled = roi_align(fmap, rois, (1, 1), fmap.shape[-1] / max(1, self.input_w), 2, aligned=True).flatten(1)
+        pooled = pooled.float() - fmap.mean((2, 3)).float()[index]
+        return list(F.normalize(pooled, dim=1).cpu().split(counts))
 
 
 class EmbeddingTask:
@@ -64,10 +70,12 @@ class EmbeddingTask:
 
     def postprocess(self, outputs: Any, metas: list[Any], **options: Any) -> list[Any]:
         predictions = self.task.postprocess(outputs, metas, **options)
-        for i, (pred, meta) in enumerate(zip(predictions, metas)):
-            det = getattr(pred, "detections", None)
-            if det is not None and self.tap.map is not None:
-                det.data[EMBEDDING] = self.tap.embed(i, meta.boxes_to_input(det.boxes)).numpy()
+        dets = [getattr(pred, "detections", None) for pred in predictions]
+        if self.tap.map is None or any(d is None for d in dets):
+            return predictions
+        embeddings = self.tap.embed([meta.boxes_to_input(d.boxes) for d, meta in zip(dets, metas)])
+        for det, emb in zip(dets, embeddings):
+            det.data[EMBEDDING] = emb.numpy()
         return predictions
 
     def __getattr__(self, name: str) -> Any:

@@ -36,7 +36,8 @@ INF = 1e6  # cost of a forbidden pair
 class OcSortOptions:
     """high: boxes >= this take part in the first association (and may start tracks at >= new_track);
     low: boxes in [low, high) only extend tracks matched in the last frame (ByteTrack); match_iou: the
-    lowest IoU of a motion match; appearance_gate: the largest cosine distance of an appearance match;
+    lowest IoU of a motion match; appearance_gate: the largest cosine distance of an appearance match
+    (reattach_gate: of a re-attachment, stricter: no IoU backs it up);
     appearance_weight: share of the cosine distance in the fused cost; min_hits: matched frames before
     a track gets an id; reattach_reach: how far (box diagonals, plus the same per 10 frames of gap)
     a lost track may be re-attached from its last observed centre; ema: embedding smoothing."""
@@ -46,6 +47,7 @@ class OcSortOptions:
     new_track: float = 0.4
     match_iou: float = 0.2
     appearance_gate: float = 0.25
+    reattach_gate: float = 0.1
     appearance_weight: float = 0.5
     min_hits: int = 3
     reattach_reach: float = 1.0
@@ -187,7 +189,7 @@ class OcSortTracker:
             diag = float(np.hypot(*(t.box[2:] - t.box[:2])))
             reach = self.opt.reattach_reach * diag * (1 + (self.frame - t.frame) / 10)
             near = np.hypot(*(centres - (t.box[:2] + t.box[2:]) / 2).T) <= reach
-            ok = near & (app[r] <= self.opt.appearance_gate)
+            ok = near & (app[r] <= self.opt.reattach_gate)
             cost[r, ok] = app[r, ok]
         return cost
 

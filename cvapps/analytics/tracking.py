@@ -15,7 +15,9 @@ boxes, scores, labels and masks are the detector's, and ``track_ids`` (1, 2, ...
 appearance) are unique over the whole run, across sources.
 
 The track buffer (``--track-buffer``: ``30`` = frames, ``2s`` = seconds) is how long a lost track is
-kept: a track unseen for that long ends, and a source whose frames stop for longer than it (a stream
+kept (default: ``DEFAULT_BUFFERS``, 30 frames as ultralytics' YAML for bytetrack / botsort; 3 s for
+ocsort, whose observation-centric and appearance matching can take an object back after it was hidden
+or out of the frame that long): a track unseen for that long ends, and a source whose frames stop for longer than it (a stream
 outage: its timestamps jump) starts afresh with new ids; a shorter outage keeps every id.
 """
 
@@ -39,6 +41,7 @@ from cvapps.structures import Detections, Frame
 TRACKERS = ("bytetrack", "botsort", "ocsort")
 EMBEDDING = "embedding"  # the Detections.data key of per-box appearance embeddings (analytics/embed.py)
 DEFAULT_BUFFER = "30"  # frames, ultralytics' default track_buffer
+DEFAULT_BUFFERS = {"bytetrack": DEFAULT_BUFFER, "botsort": DEFAULT_BUFFER, "ocsort": "3s"}  # see the module doc
 DEFAULT_FPS = 30.0  # frame rate assumed until a source's timestamps tell
 PRUNE_IDS = 1024  # tracker ids remembered per source before ended ones are forgotten
 DEDUPE_IOU = 0.7  # class-agnostic NMS before tracking (see the module doc)
@@ -115,16 +118,18 @@ class _SourceState:
 class Tracker:
     """``update(frame, detections) -> detections`` with ``track_ids``, one tracker per source.
 
-    kind: ``bytetrack`` or ``botsort``; track_buffer: frames (``30``) or seconds (``"2s"``) a lost
-    track is kept, also the longest outage of a source that keeps its ids.
+    kind: ``bytetrack``, ``botsort`` or ``ocsort``; track_buffer: frames (``30``) or seconds (``"2s"``) a
+    lost track is kept, also the longest outage of a source that keeps its ids (None: the tracker's
+    ``DEFAULT_BUFFERS`` entry).
     """
 
-    def __init__(self, kind: str = "bytetrack", track_buffer: str | float = DEFAULT_BUFFER) -> None:
+    def __init__(self, kind: str = "bytetrack", track_buffer: str | float | None = None) -> None:
         kind = str(kind).lower()
         if kind not in TRACKERS:
             raise CvappsError(f"--track: unknown tracker {kind!r} (choose from {', '.join(TRACKERS)})")
         self.kind = kind
-        self.buffer, self.buffer_in_seconds = parse_track_buffer(track_buffer)
+        self.buffer, self.buffer_in_seconds = parse_track_buffer(DEFAULT_BUFFERS[kind] if track_buffer is None
+                                                                 else track_buffer)
         self._classes = _tracker_classes()
         self.args = tracker_args(kind)
         self.states: dict[str, _SourceState] = {}

@@ -19,9 +19,9 @@ def add_analytics_args(p: argparse.ArgumentParser) -> None:
                         "appearance from the detector's backbone for YOLO models): track ids on the annotated frames (with trails), in the JSON lines "
                         "(track_ids), the COCO file (track_id) and OUT/tracks/<video>.txt (MOT); --conf then "
                         "defaults to 0.1")
-    p.add_argument("--track-buffer", default="30", metavar="N|Ns",
-                   help="how long a lost track is kept: frames (30, the default) or seconds (2s); a stream outage "
-                        "shorter than this keeps every track id")
+    p.add_argument("--track-buffer", default=None, metavar="N|Ns",
+                   help="how long a lost track is kept: frames (30) or seconds (2s); default 30 frames for "
+                        "bytetrack/botsort, 3s for ocsort; a stream outage shorter than this keeps every track id")
     p.add_argument("--count-line", action="append", default=[], metavar="X1,Y1,X2,Y2",
                    help="count tracks crossing this line (pixels; repeatable): in/out totals and per class on the "
                         "frames, in the JSON lines and in OUT/counts.json; turns on --track. Needs the supervision "

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(MOT Challenge tracking ground truth)")
     p.add_argument("--occlusion", action="store_true",
                    help="with --video-only: shapes that cross paths, hide each other and leave and re-enter the "
-                        "frame; also writes crossings.json (true crossings of the middle line)")
+                        "frame; also writes crossings.json (true crossings of the middle line). Without it: a "
+                        "YOLO-txt detection dataset of --train / --val frames of such videos (other seeds than "
+                        "the videos), to train a detector that separates overlapping shapes")
     p.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("check", help="validate a detection dataset (COCO, YOLO txt, VOC, CVAT or LabelMe layout)",
@@ -94,6 +96,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
         out = generate_occlusion_video(args.out, frames=args.video_frames, seed=args.seed)
         print(f"wrote {out}/shapes.mp4, shapes.json, gt.txt and crossings.json")
+        return 0
+    if args.occlusion:
+        from cvapps.data.synth_occlusion import generate_occlusion_dataset
+
+        out = generate_occlusion_dataset(args.out, train=args.train, val=args.val, seed=args.seed)
+        print(f"wrote a YOLO-txt detection dataset of occlusion-video frames to {out} "
+              f"({args.train} train, {args.val} val)")
         return 0
     if args.video_only:
         print(f"wrote {generate_video(args.out, frames=args.video_frames, seed=args.seed)}/shapes.mp4, "

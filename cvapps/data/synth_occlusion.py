@@ -21,6 +21,7 @@ box on the other side; ``in`` = from the left to the right of the line drawn top
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -28,8 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cvapps.data.synth import (
+    CLASS_NAMES,
     _box,
+    _check_args,
     _draw,
+    _encode,
     _finish,
     _polygon,
     _raster,
@@ -38,9 +42,11 @@ from cvapps.data.synth import (
 )
 from cvapps.errors import CvappsError
 from cvapps.formats.mot import MotRow, write_mot
+from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 from cvapps.io.guard import output_root
 from cvapps.io.safe_write import stage, write_bytes
 
+DATASET_SEED_BASE = 10_000  # the dataset's videos: far from the small seeds the tracking benchmark scores
 LANES = (0.27, 0.73)  # lane heights as fractions of the frame height; one crossing pair per lane
 
 
@@ -157,3 +163,58 @@ def generate_occlusion_video(out: str | Path, *, frames: int = 300, size: tuple[
     with output_root(out, ""), tqdm(total=frames, desc="video", unit="frame", disable=not progress) as bar:
         _write(out, frames, (int(size[0]), int(size[1])), int(fps), seed, bar)
     return out
+
+
+def generate_occlusion_dataset(out: str | Path, *, train: int = 600, val: int = 150, every: int = 3, seed: int = 0,
+                               min_visibility: float = 0.3, progress: bool = True) -> Path:
+    """Frames of occlusion videos as a YOLO-txt detection dataset (``out/images/{train,val}/*.png``,
+    ``out/labels/...``, ``out/data.yaml``), to train a detector that separates overlapping shapes: the
+    shapes dataset never shows two shapes overlapping, so its detector merges them.
+
+    Every ``every``-th frame of 300-frame occlusion videos, decoded from their mp4 (the codec's
+    artefacts are what a tracked video shows); train and val frames come from different videos, whose
+    seeds (``DATASET_SEED_BASE + 1000 * seed + k``) never meet the small seeds the tracking benchmark
+    scores on. A shape is labelled (its box clipped to the frame) when at least ``min_visibility`` of it
+    is in view: mostly hidden shapes are no target. Returns ``out``."""
+    out = Path(out)
+    _check_args(seed, {}, {"train frames": train, "val frames": val})
+    if train < 1 or val < 0 or every < 1 or not 0 <= min_visibility <= 1:
+        raise CvappsError("generate_occlusion_dataset: need train >= 1, val >= 0, every >= 1, 0 <= min_visibility <= 1")
+    per_video = -(-300 // every)
+    videos = iter(range(10**6))
+    with output_root(out, ""), tqdm(total=train + val, desc="frames", unit="img", disable=not progress) as bar:
+        for split, count in (("train", train), ("val", val)):
+            for _ in range(-(-count // per_video) if count else 0):
+                count -= _dataset_video(out, split, DATASET_SEED_BASE + 1000 * seed + next(videos),
+                                        (every, min(count, per_video), min_visibility), bar)
+        write_data_yaml(out / "data.yaml", CLASS_NAMES, {"train": "images/train", "val": "images/val"})
+    return out
+
+
+def _dataset_video(out: Path, split: str, video_seed: int, take: tuple[int, int, float], bar: tqdm) -> int:
+    """Write ``take = (every, how many, min_visibility)`` frames of one video; returns how many."""
+    every, count, min_visibility = take
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = generate_occlusion_video(Path(tmp) / "v", frames=300, seed=video_seed, progress=False)
+        gt = json.loads((folder / "shapes.json").read_text())
+        cap = cv2.VideoCapture(str(folder / "shapes.mp4"))
+        written = 0
+        try:
+            for f in range(300):
+                ok, frame = cap.read()
+                if not ok or written == count:
+                    break
+                if f % every:
+                    continue
+                keep = [k for k, v in enumerate(gt[f]["visibility"]) if v >= min_visibility]
+                boxes = np.array([gt[f]["boxes"][k] for k in keep], np.float64).reshape(-1, 4)
+                boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+                name = f"occ_{video_seed}_{f:04d}"
+                write_bytes(out / "images" / split / f"{name}.png", _encode(frame, ".png"))
+                write_yolo_labels(out / "labels" / split / f"{name}.txt", boxes,
+                                  [gt[f]["category_ids"][k] - 1 for k in keep], frame.shape[1], frame.shape[0])
+                written += 1
+                bar.update()
+        finally:
+            cap.release()
+    return written
