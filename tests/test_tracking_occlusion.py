@@ -162,3 +162,18 @@ def test_cli_ocsort_counts_with_events(video: Path, tmp_path: Path) -> None:
     assert all(set(e) == {"source", "line", "track_id", "frame", "time", "direction", "class"} for e in counts["events"])
     tracks = read_mot(out / "tracks" / "shapes.txt")
     assert evaluate_rows(tracks, read_mot(video / "gt.txt"), 0.5).mota > 0.5
+
+
+def test_ocsort_assignment_leaves_a_track_unmatched_rather_than_swap_two() -> None:
+    from cvapps.analytics.ocsort import INF, _assign, _without_cut_boxes
+
+    # track 0 fits box 0 well; track 1 (its object just reappearing) may only take box 0, poorly, and
+    # is forbidden box 1: a full assignment would push track 0 onto box 1 (an id swap)
+    cost = np.array([[0.04, 0.25], [0.30, INF]])
+    assert _assign(cost, None) == [(0, 1), (1, 0)]
+    assert _assign(cost, 0.5) == [(0, 0)]
+    # a box cut by the frame border has no appearance (NaN): matched on motion, never re-attached by it
+    emb = np.ones((3, 2)) / np.sqrt(2)
+    boxes = np.array([[0.0, 50, 20, 90], [100, 50, 140, 90], [300, 50, 320, 90]])
+    out = _without_cut_boxes(emb, boxes, (240, 320))
+    assert np.isnan(out[[0, 2]]).all() and np.allclose(out[1], emb[1]) and not np.isnan(emb).any()

@@ -30,6 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from cvapps import ultralytics_parts
 
 INF = 1e6  # cost of a forbidden pair
+EDGE_PX = 2.0  # a box this close to the frame border is cut by it (see _without_cut_boxes)
+CROWD_IOU = 0.1  # a box overlapping another track's prediction this much keeps its track's appearance as it was
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class OcSortOptions:
     low: boxes in [low, high) only extend tracks matched in the last frame (ByteTrack); match_iou: the
     lowest IoU of a motion match; appearance_gate: the largest cosine distance of an appearance match
     (reattach_gate: of a re-attachment, stricter: no IoU backs it up);
-    appearance_weight: share of the cosine distance in the fused cost; min_hits: matched frames before
+    appearance_weight: share of the cosine distance in the fused cost; fused_cost_limit: leaving a track
+    and a box unmatched costs this much in the fused association (:func:`_assign`); min_hits: matched frames before
     a track gets an id; reattach_reach: how far (box diagonals, plus the same per 10 frames of gap)
     a lost track may be re-attached from its last observed centre; ema: embedding smoothing."""
 
@@ -49,9 +52,28 @@ class OcSortOptions:
     appearance_gate: float = 0.25
     reattach_gate: float = 0.1
     appearance_weight: float = 0.5
+    fused_cost_limit: float = 0.5
     min_hits: int = 3
     reattach_reach: float = 1.0
     ema: float = 0.9
+
+
+def _assign(cost: np.ndarray, limit: float | None) -> list[tuple[int, int]]:
+    """Minimum-cost pairs (row, col) of ``cost`` without forbidden (INF) ones. With ``limit``, leaving a
+    row and a column unmatched costs ``limit`` (``lap.lapjv``'s ``cost_limit``, as ultralytics'
+    matching): a square assignment would otherwise hand a track a poor box just to pair every row,
+    pushing the box's owner onto a wrong one (two objects separating swap ids)."""
+    if limit is None:
+        rows, cols = linear_sum_assignment(cost)
+        return [(r, c) for r, c in zip(rows, cols) if cost[r, c] < INF]
+    n, m = cost.shape
+    full = np.full((n + m, m + n), INF)
+    full[:n, :m] = cost
+    full[:n, m:][np.eye(n, dtype=bool)] = limit / 2
+    full[n:, :m][np.eye(m, dtype=bool)] = limit / 2
+    full[n:, m:] = 0.0
+    rows, cols = linear_sum_assignment(full)
+    return [(r, c) for r, c in zip(rows, cols) if r < n and c < m and cost[r, c] < INF]
 
 
 def _xyah(box: np.ndarray) -> np.ndarray:
@@ -72,6 +94,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _without_cut_boxes(embeddings: np.ndarray, xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """``embeddings`` with NaN rows for boxes cut by the frame border (within ``EDGE_PX``): a sliver of
+    an object leaving or entering the frame looks like little of it, so such a box is matched on
+    motion alone and does not update its track's appearance."""
+    h, w = image_hw
+    cut = (xyxy[:, 0] <= EDGE_PX) | (xyxy[:, 1] <= EDGE_PX) | (xyxy[:, 2] >= w - EDGE_PX) | (xyxy[:, 3] >= h - EDGE_PX)
+    if not cut.any():
+        return embeddings
+    out = embeddings.astype(np.float64, copy=True)
+    out[cut] = np.nan
+    return out
 
 
 @dataclass(eq=False)
@@ -119,6 +154,8 @@ class OcSortTracker:
         """One frame: ``boxes`` with ``xyxy``, ``conf``, ``cls``; embeddings (N, D) L2-normalised or None."""
         self.frame += 1
         xyxy, conf = np.asarray(boxes.xyxy, np.float64).reshape(-1, 4), np.asarray(boxes.conf, np.float64)
+        if embeddings is not None and image is not None:
+            embeddings = _without_cut_boxes(embeddings, xyxy, image.shape[:2])
         self.tracks = [t for t in self.tracks if self.frame - t.frame <= self.max_frames_lost]
         for t in self.tracks:
             t.mean, t.cov = self.kf.predict(t.mean, t.cov)
@@ -137,8 +174,10 @@ class OcSortTracker:
                 high = [d for d in high if d not in used_d]
             else:
                 low = [d for d in low if d not in used_d]
-        for t, d in pairs:
-            self._update(t, xyxy[d], float(conf[d]), boxes.cls[d], None if embeddings is None else embeddings[d])
+        crowded = self._crowded(pairs, xyxy)
+        for (t, d), busy in zip(pairs, crowded):
+            emb = None if embeddings is None or busy or np.isnan(embeddings[d, 0]) else embeddings[d]
+            self._update(t, xyxy[d], float(conf[d]), boxes.cls[d], emb)
         self.tracks = [t for t in self.tracks if t.track_id or t.frame == self.frame]  # unconfirmed: no second chance
         for d in high:
             if conf[d] >= self.opt.new_track:
@@ -154,8 +193,8 @@ class OcSortTracker:
             return []
         cost = self._reattach_cost(tracks, dets, xyxy, emb) if stage == "reattach" else \
             self._motion_cost(tracks, dets, xyxy, emb if stage == "fused" else None)
-        rows, cols = linear_sum_assignment(cost)
-        return [(tracks[r], dets[c]) for r, c in zip(rows, cols) if cost[r, c] < INF]
+        limit = self.opt.fused_cost_limit if stage == "fused" and emb is not None else None
+        return [(tracks[r], dets[c]) for r, c in _assign(cost, limit)]
 
     def _motion_cost(self, tracks: list[Track], dets: list[int], xyxy: np.ndarray,
                      emb: np.ndarray | None) -> np.ndarray:
@@ -193,6 +232,19 @@ class OcSortTracker:
             cost[r, ok] = app[r, ok]
         return cost
 
+    def _crowded(self, pairs: list[tuple[Track, int]], xyxy: np.ndarray) -> list[bool]:
+        """Per matched pair: does its box overlap another track (its prediction, IoU > ``CROWD_IOU``)?
+        Such a box mixes two objects' features, so it does not update the track's appearance (the
+        appearance that tells them apart when they separate)."""
+        others = [t for t in self.tracks if t.track_id]
+        if len(others) < 2 or not pairs:
+            return [False] * len(pairs)
+        iou = box_iou(xyxy[[d for _, d in pairs]], np.stack([t.predicted for t in others]))
+        for r, (t, _) in enumerate(pairs):
+            if t in others:
+                iou[r, others.index(t)] = 0.0
+        return list(iou.max(1) > CROWD_IOU)
+
     @staticmethod
     def _appearance(tracks: list[Track], emb: np.ndarray) -> np.ndarray:
         """Cosine distance (tracks x boxes); NaN for a track without an embedding."""
@@ -205,7 +257,8 @@ class OcSortTracker:
     # -- track life -------------------------------------------------------------------------------
     def _start(self, box: np.ndarray, score: float, cls: float, emb: np.ndarray | None) -> None:
         mean, cov = self.kf.initiate(_xyah(box))
-        t = Track(mean, cov, box.copy(), self.frame, score, float(cls), None if emb is None else emb.copy())
+        usable = emb is not None and not np.isnan(emb[0])  # a box cut by the border has no appearance
+        t = Track(mean, cov, box.copy(), self.frame, score, float(cls), emb.copy() if usable else None)
         t.saved = (mean.copy(), cov.copy())
         if self.frame == 1 or self.opt.min_hits <= 1:  # the first frame's objects get ids at once
             self._confirm(t)
