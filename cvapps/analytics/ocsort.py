@@ -157,8 +157,11 @@ class OcSortTracker:
         if embeddings is not None and image is not None:
             embeddings = _without_cut_boxes(embeddings, xyxy, image.shape[:2])
         self.tracks = [t for t in self.tracks if self.frame - t.frame <= self.max_frames_lost]
-        for t in self.tracks:
-            t.mean, t.cov = self.kf.predict(t.mean, t.cov)
+        if self.tracks:  # one vectorised Kalman step for all tracks
+            means, covs = self.kf.multi_predict(np.stack([t.mean for t in self.tracks]),
+                                                np.stack([t.cov for t in self.tracks]))
+            for t, mean, cov in zip(self.tracks, means, covs):
+                t.mean, t.cov = mean, cov
         high = [i for i in range(len(conf)) if conf[i] >= self.opt.high]
         low = [i for i in range(len(conf)) if self.opt.low <= conf[i] < self.opt.high]
         pairs: list[tuple[Track, int]] = []
