@@ -65,6 +65,7 @@ def test_occlusion_dataset_labels_the_visible_shapes_of_other_videos(tmp_path: P
     train, val = sorted((root / "images" / "train").iterdir()), sorted((root / "images" / "val").iterdir())
     assert [p.name for p in train] == [f"occ_{DATASET_SEED_BASE}_{f:04d}.png" for f in range(0, 250, 50)]
     assert {p.name.split("_")[1] for p in val} == {str(DATASET_SEED_BASE + 1)}  # val: another video
+    assert sorted(p.name for p in root.iterdir()) == ["data.yaml", "images", "labels"]  # the scratch video is gone
     # the labels are the video's ground truth: shapes at least half in view, boxes clipped to the frame
     video = generate_occlusion_video(tmp_path / "v", frames=101, seed=DATASET_SEED_BASE, progress=False)
     gt = json.loads((video / "shapes.json").read_text())[100]

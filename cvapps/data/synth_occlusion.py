@@ -21,7 +21,6 @@ box on the other side; ``in`` = from the left to the right of the line drawn top
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -44,9 +43,10 @@ from cvapps.errors import CvappsError
 from cvapps.formats.mot import MotRow, write_mot
 from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
 from cvapps.io.guard import output_root
-from cvapps.io.safe_write import stage, write_bytes
+from cvapps.io.safe_write import remove, stage, write_bytes
 
 DATASET_SEED_BASE = 10_000  # the dataset's videos: far from the small seeds the tracking benchmark scores
+DATASET_VIDEO_FRAMES = 300  # frames of each video the dataset samples
 LANES = (0.27, 0.73)  # lane heights as fractions of the frame height; one crossing pair per lane
 
 
@@ -171,36 +171,39 @@ def generate_occlusion_dataset(out: str | Path, *, train: int = 600, val: int = 
     ``out/labels/...``, ``out/data.yaml``), to train a detector that separates overlapping shapes: the
     shapes dataset never shows two shapes overlapping, so its detector merges them.
 
-    Every ``every``-th frame of 300-frame occlusion videos, decoded from their mp4 (the codec's
-    artefacts are what a tracked video shows); train and val frames come from different videos, whose
-    seeds (``DATASET_SEED_BASE + 1000 * seed + k``) never meet the small seeds the tracking benchmark
-    scores on. A shape is labelled (its box clipped to the frame) when at least ``min_visibility`` of it
-    is in view: mostly hidden shapes are no target. Returns ``out``."""
+    Every ``every``-th frame of ``DATASET_VIDEO_FRAMES``-frame occlusion videos, decoded from their mp4
+    (the codec's artefacts are what a tracked video shows); train and val frames come from different
+    videos, whose seeds (``DATASET_SEED_BASE + 1000 * seed + k``) never meet the small seeds the tracking
+    benchmark scores on. A shape is labelled (its box clipped to the frame) when at least
+    ``min_visibility`` of it is in view: mostly hidden shapes are no target. Returns ``out``."""
     out = Path(out)
     _check_args(seed, {}, {"train frames": train, "val frames": val})
     if train < 1 or val < 0 or every < 1 or not 0 <= min_visibility <= 1:
         raise CvappsError("generate_occlusion_dataset: need train >= 1, val >= 0, every >= 1, 0 <= min_visibility <= 1")
-    per_video = -(-300 // every)
-    videos = iter(range(10**6))
+    per_video = -(-DATASET_VIDEO_FRAMES // every)
+    video = DATASET_SEED_BASE + 1000 * seed
     with output_root(out, ""), tqdm(total=train + val, desc="frames", unit="img", disable=not progress) as bar:
         for split, count in (("train", train), ("val", val)):
-            for _ in range(-(-count // per_video) if count else 0):
-                count -= _dataset_video(out, split, DATASET_SEED_BASE + 1000 * seed + next(videos),
-                                        (every, min(count, per_video), min_visibility), bar)
+            while count > 0:
+                count -= _dataset_video(out, split, video, (every, min(count, per_video), min_visibility), bar)
+                video += 1
         write_data_yaml(out / "data.yaml", CLASS_NAMES, {"train": "images/train", "val": "images/val"})
     return out
 
 
 def _dataset_video(out: Path, split: str, video_seed: int, take: tuple[int, int, float], bar: tqdm) -> int:
-    """Write ``take = (every, how many, min_visibility)`` frames of one video; returns how many."""
+    """Write ``take = (every, how many, min_visibility)`` frames of one video; returns how many. The
+    video is made in a scratch folder inside ``out`` (nothing is written outside OUT) and removed."""
     every, count, min_visibility = take
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = generate_occlusion_video(Path(tmp) / "v", frames=300, seed=video_seed, progress=False)
+    scratch = out / ".video_scratch"
+    remove(scratch)
+    try:
+        folder = generate_occlusion_video(scratch, frames=DATASET_VIDEO_FRAMES, seed=video_seed, progress=False)
         gt = json.loads((folder / "shapes.json").read_text())
         cap = cv2.VideoCapture(str(folder / "shapes.mp4"))
         written = 0
         try:
-            for f in range(300):
+            for f in range(DATASET_VIDEO_FRAMES):
                 ok, frame = cap.read()
                 if not ok or written == count:
                     break
@@ -217,4 +220,6 @@ def _dataset_video(out: Path, split: str, video_seed: int, take: tuple[int, int,
                 bar.update()
         finally:
             cap.release()
+    finally:
+        remove(scratch)
     return written
