@@ -14,10 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvapps.data.synth import (  # the shapes dataset's painters: one look for every generated image
+from cvapps.data.paint import (  # the shapes dataset's painters: one look for every generated image
     _SHIFT,
-    CLASS_NAMES,
-    _atomic_write,
     _colour,
     _draw,
     _encode,
@@ -26,6 +24,7 @@ from cvapps.data.synth import (  # the shapes dataset's painters: one look for e
     _pts,
     _texture,
 )
+from cvapps.data.synth import CLASS_NAMES, _atomic_write
 from cvapps.errors import CvappsError
 
 

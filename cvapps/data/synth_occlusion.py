@@ -27,18 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cvapps.data.synth import (
-    CLASS_NAMES,
-    _box,
-    _check_args,
-    _draw,
-    _encode,
-    _finish,
-    _polygon,
-    _raster,
-    _texture,
-    _video_out,
-)
+from cvapps.data.paint import _box, _draw, _encode, _finish, _polygon, _raster, _texture
+from cvapps.data.synth import CLASS_NAMES, _check_args, _video_out
 from cvapps.errors import CvappsError
 from cvapps.formats.mot import MotRow, write_mot
 from cvapps.formats.yolo import write_data_yaml, write_yolo_labels
