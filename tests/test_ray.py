@@ -283,3 +283,22 @@ def test_multitask_model_whole_and_as_its_parts(ray_session, inputs, tmp_path):
             assert _close(sorted(boxes[0]), sorted(boxes[1])), image_id
             assert masks[0] == masks[1] and [c for c, _ in masks[0]] == [2], image_id
             assert len(boxes[0]) == (1 if command == "predict" else 0)  # segment: the masks only
+
+
+def test_actor_leaves_no_model_copy_in_the_temp_folder(monkeypatch, tmp_path):
+    """An actor writes the model's bytes to a private temp copy for the loader and removes it once the
+    model is loaded (Ray ends actors without running __del__, so a later cleanup would never run)."""
+    import tempfile
+
+    import numpy as np
+
+    from cvapps.engine.ray_workers import PredictActor
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ray, "get", lambda ref: ref)  # the object ref stands for the bytes themselves
+    actor = PredictActor([MODEL.read_bytes()], str(MODEL), device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    frame = next(iter(open_source(str(next(IMAGES.glob("*.jpg"))))))
+    want = load(str(MODEL), device="cpu").predict(frame.image, **OPTIONS)[0].boxes
+    got = list(actor.predictor.predict([frame], **OPTIONS))[0][1].detections.boxes.numpy()
+    assert len(want) > 0 and np.allclose(got, want, atol=1e-3)

@@ -24,13 +24,16 @@ class PredictActor:
                  trust: bool = False, options: dict[str, Any] | None = None, part: str | None = None) -> None:
         import ray  # lazy: optional heavy package (this module only runs inside Ray workers)
 
-        self._tmp = None
-        if weights is not None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="cvapps-model-")
-            local = Path(self._tmp.name) / Path(model).name  # same suffix: the loader dispatches on it
-            write_bytes(local, ray.get(weights[0]))  # the one write primitive, in a fresh private folder
-            model = str(local)
-        loaded = load_model(model, device=device, batch=batch, trust=trust)
+        if weights is None:
+            loaded = load_model(model, device=device, batch=batch, trust=trust)
+        else:
+            # The loaders read the whole file (torch, onnxruntime, OpenVINO), so the private copy is
+            # removed as soon as the model is loaded: Ray ends actors without running __del__, and a
+            # cleanup left to it would leave one model copy in the temp folder per actor.
+            with tempfile.TemporaryDirectory(prefix="cvapps-model-") as tmp:
+                local = Path(tmp) / Path(model).name  # same suffix: the loader dispatches on it
+                write_bytes(local, ray.get(weights[0]))  # the one write primitive, in a fresh private folder
+                loaded = load_model(str(local), device=device, batch=batch, trust=trust)
         # part: a multitask model seen as its detector or segmenter (`cvapps detect|segment --ray`)
         self.predictor = (loaded.task.as_part(loaded, part) if part else loaded).predictor()
         self.predictor.prefetch = 0  # Ray Data already overlaps reading with this actor's work
@@ -50,10 +53,6 @@ class PredictActor:
         out = {k: batch[k] for k in ("key", "order", "count", "status", "source", "stream", "frame_index", "index",
                                      "timestamp")}
         return {**out, "width": width, "height": height, "prediction": encoded}
-
-    def __del__(self) -> None:
-        if getattr(self, "_tmp", None) is not None:
-            self._tmp.cleanup()
 
 
 def _frame(batch: dict[str, np.ndarray], i: int) -> Frame:
