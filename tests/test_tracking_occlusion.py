@@ -178,3 +178,44 @@ def test_ocsort_assignment_leaves_a_track_unmatched_rather_than_swap_two() -> No
     boxes = np.array([[0.0, 50, 20, 90], [100, 50, 140, 90], [300, 50, 320, 90]])
     out = _without_cut_boxes(emb, boxes, (240, 320))
     assert np.isnan(out[[0, 2]]).all() and np.allclose(out[1], emb[1]) and not np.isnan(emb).any()
+
+
+def test_ocsort_merged_box_does_not_steer_the_track_that_holds_it() -> None:
+    """Two look-alike objects cross; for 10 frames the detector draws one box around both (standing
+    still: the pair's average). The track holding it keeps its id on it, but the box must not update
+    its motion: both tracks keep their own course (velocity sign) and come out of the merge unswapped."""
+    tracker, same = Tracker("ocsort"), [[1.0, 0.0]] * 2
+    for i in range(36):
+        a = np.array([60 + 4 * i, 100, 110 + 4 * i, 150], float)  # going right
+        b = np.array([220 - 4 * i, 108, 270 - 4 * i, 158], float)  # going left
+        merged = 16 <= i < 26
+        boxes = [tuple(np.r_[np.minimum(a, b)[:2], np.maximum(a, b)[2:]])] if merged else [tuple(a), tuple(b)]
+        out = tracker.update(_frame(i), _det(boxes, same[:len(boxes)]))
+        if i == 0:
+            right_goer, left_goer = out.track_ids.tolist()
+        if i in (15, 25):  # the last frame before the merge, the last merged frame: velocity kept
+            tracks = {t.track_id: t for t in tracker.states["cam.mp4"].tracker.tracks}
+            speeds = (tracks[right_goer].mean[4], tracks[left_goer].mean[4])
+            before = speeds if i == 15 else before
+    assert speeds[0] > 0.9 * before[0] > 3 and speeds[1] < 0.9 * before[1] < -3
+    by_x = sorted(zip(out.boxes[:, 0].tolist(), out.track_ids.tolist()))
+    assert [i for _, i in by_x] == [left_goer, right_goer]  # crossed over, ids kept
+
+
+def test_batched_kalman_correction_and_agnostic_nms_equal_their_references() -> None:
+    from torchvision.ops import batched_nms
+
+    from cvapps import ultralytics_parts
+    from cvapps.analytics.ocsort import multi_update
+    from cvapps.nms import agnostic_nms
+
+    kf, rng = ultralytics_parts.KalmanFilterXYAH(), np.random.default_rng(0)
+    states = [kf.predict(*kf.initiate(np.array([50.0 + k, 60.0, 0.7, 40.0 + k]))) for k in range(5)]
+    z = np.array([[52.0 + k, 61.0, 0.72, 41.0 + k] for k in range(5)]) + rng.normal(0, 1, (5, 4))
+    means, covs = multi_update(kf, np.stack([m for m, _ in states]), np.stack([c for _, c in states]), z)
+    for (m, c), zk, mk, ck in zip(states, z, means, covs):
+        want_m, want_c = kf.update(m, c, zk)
+        assert np.allclose(mk, want_m) and np.allclose(ck, want_c)
+    xy = torch.rand(60, 2) * 200
+    boxes, scores = torch.cat([xy, xy + 30], 1), torch.rand(60)
+    assert torch.equal(agnostic_nms(boxes, scores, 0.5), batched_nms(boxes, scores, torch.zeros(60, dtype=torch.long), 0.5))

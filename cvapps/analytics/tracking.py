@@ -35,7 +35,7 @@ import torch
 from cvapps import ultralytics_parts  # cheap: parts load on first use
 from cvapps.analytics.ocsort import OcSortTracker
 from cvapps.errors import CvappsError
-from cvapps.nms import class_wise_nms
+from cvapps.nms import agnostic_nms
 from cvapps.structures import Detections, Frame
 
 TRACKERS = ("bytetrack", "botsort", "ocsort")
@@ -173,9 +173,8 @@ class Tracker:
         """Track one frame's detections (frames of a source in order); returns the tracked boxes only."""
         t0 = time.perf_counter()
         state = self._state(frame)
-        same_class = torch.zeros(len(det), dtype=torch.long)  # class-agnostic: one box per object
-        kept = (class_wise_nms(det.boxes, det.scores, same_class, DEDUPE_IOU).numpy() if len(det) > 1
-                else np.arange(len(det)))
+        # class-agnostic: one box per object
+        kept = agnostic_nms(det.boxes, det.scores, DEDUPE_IOU).numpy() if len(det) > 1 else np.arange(len(det))
         boxes = _Boxes(det.boxes.numpy()[kept].astype(np.float32), det.scores.numpy()[kept].astype(np.float32),
                        det.labels.numpy()[kept].astype(np.float32))
         if self.kind == "ocsort":  # the one tracker that reads appearance
