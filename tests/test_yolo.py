@@ -298,3 +298,23 @@ def test_head_layout_does_not_change_after_loading_a_v8_model(shapes):
         assert set(YOLO_TASK.build_model(cfg, ["a", "b", "c"]).state_dict()) == before
     finally:
         Detect.legacy = legacy
+
+
+@pytest.mark.parametrize("iou", [0.3, 0.7])
+def test_postprocess_skips_a_second_nms_without_changing_the_boxes(iou):
+    """YOLO's raw detections come out of ultralytics' class-wise NMS at the given iou; postprocess
+    takes them as they are (raw_nms_at_iou): the same boxes as with cvapps' class-wise NMS run again."""
+    from cvapps.data.letterbox import LetterboxMeta
+    from cvapps.nms import class_wise_nms
+
+    g = torch.Generator().manual_seed(0)
+    a, nc = 400, 3
+    xy, wh = torch.rand(2, 2, a, generator=g) * 140 + 10, torch.rand(2, 2, a, generator=g) * 40 + 5
+    outputs = torch.cat([xy, wh, torch.rand(2, nc, a, generator=g)], 1)  # (B, 4 + nc, A) xywh
+    metas = [LetterboxMeta((160, 160), (1.0, 1.0), (0, 0), (160, 160))] * 2
+    got = YOLO_TASK.postprocess(outputs, metas, conf=0.3, iou=iou, max_det=300)
+    for (boxes, scores, labels), pred in zip(YOLO_TASK.raw_detections(outputs, conf=0.3, iou=iou), got):
+        keep = class_wise_nms(boxes.float(), scores.float(), labels, iou)
+        assert len(keep) == len(boxes) > 5  # the second pass would drop nothing
+        assert torch.equal(pred.detections.boxes, metas[0].boxes_to_original(boxes[keep]))
+        assert torch.equal(pred.detections.scores, scores[keep].float())

@@ -92,6 +92,8 @@ class YoloTask(DetectionTask):
         return YoloDetector(backbone, neck, head, [f.name for f in infos], mc.in_channels,
                             (mc.box_gain, mc.cls_gain, mc.dfl_gain))
 
+    raw_nms_at_iou = True  # ultralytics' NMS, class-wise at the iou given
+
     def raw_detections(self, outputs: torch.Tensor, conf: float = 0.001, iou: float = 0.5) -> RawDetections:
         """(B, 4 + nc, A) -> per image (boxes xyxy network px, scores, labels) after ultralytics' NMS."""
         rows = yolo_nms(outputs, conf=conf, iou=iou, num_classes=outputs.shape[1] - 4, max_det=300)
