@@ -255,3 +255,69 @@ def test_quiet_stream_run_prints_nothing_on_stderr(ts_bytes: bytes, tmp_path: Pa
         stderr[quiet] = proc.stderr
     assert "WARN" in stderr[False] or "timeout" in stderr[False]
     assert stderr[True] == ""
+
+
+def _square_clip(path: Path, xs: range) -> bytes:
+    """MPEG-TS, 96x64 black frames with one white 16x16 square at x = each of ``xs``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MPEG-TS")
+    for x in xs:
+        image = np.zeros((64, 96, 3), np.uint8)
+        image[24:40, x:x + 16] = 255
+        writer.write(image)
+    writer.release()
+    return path.read_bytes()
+
+
+def _track_stream(url: str, buffer: str) -> tuple[list[int], list[dict], object]:
+    """Read a live URL through a Tracker; the detector is a threshold (the square's bounding box)."""
+    import torch
+
+    from cvapps.analytics import Tracker
+    from cvapps.structures import Detections
+
+    tracker, ids = Tracker("bytetrack", buffer), []
+    src = open_source(url, SourceOptions(buffer=True, reconnect_s=3.0))
+    with src:
+        for frame in src:
+            ys, xs = np.nonzero(frame.image[..., 0] > 128)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            det = Detections(box, torch.tensor([0.9]), torch.zeros(1, dtype=torch.int64))
+            ids += tracker.update(frame, det).track_ids.tolist()
+        gaps = src.take_events()
+    return ids, gaps, tracker
+
+
+@pytest.mark.parametrize("buffer, same_id", [("3s", True), ("0.05s", False)])
+def test_track_ids_survive_a_real_stream_reconnect(tmp_path: Path, buffer: str, same_id: bool) -> None:
+    """Issue 28: the camera's server goes away after the first clip and comes back with the next one
+    (the square moving on); the stream reconnects (a real new connection, a gap event) and the track
+    keeps its id when the outage is shorter than the track buffer, and not when it is longer."""
+    first, second = _square_clip(tmp_path / "a.ts", range(10, 40)), _square_clip(tmp_path / "b.ts", range(40, 70))
+    server = Server("serve", first, life_s=60)
+    served = threading.Event()
+
+    def outage_then_continuation() -> None:
+        while server.connections < 1:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the first clip is sent; the server goes away (connections refused) ...
+        server.stop()
+        time.sleep(0.4)
+        server.body = second  # ... and comes back on the same port with the continuation
+        server.restart()
+        while server.connections < 2:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        server.stop()  # then gone for good: the stream ends after reconnect_s
+        served.set()
+
+    threading.Thread(target=outage_then_continuation, daemon=True).start()
+    try:
+        ids, gaps, tracker = _bounded(_track_stream, f"{server.url}/cam.ts", buffer)
+    finally:
+        server.stop()
+    assert served.is_set()
+    assert [g["reconnected"] for g in gaps][:1] == [True]  # a real outage and reconnect
+    assert len(ids) > 50  # frames of both connections were tracked
+    assert (len(set(ids)) == 1) == same_id and (tracker.restarts == 0) == same_id
