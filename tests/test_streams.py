@@ -321,3 +321,46 @@ def test_track_ids_survive_a_real_stream_reconnect(tmp_path: Path, buffer: str, 
     assert [g["reconnected"] for g in gaps][:1] == [True]  # a real outage and reconnect
     assert len(ids) > 50  # frames of both connections were tracked
     assert (len(set(ids)) == 1) == same_id and (tracker.restarts == 0) == same_id
+
+
+def test_many_cameras_one_tracker_per_stream(tmp_path: Path) -> None:
+    """Issue 28: two live cameras read as one source (a streams file: MultiSource, frames interleaved)
+    show a square at nearly the same place; each stream has its own tracker, so each keeps one id and
+    the two ids differ (one shared tracker would hand both cameras' boxes to the same track)."""
+    servers = [Server("serve", _square_clip(tmp_path / f"{k}.ts", range(10 + k, 50 + k)), life_s=60) for k in (0, 2)]
+
+    def one_session_each() -> None:
+        deadline = time.monotonic() + 20
+        while any(s.connections < 1 for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        for server in servers:
+            server.stop()
+
+    threading.Thread(target=one_session_each, daemon=True).start()
+    streams = tmp_path / "cams.txt"
+    streams.write_text("".join(f"{s.url}/cam.ts\n" for s in servers))
+    try:
+        by_stream = _bounded(_track_streams, str(streams))
+    finally:
+        for server in servers:
+            server.stop()
+    assert len(by_stream) == 2 and all(len(ids) > 20 for ids in by_stream.values())
+    per_stream = [set(ids) for ids in by_stream.values()]
+    assert all(len(ids) == 1 for ids in per_stream) and per_stream[0] != per_stream[1]
+
+
+def _track_streams(spec: str) -> dict[str, list[int]]:
+    import torch
+
+    from cvapps.analytics import Tracker
+    from cvapps.structures import Detections
+
+    tracker, by_stream = Tracker("bytetrack"), {}
+    with open_source(spec, SourceOptions(buffer=True, reconnect_s=1.0)) as src:
+        for frame in src:
+            ys, xs = np.nonzero(frame.image[..., 0] > 128)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            det = Detections(box, torch.tensor([0.9]), torch.zeros(1, dtype=torch.int64))
+            by_stream.setdefault(frame.stream, []).extend(tracker.update(frame, det).track_ids.tolist())
+    return by_stream
