@@ -19,10 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from cvapps.analytics import Tracker
 from cvapps.errors import CvappsError
 from cvapps.io.sources import SourceOptions, StreamSource, open_source
 from cvapps.io.sources.live import ffmpeg_complaint
+from cvapps.structures import Detections
 
 GUARD_S = 90.0  # a hang guard only: the code's own deadlines end each case within seconds
 
@@ -270,21 +273,20 @@ def _square_clip(path: Path, xs: range) -> bytes:
     return path.read_bytes()
 
 
+def _square_detection(image: np.ndarray) -> Detections:
+    """The detector of these tests: a threshold, the white square's bounding box."""
+    ys, xs = np.nonzero(image[..., 0] > 128)
+    box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+    return Detections(box, torch.tensor([0.9]), torch.zeros(1, dtype=torch.int64))
+
+
 def _track_stream(url: str, buffer: str) -> tuple[list[int], list[dict], object]:
-    """Read a live URL through a Tracker; the detector is a threshold (the square's bounding box)."""
-    import torch
-
-    from cvapps.analytics import Tracker
-    from cvapps.structures import Detections
-
+    """Read a live URL through a Tracker (the threshold detector)."""
     tracker, ids = Tracker("bytetrack", buffer), []
     src = open_source(url, SourceOptions(buffer=True, reconnect_s=3.0))
     with src:
         for frame in src:
-            ys, xs = np.nonzero(frame.image[..., 0] > 128)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            det = Detections(box, torch.tensor([0.9]), torch.zeros(1, dtype=torch.int64))
-            ids += tracker.update(frame, det).track_ids.tolist()
+            ids += tracker.update(frame, _square_detection(frame.image)).track_ids.tolist()
         gaps = src.take_events()
     return ids, gaps, tracker
 
@@ -351,16 +353,9 @@ def test_many_cameras_one_tracker_per_stream(tmp_path: Path) -> None:
 
 
 def _track_streams(spec: str) -> dict[str, list[int]]:
-    import torch
-
-    from cvapps.analytics import Tracker
-    from cvapps.structures import Detections
-
     tracker, by_stream = Tracker("bytetrack"), {}
     with open_source(spec, SourceOptions(buffer=True, reconnect_s=1.0)) as src:
         for frame in src:
-            ys, xs = np.nonzero(frame.image[..., 0] > 128)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            det = Detections(box, torch.tensor([0.9]), torch.zeros(1, dtype=torch.int64))
-            by_stream.setdefault(frame.stream, []).extend(tracker.update(frame, det).track_ids.tolist())
+            ids = tracker.update(frame, _square_detection(frame.image)).track_ids.tolist()
+            by_stream.setdefault(frame.stream, []).extend(ids)
     return by_stream
