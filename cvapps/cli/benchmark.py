@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--images", type=int, default=128,
                    help="val images timed end to end (a smaller val split is repeated; default 128)")
-    p.add_argument("--seconds", type=float, default=2.0, help="model-only timing per runtime (default 2 s)")
+    p.add_argument("--seconds", type=float, default=2.0, help="model-only and end-to-end timing per runtime (default 2 s each)")
     p.add_argument("--calib", type=int, default=64, help="INT8 calibration images (default 64)")
     p.add_argument("--no-metric", action="store_true", help="skip scoring the val split (faster)")
     p.set_defaults(func=cmd_benchmark)
