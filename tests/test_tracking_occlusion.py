@@ -218,4 +218,5 @@ def test_batched_kalman_correction_and_agnostic_nms_equal_their_references() -> 
         assert np.allclose(mk, want_m) and np.allclose(ck, want_c)
     xy = torch.rand(60, 2) * 200
     boxes, scores = torch.cat([xy, xy + 30], 1), torch.rand(60)
-    assert torch.equal(agnostic_nms(boxes, scores, 0.5), batched_nms(boxes, scores, torch.zeros(60, dtype=torch.long), 0.5))
+    same_class = torch.zeros(60, dtype=torch.long)
+    assert torch.equal(agnostic_nms(boxes, scores, 0.5), batched_nms(boxes, scores, same_class, 0.5))

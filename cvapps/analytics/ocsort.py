@@ -36,7 +36,7 @@ from cvapps.nms import box_iou_numpy as box_iou
 INF = 1e6  # cost of a forbidden pair
 EDGE_PX = 2.0  # a box this close to the frame border is cut by it (see _without_cut_boxes)
 CROWD_IOU = 0.1  # a box overlapping another track's prediction this much keeps its track's appearance as it was
-MERGE_IOU = 0.1  # a box covering an unmatched track's prediction this much may hold both objects (see _merged)
+MERGE_IOU = 0.1  # a box covering an unmatched track's prediction this much may hold both (OcSortTracker._overlaps)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class OcSortOptions:
     and a box unmatched costs this much in the fused association (:func:`_assign`); min_hits: matched frames before
     a track gets an id; reattach_reach: how far (box diagonals, plus the same per 10 frames of gap)
     a lost track may be re-attached from its last observed centre; ema: embedding smoothing;
-    merge_frames: how long a lost track's prediction is trusted to tell a merged box (:meth:`_merged`)."""
+    merge_frames: how long a lost track's prediction is trusted to tell a merged box (:meth:`_overlaps`)."""
 
     high: float = 0.25
     low: float = 0.1
@@ -128,7 +128,7 @@ def _without_cut_boxes(embeddings: np.ndarray, xyxy: np.ndarray, image_hw: tuple
 class Track:
     """One object: Kalman state, its last observation (and the filter state right after it, for the
     re-update), appearance, hits; ``track_id`` 0 until it is confirmed. ``seen`` also counts frames
-    where the track held a merged box (:meth:`OcSortTracker._merged`), which are no observation."""
+    where the track held a merged box (:meth:`OcSortTracker._overlaps`), which are no observation."""
 
     mean: np.ndarray
     cov: np.ndarray
@@ -219,7 +219,8 @@ class OcSortTracker:
             cost = self._reattach_cost(tracks, dets, xyxy, emb)
         else:
             refs = np.stack([t.box if stage == "recover" else t.predicted for t in tracks])
-            cost = self._motion_cost(tracks, refs, xyxy[dets], emb[dets] if stage != "low" and emb is not None else None)
+            appearance = emb[dets] if stage != "low" and emb is not None else None
+            cost = self._motion_cost(tracks, refs, xyxy[dets], appearance)
         limit = self.opt.fused_cost_limit if stage == "fused" and emb is not None else None
         return [(tracks[r], dets[c]) for r, c in _assign(cost, limit)]
 
