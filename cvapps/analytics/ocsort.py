@@ -106,9 +106,10 @@ def _xyah(box: np.ndarray) -> np.ndarray:
 
 
 def _xyxy(mean: np.ndarray) -> np.ndarray:
-    cx, cy, a, h = mean[:4]
+    """Kalman means (..., 8) xyah-first -> (..., 4) xyxy boxes."""
+    cx, cy, a, h = mean[..., 0], mean[..., 1], mean[..., 2], mean[..., 3]
     w = a * h
-    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
 def _without_cut_boxes(embeddings: np.ndarray, xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -141,10 +142,7 @@ class Track:
     saved: tuple[np.ndarray, np.ndarray] = field(default=None)  # type: ignore[assignment]
     hits: int = 1
     track_id: int = 0
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return _xyxy(self.mean)
+    predicted: np.ndarray = field(default=None)  # type: ignore[assignment]  # this frame's prediction, xyxy
 
 
 class OcSortTracker:
@@ -177,8 +175,8 @@ class OcSortTracker:
         if self.tracks:  # one vectorised Kalman step for all tracks
             means, covs = self.kf.multi_predict(np.stack([t.mean for t in self.tracks]),
                                                 np.stack([t.cov for t in self.tracks]))
-            for t, mean, cov in zip(self.tracks, means, covs):
-                t.mean, t.cov = mean, cov
+            for t, mean, cov, box in zip(self.tracks, means, covs, _xyxy(means)):
+                t.mean, t.cov, t.predicted = mean, cov, box
         high = [i for i in range(len(conf)) if conf[i] >= self.opt.high]
         low = [i for i in range(len(conf)) if self.opt.low <= conf[i] < self.opt.high]
         pairs: list[tuple[Track, int]] = []
@@ -289,17 +287,18 @@ class OcSortTracker:
     @staticmethod
     def _appearance(tracks: list[Track], emb: np.ndarray) -> np.ndarray:
         """Cosine distance (tracks x boxes); NaN for a track without an embedding."""
+        have = [r for r, t in enumerate(tracks) if t.embedding is not None]
         out = np.full((len(tracks), len(emb)), np.nan)
-        for r, t in enumerate(tracks):
-            if t.embedding is not None:
-                out[r] = 1.0 - emb @ t.embedding
+        if have:
+            out[have] = 1.0 - np.stack([tracks[r].embedding for r in have]) @ emb.T
         return out
 
     # -- track life -------------------------------------------------------------------------------
     def _start(self, box: np.ndarray, score: float, cls: float, emb: np.ndarray | None) -> None:
         mean, cov = self.kf.initiate(_xyah(box))
         usable = emb is not None and not np.isnan(emb[0])  # a box cut by the border has no appearance
-        t = Track(mean, cov, box.copy(), self.frame, self.frame, score, float(cls), emb.copy() if usable else None)
+        t = Track(mean, cov, box.copy(), self.frame, self.frame, score, float(cls), emb.copy() if usable else None,
+                  predicted=box.copy())
         t.saved = (mean.copy(), cov.copy())
         if self.frame == 1 or self.opt.min_hits <= 1:  # the first frame's objects get ids at once
             self._confirm(t)
