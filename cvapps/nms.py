@@ -46,15 +46,24 @@ def agnostic_nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch
     return torch_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.long), iou)
 
 
-def box_iou_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes, (len(a), len(b)), in NumPy: for the trackers' few boxes per frame, where a
-    torch op's call overhead (torchvision.ops.box_iou) costs more than the arithmetic."""
+def box_intersection_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas of xyxy boxes, (len(a), len(b)), in NumPy."""
     a, b = a.reshape(-1, 4), b.reshape(-1, 4)
     lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = np.maximum(hi - lo, 0.0)
-    inter = wh[..., 0] * wh[..., 1]  # not np.prod: its reduction set-up dominates on a few boxes
-    area_a, area_b = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    return wh[..., 0] * wh[..., 1]  # not np.prod: its reduction set-up dominates on a few boxes
+
+
+def box_area_numpy(boxes: np.ndarray) -> np.ndarray:
+    boxes = boxes.reshape(-1, 4)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes, (len(a), len(b)), in NumPy: for the trackers' few boxes per frame, where a
+    torch op's call overhead (torchvision.ops.box_iou) costs more than the arithmetic."""
+    inter = box_intersection_numpy(a, b)
+    return inter / np.maximum(box_area_numpy(a)[:, None] + box_area_numpy(b)[None, :] - inter, 1e-9)
 
 
 def _any_overlap(xyxy: np.ndarray, iou: float) -> bool:

@@ -31,12 +31,13 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from cvapps import ultralytics_parts
+from cvapps.nms import box_area_numpy, box_intersection_numpy
 from cvapps.nms import box_iou_numpy as box_iou
 
 INF = 1e6  # cost of a forbidden pair
 EDGE_PX = 2.0  # a box this close to the frame border is cut by it (see _without_cut_boxes)
 CROWD_IOU = 0.1  # a box overlapping another track's prediction this much keeps its track's appearance as it was
-MERGE_IOU = 0.1  # a box covering an unmatched track's prediction this much may hold both (OcSortTracker._overlaps)
+MERGE_COVER = 0.3  # a box holding this share of an unmatched track's prediction may hold both (_overlaps)
 
 
 @dataclass(frozen=True)
@@ -266,8 +267,8 @@ class OcSortTracker:
         so it does not update the track's appearance (the appearance that tells them apart later).
 
         merged: the box also covers the prediction of a track left unmatched, lost at most
-        ``merge_frames`` ago (IoU > ``MERGE_IOU``): the detector most likely drew one box around two
-        objects, one hiding the other. The track keeps its id on the box, but the box updates neither
+        ``merge_frames`` ago (at least ``MERGE_COVER`` of its area): the detector most likely drew one
+        box around two objects, one hiding the other. The track keeps its id on the box, but the box updates neither
         its motion nor its last observation: its centre moves as the pair's average, and a filter fed
         with it would forget which way the object went, so the two would swap ids when they separate.
         The next clean box re-updates the track over the gap (OC-SORT), as after a miss."""
@@ -279,9 +280,13 @@ class OcSortTracker:
         for r, (t, _) in enumerate(pairs):
             if id(t) in column:
                 iou[r, column[id(t)]] = 0.0
-        hidden = [column[id(t)] for t in unmatched
-                  if id(t) in column and self.frame - t.seen <= self.opt.merge_frames]
-        merged = iou[:, hidden].max(1) > MERGE_IOU if hidden else np.zeros(len(pairs), bool)
+        hidden = [t for t in unmatched if id(t) in column and self.frame - t.seen <= self.opt.merge_frames]
+        merged = np.zeros(len(pairs), bool)
+        if hidden:
+            hidden_boxes = np.stack([t.predicted for t in hidden])
+            covered = box_intersection_numpy(xyxy[[d for _, d in pairs]], hidden_boxes) / np.maximum(
+                box_area_numpy(hidden_boxes)[None, :], 1e-9)
+            merged = covered.max(1) >= MERGE_COVER
         return list(iou.max(1) > CROWD_IOU), list(merged)
 
     @staticmethod
