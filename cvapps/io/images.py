@@ -26,14 +26,12 @@ Behaviour verified against OpenCV 5.0 (see ``tests/test_io_images.py``):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
 import re
 import stat
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -44,12 +42,27 @@ from cvapps.errors import CvappsError, ImageReadError
 from cvapps.io.guard import check_writable_target
 from cvapps.io.safe_write import write_bytes
 from cvapps.io.headers import HEAD_BYTES, header_size, jpeg_png_size, jpeg_truncated, png_truncated
+from cvapps.io.input_limits import (  # re-exported: the readers' limits live there
+    _MIB,
+    ALLOW_LARGE_ENV,
+    DEFAULT_MAX_FILE_MB,
+    LARGE_IMAGE_PIXELS,
+    MAX_FILE_MB_ENV,
+    MAX_IMAGE_PIXELS,
+    file_size_cap,
+    large_images_allowed,
+    large_images_on,
+    max_file_bytes,
+    set_max_file_mb,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "DEFAULT_MAX_FILE_MB",
+    "MAX_FILE_MB_ENV",
+    "ALLOW_LARGE_ENV",
     "file_size_cap",
     "image_size",
     "max_file_bytes",
@@ -68,21 +81,6 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"}
 )
 
-#: Largest accepted image in pixels (PIL's decompression-bomb limit): bigger images are refused
-#: from the header alone, before any memory is allocated for the pixels.
-MAX_IMAGE_PIXELS = 89_478_485
-#: With ``--allow-large`` (or ``CVAPPS_ALLOW_LARGE=1``): up to OpenCV's own decoder limit (2^30 pixels),
-#: for a user who knows the image is real (a 10,000 x 10,000 aerial scene is 100 M pixels).
-LARGE_IMAGE_PIXELS = 1 << 30
-ALLOW_LARGE_ENV = "CVAPPS_ALLOW_LARGE"
-_allow_large: bool | None = None  # large_images_allowed() (the CLI option) wins over the environment
-
-#: Files larger than this (MiB) are skipped before they are opened; ``--max-file-mb`` or the
-#: environment variable below change it.
-DEFAULT_MAX_FILE_MB = 256
-MAX_FILE_MB_ENV = "CVAPPS_MAX_FILE_MB"
-_MIB = 1 << 20
-_max_file_mb: float | None = None  # set_max_file_mb() (the CLI option) wins over the environment
 _EXIF_ORIENTATION = 0x0112
 _SIZE_HEAD = 1 << 20  # image_size reads this much: headers (EXIF, ICC) fit in it
 
@@ -139,56 +137,6 @@ def _pil_open(fp: io.BytesIO) -> Image.Image:
 
     original = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None)
     return (original if callable(original) else Image.open)(fp)
-
-
-def max_file_bytes() -> int:
-    """The file-size cap in bytes: :func:`set_max_file_mb`, else ``$CVAPPS_MAX_FILE_MB``, else
-    :data:`DEFAULT_MAX_FILE_MB` (MiB)."""
-    mb: float | str | None = _max_file_mb
-    if mb is None:
-        mb = os.environ.get(MAX_FILE_MB_ENV) or DEFAULT_MAX_FILE_MB
-    try:
-        value = float(mb)
-    except ValueError:
-        raise CvappsError(f"{MAX_FILE_MB_ENV} must be a number of MiB, got {str(mb)[:40]!r}") from None
-    if not value > 0:
-        raise CvappsError(f"the file size cap must be > 0 MiB, got {value:g}")
-    return int(value * _MIB)
-
-
-def set_max_file_mb(mb: float | None) -> None:
-    """Set the file-size cap (MiB) for this process (``--max-file-mb``); None: back to the default."""
-    global _max_file_mb
-    if mb is not None and not mb > 0:
-        raise CvappsError(f"--max-file-mb must be > 0, got {mb:g}")
-    _max_file_mb = mb
-
-
-@contextlib.contextmanager
-def file_size_cap(mb: float | None) -> Iterator[None]:
-    """Within the block, the file-size cap is ``mb`` MiB (None: leave it as it is)."""
-    global _max_file_mb
-    previous = _max_file_mb
-    if mb is not None:
-        set_max_file_mb(mb)
-    try:
-        yield
-    finally:
-        _max_file_mb = previous
-
-
-@contextlib.contextmanager
-def large_images_allowed(allowed: bool | None) -> Iterator[None]:
-    """Within the block, images up to :data:`LARGE_IMAGE_PIXELS` are read (``--allow-large``; None:
-    leave it as it is)."""
-    global _allow_large
-    previous = _allow_large
-    if allowed is not None:
-        _allow_large = bool(allowed)
-    try:
-        yield
-    finally:
-        _allow_large = previous
 
 
 def _stat_reason(e: OSError) -> str:
@@ -276,10 +224,10 @@ def _probe(path: object, data: bytes) -> tuple[Image.Image | None, tuple[int, in
 
 def _checked_size(path: object, w: int, h: int) -> tuple[int, int]:
     """(w, h) when the pixel count is acceptable; else the bomb / corrupt-header refusal."""
-    allowed = _allow_large if _allow_large is not None else os.environ.get(ALLOW_LARGE_ENV, "") == "1"
-    if w * h > (LARGE_IMAGE_PIXELS if allowed else MAX_IMAGE_PIXELS):
+    allowed = large_images_on()
+    limit = LARGE_IMAGE_PIXELS if allowed else MAX_IMAGE_PIXELS
+    if w * h > limit:
         hint = "" if allowed else "; if the image is real, pass --allow-large (or CVAPPS_ALLOW_LARGE=1)"
-        limit = LARGE_IMAGE_PIXELS if allowed else MAX_IMAGE_PIXELS
         raise ImageReadError(path, f"image too large ({w} x {h} pixels > {limit}){hint}")
     if w <= 0 or h <= 0:
         raise ImageReadError(path, "truncated or corrupt image data")
