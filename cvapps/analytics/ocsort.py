@@ -102,8 +102,10 @@ def multi_update(kf: Any, mean: np.ndarray, cov: np.ndarray,
 
 
 def _xyah(box: np.ndarray) -> np.ndarray:
-    w, h = box[2] - box[0], box[3] - box[1]
-    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, w / max(h, 1e-6), h], np.float64)
+    """xyxy boxes (..., 4) -> Kalman measurements (..., 4): centre x, centre y, aspect w / h, height."""
+    w, h = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
+    return np.stack([(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2, w / np.maximum(h, 1e-6), h],
+                    axis=-1).astype(np.float64)
 
 
 def _xyxy(mean: np.ndarray) -> np.ndarray:
@@ -275,7 +277,8 @@ class OcSortTracker:
         others = [t for t in self.tracks if t.track_id]
         if len(others) < 2 or not pairs:
             return [False] * len(pairs), [False] * len(pairs)
-        iou = box_iou(xyxy[[d for _, d in pairs]], np.stack([t.predicted for t in others]))
+        matched_boxes = xyxy[[d for _, d in pairs]]
+        iou = box_iou(matched_boxes, np.stack([t.predicted for t in others]))
         column = {id(t): c for c, t in enumerate(others)}
         for r, (t, _) in enumerate(pairs):
             if id(t) in column:
@@ -284,7 +287,7 @@ class OcSortTracker:
         merged = np.zeros(len(pairs), bool)
         if hidden:
             hidden_boxes = np.stack([t.predicted for t in hidden])
-            covered = box_intersection_numpy(xyxy[[d for _, d in pairs]], hidden_boxes) / np.maximum(
+            covered = box_intersection_numpy(matched_boxes, hidden_boxes) / np.maximum(
                 box_area_numpy(hidden_boxes)[None, :], 1e-9)
             merged = covered.max(1) >= MERGE_COVER
         return list(iou.max(1) > CROWD_IOU), list(merged)
@@ -327,7 +330,7 @@ class OcSortTracker:
                 t.mean, t.cov = self.kf.predict(mean, cov)
         if tracks:
             means, covs = multi_update(self.kf, np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks]),
-                                       np.stack([_xyah(b) for b in boxes]))
+                                       _xyah(boxes))
             for t, mean, cov in zip(tracks, means, covs):
                 t.mean, t.cov = mean, cov
 
